@@ -1,0 +1,194 @@
+"""Model cards: one JSON file per model that says everything the engine needs to run it.
+
+A card (``<name>.json``) lives in ``Resources/Models/`` or in a user folder named by the
+``TUMORSEG_MODELS`` environment variable (``os.pathsep``-separated) or ``--models-dir``;
+its weights file sits next to it. Fields (see ``Resources/Models/README.md``)::
+
+    name, title, description
+    modality        "PET" | "CT" | "MIP-PET"
+    mode            "whole-image-2d" | "slice-2d" | "sliding-window-3d"
+    network         {"name": MONAI network class (default "AttentionUnet"), "args": {...}}
+    preprocessing   {"intensity": {"window": [lo, hi], "invert": bool},   -> clip to [0, 1]
+                     "spacing": null | [mm per array axis],
+                     "mip": {"window": [0, suv_hi], "invert": bool}}     (MIP-PET from 3D PET)
+    inference       {"patch_size": [...], "overlap": 0.25, "blending": "gaussian"|"constant",
+                     "sw_batch_size": 1, "divisible_by": 16, "context_mm": [...] (click-to-segment)}
+    output          {"activation": "sigmoid"|"softmax", "channel": 0, "threshold": 0.5}
+    postprocessing  {"min_lesion_ml": 0.0, "largest_component": false, "fill_holes": false}
+    weights         {"file": "name.pt", "sha256": "...", "format": "state_dict"|"torchscript"}
+    provenance      {"training_data", "command", "config", "code_version", "validation": {...}}
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .errors import TumorSegError
+
+MODALITIES = ("PET", "CT", "MIP-PET")
+MODES = ("whole-image-2d", "slice-2d", "sliding-window-3d")
+BUILTIN_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
+ENV_VAR = "TUMORSEG_MODELS"
+
+
+@dataclass
+class ModelCard:
+    name: str
+    title: str
+    modality: str
+    mode: str
+    network: dict
+    preprocessing: dict
+    inference: dict
+    output: dict
+    postprocessing: dict
+    weights: dict
+    provenance: dict = field(default_factory=dict)
+    description: str = ""
+    path: Optional[Path] = None
+
+    @property
+    def spatial_dims(self) -> int:
+        return 3 if self.mode == "sliding-window-3d" else 2
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.network.get("args", {}).get("in_channels", 1))
+
+    @property
+    def threshold(self) -> float:
+        return float(self.output.get("threshold", 0.5))
+
+    @property
+    def weights_path(self) -> Path:
+        base = self.path.parent if self.path else BUILTIN_DIR
+        return base / self.weights["file"]
+
+    def to_dict(self) -> dict:
+        data = {k: getattr(self, k) for k in _FIELDS}
+        return {k: v for k, v in data.items() if v not in (None, "", {})}
+
+
+_FIELDS = ("name", "title", "description", "modality", "mode", "network", "preprocessing", "inference", "output",
+           "postprocessing", "weights", "provenance")
+_REQUIRED = ("name", "title", "modality", "mode", "network", "preprocessing", "inference", "output", "weights")
+
+
+def card_from_dict(data: dict, path: Optional[Path] = None) -> ModelCard:
+    """Validate a card's fields and build it; every problem is named in the error."""
+    where = str(path) if path else "model card"
+    if not isinstance(data, dict):
+        raise TumorSegError(f"{where}: a model card must be a JSON object")
+    problems = [f"missing field {key!r}" for key in _REQUIRED if key not in data]
+    unknown = sorted(set(data) - set(_FIELDS) - {"schema"})
+    problems += [f"unknown field {key!r}" for key in unknown]
+    if data.get("modality") not in MODALITIES:
+        problems.append(f"modality must be one of {MODALITIES}, got {data.get('modality')!r}")
+    if data.get("mode") not in MODES:
+        problems.append(f"mode must be one of {MODES}, got {data.get('mode')!r}")
+    network = data.get("network")
+    if not isinstance(network, dict) or not isinstance(network.get("args", {}), dict):
+        problems.append("network must be {'name': ..., 'args': {...}}")
+    weights = data.get("weights")
+    if not isinstance(weights, dict) or "file" not in weights:
+        problems.append("weights must give at least 'file' (and 'sha256')")
+    elif weights.get("format", "state_dict") not in ("state_dict", "torchscript"):
+        problems.append("weights.format must be 'state_dict' or 'torchscript'")
+    window = (data.get("preprocessing") or {}).get("intensity", {}).get("window")
+    if window is not None and (len(window) != 2 or not window[0] < window[1]):
+        problems.append(f"preprocessing.intensity.window must be [low, high] with low < high, got {window}")
+    output = data.get("output") or {}
+    if not 0.0 < float(output.get("threshold", 0.5)) < 1.0:
+        problems.append("output.threshold must lie strictly between 0 and 1")
+    if output.get("activation", "sigmoid") not in ("sigmoid", "softmax"):
+        problems.append("output.activation must be 'sigmoid' or 'softmax'")
+    patch = (data.get("inference") or {}).get("patch_size")
+    dims = 3 if data.get("mode") == "sliding-window-3d" else 2
+    if patch is not None and len(patch) != dims:
+        problems.append(f"inference.patch_size needs {dims} values for mode {data.get('mode')!r}, got {patch}")
+    if problems:
+        raise TumorSegError(f"{where} is not a valid model card: " + "; ".join(problems))
+    fields = {k: data[k] for k in _FIELDS if k in data}
+    fields.setdefault("postprocessing", {})
+    return ModelCard(**fields, path=path)
+
+
+def load_card(path) -> ModelCard:
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise TumorSegError(f"cannot read model card {path}: {error}") from error
+    return card_from_dict(data, path)
+
+
+def model_dirs(extra=None) -> list:
+    """Folders searched for cards, user folders first (so a user card can shadow a built-in)."""
+    dirs = [Path(p) for p in ([extra] if extra else [])]
+    dirs += [Path(p) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
+    dirs.append(BUILTIN_DIR)
+    return dirs
+
+
+def list_cards(extra_dir=None) -> list:
+    """All cards found, first occurrence of each name wins. Invalid cards raise."""
+    found = {}
+    for directory in model_dirs(extra_dir):
+        for path in sorted(Path(directory).glob("*.json")) if Path(directory).is_dir() else []:
+            if path.name.endswith(".train.json"):
+                continue
+            card = load_card(path)
+            found.setdefault(card.name, card)
+    return list(found.values())
+
+
+def find_card(name: str, extra_dir=None) -> ModelCard:
+    """The card called ``name`` (or a path to a card file)."""
+    if name.endswith(".json") and Path(name).is_file():
+        return load_card(name)
+    cards = list_cards(extra_dir)
+    for card in cards:
+        if card.name == name:
+            return card
+    known = ", ".join(sorted(c.name for c in cards)) or "none"
+    raise TumorSegError(f"unknown model {name!r}; known models: {known}")
+
+
+def sha256(path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def weights_status(card: ModelCard) -> str:
+    """'verified', 'missing', 'unverified' (no sha256 in the card) or 'sha256 mismatch'."""
+    path = card.weights_path
+    if not path.is_file():
+        return "missing"
+    expected = card.weights.get("sha256")
+    if not expected:
+        return "unverified"
+    return "verified" if sha256(path) == expected else "sha256 mismatch"
+
+
+def verified_weights(card: ModelCard) -> Path:
+    """The weights path after checking it exists and matches the card's SHA-256."""
+    status = weights_status(card)
+    path = card.weights_path
+    if status == "missing":
+        raise TumorSegError(
+            f"weights for model {card.name!r} not found at {path}; train them with "
+            f"'tumorseg train' (see the card's provenance.command) or place the file there"
+        )
+    if status == "sha256 mismatch":
+        raise TumorSegError(
+            f"weights {path} do not match the SHA-256 in {card.path}: the file is corrupt or not the one the card describes"
+        )
+    return path

@@ -1,0 +1,1 @@
+"""Sub-commands of ``tumorseg``: one module each, with ``register(subparsers)``."""
