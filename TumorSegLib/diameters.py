@@ -20,6 +20,7 @@ import numpy as np
 from scipy.spatial import ConvexHull, QhullError
 
 _BLOCK = 1024  # rows per block when searching the farthest pair (bounds memory)
+_TIE = 1e-6  # relative: lengths this close are equal (float32-stored affines differ by ~1e-7)
 
 
 @dataclass
@@ -44,22 +45,30 @@ def boundary_points(mask: np.ndarray) -> np.ndarray:
 
 
 def farthest_pair(points: np.ndarray) -> tuple[float, int, int]:
-    """Largest distance between rows of ``points`` (n, d) and the two row numbers; (0, 0, 0) for one point."""
+    """Largest distance between rows of ``points`` (n, d) and the two row numbers; (0, 0, 0) for one point.
+
+    Pairs within a relative 1e-6 of the maximum count as equal and the lowest row numbers win, so
+    a geometry that differs only by rounding (float32 vs float64 affines) picks the same pair.
+    """
     candidates = np.arange(len(points))
     if len(points) > points.shape[1] + 1:
         try:
-            candidates = ConvexHull(points).vertices
+            candidates = np.sort(ConvexHull(points).vertices)
         except QhullError:  # flat or colinear points: search them all
             pass
     hull = points[candidates]
-    best, pair = -1.0, (0, 0)
-    for start in range(0, len(hull), _BLOCK):
-        block = hull[start:start + _BLOCK]
-        squared = np.sum((block[:, None, :] - hull[None, :, :]) ** 2, axis=-1)
-        row, col = np.unravel_index(int(np.argmax(squared)), squared.shape)
-        if squared[row, col] > best:
-            best, pair = float(squared[row, col]), (start + row, col)
-    return float(np.sqrt(best)), int(candidates[pair[0]]), int(candidates[pair[1]])
+    best = max(float(squared.max()) for _, squared in _squared_distances(hull))
+    for start, squared in _squared_distances(hull):
+        rows, cols = np.nonzero(squared >= best * (1.0 - _TIE))
+        if len(rows):
+            return float(np.sqrt(best)), int(candidates[start + rows[0]]), int(candidates[cols[0]])
+    raise AssertionError("unreachable: the maximum lies in some block")
+
+
+def _squared_distances(points: np.ndarray):
+    """(first row, squared distances of rows first.. to all rows), block by block to bound memory."""
+    for start in range(0, len(points), _BLOCK):
+        yield start, np.sum((points[start:start + _BLOCK, None, :] - points[None, :, :]) ** 2, axis=-1)
 
 
 def max_diameter(mask: np.ndarray, linear: np.ndarray) -> Segment:
@@ -82,7 +91,8 @@ def recist_axes(mask: np.ndarray, linear: np.ndarray, normal_axis: int | None) -
     to_plane = _plane_coordinates(linear[:, plane_axes])
     lengths = {int(number): _slice_long_axis(np.take(mask, number, axis=normal_axis), to_plane)[0].length
                for number in np.flatnonzero(np.any(mask, axis=tuple(plane_axes)))}
-    number = max(lengths, key=lengths.get)  # the first slice where the longest diameter is reached
+    longest = max(lengths.values())
+    number = min(n for n, length in lengths.items() if length >= longest * (1.0 - _TIE))  # first slice reaching it
     long_axis, short_axis = _slice_axes(np.take(mask, number, axis=normal_axis), to_plane)
     return _lift(long_axis, normal_axis, number), _lift(short_axis, normal_axis, number), number
 
@@ -125,7 +135,7 @@ def _perpendicular_width(plane: np.ndarray, start: np.ndarray, end: np.ndarray, 
     across_unit = np.array([-along_unit[1], along_unit[0]])
     along = (plane - start) @ along_unit
     across = (plane - start) @ across_unit
-    bins = np.floor(along / bin_width).astype(np.int64)
+    bins = np.floor(along / bin_width + 0.25).astype(np.int64)  # bin edges off the half-spacing lattice of the points
     order = np.lexsort((across, bins))
     first = np.flatnonzero(np.r_[True, bins[order][1:] != bins[order][:-1]])
     last = np.r_[first[1:] - 1, len(order) - 1]

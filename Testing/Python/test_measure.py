@@ -81,11 +81,14 @@ def test_ellipsoid_volume_and_diameters(kind, spin_degrees):
 
 
 def test_long_axis_turned_within_plane_is_found():
-    """The long axis of an ellipse turned 30 degrees points along the ellipse's major axis."""
+    """The long axis of an ellipse turned 30 degrees points along the ellipse's major axis.
+
+    A digitised ellipse has several chords of the same (longest) length a few degrees apart,
+    so the direction is checked to within 6 degrees (the 30-degree turn would fail it)."""
     mask, _, orientation = _phantom("oblique", 30.0)
     ends = np.asarray(measure_lesions(mask).lesions[0].recist_long_endpoints_world)
     direction = (ends[1] - ends[0]) / np.linalg.norm(ends[1] - ends[0])
-    assert abs(direction @ orientation[:, 0]) > np.cos(np.deg2rad(3.0))
+    assert abs(direction @ orientation[:, 0]) > np.cos(np.deg2rad(6.0))
 
 
 def test_mid_point_convention_on_runs_of_pixels():
@@ -268,3 +271,12 @@ def test_pyradiomics_reference_volume_and_diameters(case):
         assert recist < reference_2d
     if readouts.totals["lesion_count"] == 1:
         assert readouts.lesions[0].recist_long_mm == pytest.approx(recist, abs=1e-9)
+
+
+def test_rounding_of_the_affine_does_not_change_the_readouts():
+    """The same mask with a float32-rounded affine (as a NIfTI file stores it) measures the same."""
+    mask, _, _ = _phantom("oblique", 30.0)
+    rounded = Image(mask.array, mask.affine.astype(np.float32).astype(np.float64))
+    exact, approx = measure_lesions(mask).lesions[0], measure_lesions(rounded).lesions[0]
+    for key in ("recist_long_mm", "recist_short_mm", "max3d_mm", "recist_slice"):
+        assert getattr(approx, key) == pytest.approx(getattr(exact, key), abs=1e-4)
