@@ -1,0 +1,163 @@
+"""Volumes and segments as ``TumorSegLib`` images and numpy masks, voxel for voxel.
+
+Arrays here are in file voxel order (i, j, k), like ``TumorSegLib.image.Image``; Slicer's
+``arrayFromVolume`` is (k, j, i), hence the transposes. Labelmaps are read and written through
+``vtkOrientedImageData`` on the volume's own grid, so no helper nodes are left in the scene.
+A single-slice volume made from a 2D image (a MIP) carries the 2D image's 3x3 affine in an
+attribute and is read back as that 2D image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import slicer
+import vtk
+from vtk.util import numpy_support
+
+from TumorSegLib.errors import TumorSegError
+from TumorSegLib.image import Image
+
+AFFINE_2D_ATTRIBUTE = "TumorSeg.Affine2D"
+
+
+def ijk_to_ras(volumeNode) -> np.ndarray:
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    return slicer.util.arrayFromVTKMatrix(matrix)
+
+
+def image_from_volume(volumeNode) -> Image:
+    """The volume's voxels (a copy) and geometry; the 2D image back for a single-slice MIP volume."""
+    if volumeNode is None or volumeNode.GetImageData() is None:
+        raise TumorSegError("the input volume has no image data")
+    if volumeNode.GetImageData().GetNumberOfScalarComponents() != 1:
+        raise TumorSegError(f"volume {volumeNode.GetName()!r} is not a scalar (single-component) volume")
+    array = np.array(slicer.util.arrayFromVolume(volumeNode)).transpose(2, 1, 0)
+    affine = affine_2d(volumeNode)
+    if affine is not None:
+        return Image(np.ascontiguousarray(array[:, :, 0]), affine)
+    return Image(np.ascontiguousarray(array), ijk_to_ras(volumeNode))
+
+
+# A 2D image's (row, col) mm plane shown as a coronal slice in radiological view:
+# rows run to the patient's inferior, columns to the patient's left (as in the MIP PNGs).
+PLANE_TO_RAS = np.array([[0.0, -1.0, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.0, 0.0]])
+
+
+def plane_to_ras(points) -> np.ndarray:
+    """RAS of 2D image world points (..., 2) on the coronal plane A = 0."""
+    points = np.asarray(points, dtype=np.float64)
+    return np.concatenate([points, np.zeros(points.shape[:-1] + (1,))], axis=-1) @ PLANE_TO_RAS.T
+
+
+def ijk_to_ras_for(image: Image) -> np.ndarray:
+    """The IJK-to-RAS of the volume that shows ``image``: a 2D image becomes one coronal slice."""
+    if image.ndim == 3:
+        return image.affine
+    plane = np.eye(4)
+    plane[:2, :2] = image.affine[:2, :2]
+    plane[:2, 3] = image.affine[:2, 2]
+    return np.block([[PLANE_TO_RAS, np.zeros((3, 1))], [np.zeros((1, 3)), np.ones((1, 1))]]) @ plane
+
+
+def add_volume_from_image(scene, image: Image, name: str):
+    """A new scalar volume node holding ``image`` (2D images as a single-slice volume)."""
+    array = image.array if image.ndim == 3 else image.array[:, :, np.newaxis]
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    slicer.util.updateVolumeFromArray(node, np.ascontiguousarray(array.transpose(2, 1, 0)))
+    node.SetIJKToRASMatrix(slicer.util.vtkMatrixFromArray(ijk_to_ras_for(image)))
+    if image.ndim == 2:
+        node.SetAttribute(AFFINE_2D_ATTRIBUTE, json.dumps(image.affine.tolist()))
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def _oriented_geometry(volumeNode) -> "slicer.vtkOrientedImageData":
+    """An empty oriented image with the volume's extent and IJK-to-RAS (no voxel copy)."""
+    geometry = slicer.vtkOrientedImageData()
+    geometry.SetExtent(volumeNode.GetImageData().GetExtent())
+    matrix = vtk.vtkMatrix4x4()
+    volumeNode.GetIJKToRASMatrix(matrix)
+    geometry.SetImageToWorldMatrix(matrix)
+    return geometry
+
+
+def _oriented_from_mask(volumeNode, mask: np.ndarray) -> "slicer.vtkOrientedImageData":
+    image = _oriented_geometry(volumeNode)
+    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
+    flat = np.ascontiguousarray(_as_volume_mask(volumeNode, mask).astype(np.uint8).transpose(2, 1, 0)).ravel()
+    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = flat
+    image.Modified()
+    return image
+
+
+def _as_volume_mask(volumeNode, mask: np.ndarray) -> np.ndarray:
+    dims = volumeNode.GetImageData().GetDimensions()
+    if mask.ndim == 2:
+        mask = mask[:, :, np.newaxis]
+    if tuple(mask.shape) != tuple(dims):
+        raise TumorSegError(f"mask shape {mask.shape} does not match volume {volumeNode.GetName()!r} of {dims}")
+    return mask
+
+
+def set_segment_mask(segmentationNode, segmentId: str, mask: np.ndarray, volumeNode) -> None:
+    """Replace the segment's voxels by ``mask`` (i, j, k on the volume grid; 2D for MIP volumes)."""
+    image = _oriented_from_mask(volumeNode, np.asarray(mask) != 0)
+    logic = slicer.vtkSlicerSegmentationsModuleLogic
+    if not logic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentId, logic.MODE_REPLACE, image.GetExtent()):
+        raise TumorSegError(f"could not write segment {segmentId!r} of {segmentationNode.GetName()!r}")
+
+
+def grid_shape(volumeNode) -> tuple:
+    """The shape of the volume's voxel array (i, j, k), or (i, j) for a MIP volume."""
+    dims = tuple(volumeNode.GetImageData().GetDimensions())
+    return dims[:2] if volumeNode.GetAttribute(AFFINE_2D_ATTRIBUTE) else dims
+
+
+def affine_2d(volumeNode):
+    """The 3x3 (row, col) -> mm affine of a MIP volume, or None for a 3D volume."""
+    text = volumeNode.GetAttribute(AFFINE_2D_ATTRIBUTE)
+    return np.array(json.loads(text)) if text else None
+
+
+def segment_mask(segmentationNode, segmentId: str, volumeNode) -> np.ndarray:
+    """The segment as a bool array (i, j, k) on the volume's grid (2D for a MIP volume)."""
+    labelmap = slicer.vtkOrientedImageData()
+    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segmentationNode, segmentId, labelmap)
+    dims = volumeNode.GetImageData().GetDimensions()
+    if labelmap.GetPointData().GetScalars() is None or labelmap.IsEmpty():
+        return np.zeros(grid_shape(volumeNode), dtype=bool)
+    else:
+        resampled = slicer.vtkOrientedImageData()
+        slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+            labelmap, _oriented_geometry(volumeNode), resampled, False, True)
+        values = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars())
+        mask = values.reshape(dims[::-1]).transpose(2, 1, 0) != 0
+    return mask[:, :, 0] if volumeNode.GetAttribute(AFFINE_2D_ATTRIBUTE) else mask
+
+
+def fingerprint(mask: np.ndarray) -> str:
+    """A hash of the mask's shape and voxels: tells whether a segment was edited since TumorSeg wrote it."""
+    mask = np.ascontiguousarray(np.asarray(mask, dtype=bool))
+    digest = hashlib.sha256(repr(mask.shape).encode())
+    digest.update(np.packbits(mask).tobytes())
+    return digest.hexdigest()
+
+
+def write_volume(volumeNode, path) -> None:
+    """Write the volume (its voxels and IJK-to-RAS) to ``path`` (.nii.gz or .nrrd) with a storage node."""
+    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+    storage.SetFileName(str(path))
+    storage.UseCompressionOff()
+    if not storage.WriteData(volumeNode):
+        raise TumorSegError(f"could not write volume {volumeNode.GetName()!r} to {path}")
+
+
+def ras_to_ijk(volumeNode, points) -> np.ndarray:
+    """Continuous IJK index of RAS point(s) (..., 3)."""
+    inverse = np.linalg.inv(ijk_to_ras(volumeNode))
+    points = np.asarray(points, dtype=np.float64)
+    return points @ inverse[:3, :3].T + inverse[:3, 3]
