@@ -22,8 +22,12 @@ from .image import Image
 from .measure import SIZE_KEYS, image_size_key, label_lesions, measure_lesions, size_of
 
 
-def case_metrics(pred: np.ndarray, truth: np.ndarray, image_like: Image) -> dict:
-    """Metrics of one case; ``pred`` and ``truth`` are bool masks on ``image_like``'s grid."""
+def case_metrics(pred: np.ndarray, truth: np.ndarray, image_like: Image, recist: bool = True) -> dict:
+    """Metrics of one case; ``pred`` and ``truth`` are bool masks on ``image_like``'s grid.
+
+    ``recist=False`` skips the RECIST error (it measures every predicted lesion, which is slow
+    for the noisy masks of early training) and reports it as None.
+    """
     pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
     if pred.shape != truth.shape or pred.shape != image_like.shape:
         raise TumorSegError(
@@ -53,7 +57,7 @@ def case_metrics(pred: np.ndarray, truth: np.ndarray, image_like: Image) -> dict
         f"pred_{key}": pred_size,
         f"truth_{key}": truth_size,
         "relative_volume_error": abs(pred_size - truth_size) / truth_size if truth_size else None,
-        "recist_relative_error": _recist_error(pred, truth, image_like),
+        "recist_relative_error": _recist_error(pred, truth, image_like) if recist else None,
         "tp_voxels": tp,
         "fp_voxels": fp,
         "fn_voxels": fn,

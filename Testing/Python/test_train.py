@@ -1,0 +1,312 @@
+"""``tumorseg train``: data set-up and bad input, sampling, losses, end-to-end 2D / slice / 3D PET runs."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from TumorSegLib.cards import load_card, weights_status
+from TumorSegLib.cli import main
+from TumorSegLib.commands import train as train_command
+from TumorSegLib.errors import TumorSegError
+from TumorSegLib.image import Image
+from TumorSegLib.io import read_image, write_image, write_mask
+from TumorSegLib.phantoms import ct_phantom, ellipsoid, grid_affine, pet_phantom
+from TumorSegLib.training.config import config_from_dict, load_config
+from TumorSegLib.training.data import EpochSampler, find_cases, manifest_sha256, split_cases
+from TumorSegLib.training.losses import build_loss
+from TumorSegLib.training.loop import train
+from TumorSegLib.training.transforms import augmentation
+
+MODELS = Path(__file__).resolve().parents[2] / "Resources" / "Models"
+TINY_2D = {"name": "AttentionUnet", "args": {"spatial_dims": 2, "in_channels": 1, "out_channels": 1,
+                                              "channels": [4, 8], "strides": [2]}}
+TINY_3D = {"name": "AttentionUnet", "args": {"spatial_dims": 3, "in_channels": 1, "out_channels": 1,
+                                              "channels": [4, 8], "strides": [2]}}
+FAST = {"epochs": 2, "max_steps_per_epoch": 2, "cases_per_step": 2, "crops_per_case": 2, "validate_every": 1,
+        "patience": 0, "optimizer": {"name": "adamw", "lr": 0.01}, "schedule": {"name": "none"}}
+
+
+def mip_png(path: Path, seed: int, shape=(64, 48), lesion=True) -> np.ndarray:
+    """A DM i AI-like inverted gray MIP (background 255, hot = dark); returns the lesion mask."""
+    rng = np.random.default_rng(seed)
+    affine = np.eye(3)
+    body = ellipsoid(shape, affine, (shape[0] / 2, shape[1] / 2), (shape[0] * 0.45, shape[1] * 0.3))
+    gray = np.where(body, 200.0, 250.0) + rng.normal(0, 5, shape)
+    mask = np.zeros(shape, bool)
+    if lesion:
+        center = (rng.uniform(15, shape[0] - 15), rng.uniform(15, shape[1] - 15))
+        mask = ellipsoid(shape, affine, center, (4 + 2 * rng.random(), 4 + 2 * rng.random()))
+        gray[mask] = 40.0
+    write_image(path, Image(np.clip(gray, 0, 255).astype(np.uint8), affine, spacing_known=False))
+    return mask
+
+
+def mip_dataset(root: Path, patients=6, controls=3) -> Path:
+    for folder in ("patients/imgs", "patients/labels", "controls/imgs"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+    for i in range(patients):
+        mask = mip_png(root / f"patients/imgs/patient_{i:03d}.png", i)
+        write_mask(root / f"patients/labels/segmentation_{i:03d}.png", mask, read_image(root / f"patients/imgs/patient_{i:03d}.png"))
+    for i in range(controls):
+        mip_png(root / f"controls/imgs/control_{i:03d}.png", 100 + i, lesion=False)
+    return root
+
+
+def mip_config(**train) -> dict:
+    config = json.loads((MODELS / "mip-pet-2d.train.json").read_text())
+    config["card"]["network"] = TINY_2D
+    config["card"]["inference"] = {"divisible_by": 2}
+    config["train"].update({**FAST, "patch_size": [32, 32], "cases_per_epoch": None, "controls_per_epoch": 2,
+                            "validation_controls": None, **train})
+    config["data"]["validation_fraction"] = 0.34
+    return config
+
+
+def write_config(tmp_path: Path, config: dict) -> Path:
+    path = tmp_path / f"{config['name']}.train.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+def run_cli(config_path, root, out, *extra) -> int:
+    """``tumorseg train`` as the CLI runs it (parser of the train command, then its ``run``)."""
+    parser = argparse.ArgumentParser(prog="tumorseg")
+    train_command.register(parser.add_subparsers())
+    args = parser.parse_args(["train", str(config_path), "-o", str(out), "--data-root", str(root), "--device", "cpu",
+                              "--progress-json", *extra])
+    return args.func(args)
+
+
+# ---- configs and data set-up --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("path", sorted(MODELS.glob("*.train.json")), ids=lambda p: p.name)
+def test_shipped_configs_are_complete(path):
+    config = load_config(path)
+    card = config.model_card()
+    assert card.name == path.name[: -len(".train.json")]
+    strides = card.network["args"]["strides"]
+    assert all(p % int(np.prod(strides)) == 0 for p in config.patch_size)
+    assert config.data["images"] and config.data["mask"]
+
+
+def test_lidc_patient_id_and_split_keep_patients_together(tmp_path):
+    config = json.loads((MODELS / "ct-lung-lesion-3d.train.json").read_text())
+    for folder in ("image", "nodule_mask"):
+        (tmp_path / folder).mkdir()
+        for patient in range(10):
+            for nodule in range(1, 1 + patient % 3 + 1):
+                (tmp_path / folder / f"LIDC-IDRI-{patient:04d}_R_{nodule}.nii.gz").write_bytes(b"")
+    cases = find_cases(config_from_dict(config, data_root=tmp_path))
+    assert {c.patient for c in cases} == {f"LIDC-IDRI-{p:04d}" for p in range(10)}
+    assert cases[0].mask == tmp_path / "nodule_mask" / "LIDC-IDRI-0000_R_1.nii.gz"
+    split = split_cases(cases, 0.2, 7)
+    assert not {c.patient for c in split.train} & {c.patient for c in split.validation}
+    assert len({c.patient for c in split.validation}) == 2
+    assert [c.name for c in split_cases(cases, 0.2, 7).validation] == [c.name for c in split.validation]
+    assert [c.name for c in split_cases(cases, 0.2, 8).validation] != [c.name for c in split.validation]
+
+
+def test_dmiai_pairs_and_controls(tmp_path):
+    root = mip_dataset(tmp_path / "data", patients=3, controls=2)
+    cases = find_cases(config_from_dict(mip_config(), data_root=root))
+    pairs = [(c.image.name, c.mask.name, c.patient) for c in cases if c.mask]
+    assert pairs[1] == ("patient_001.png", "segmentation_001.png", "001")
+    assert [c.image.name for c in cases if c.mask is None] == ["control_000.png", "control_001.png"]
+    digest, lines = manifest_sha256(cases, root)
+    assert len(lines) == 8 and len(digest) == 64
+    (root / "patients/labels/segmentation_001.png").write_bytes(b"changed")
+    assert manifest_sha256(cases, root)[0] != digest
+
+
+def _bad_mismatch(root):
+    mip_png(root / "patients/imgs/patient_001.png", 1, shape=(64, 40))
+
+
+def _bad_no_positive_validation(root):
+    for label in (root / "patients/labels").glob("*.png"):
+        image = read_image(label)
+        if label.name not in ("segmentation_000.png",):
+            write_image(label, image.with_array(np.zeros_like(image.array)))
+
+
+@pytest.mark.parametrize("breaker, message", [
+    (lambda root: (root / "patients/labels/segmentation_002.png").unlink(), "mask file.*missing"),
+    (_bad_mismatch, "different grids"),
+    (lambda root: [p.unlink() for p in (root / "patients/imgs").glob("*.png")], "empty dataset"),
+    (_bad_no_positive_validation, "validation split has no case with tumour"),
+    (lambda root: [p.unlink() for p in (root / "controls/imgs").glob("*.png")], "no controls match"),
+])
+def test_bad_input_fails_before_training(tmp_path, breaker, message):
+    root = mip_dataset(tmp_path / "data", patients=4, controls=2)
+    breaker(root)
+    config = config_from_dict(mip_config(), data_root=root)
+    with pytest.raises(TumorSegError, match=message):
+        train(config, tmp_path / "run", device="cpu")
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_missing_data_root_and_bad_config(tmp_path, capsys):
+    path = write_config(tmp_path, mip_config())
+    assert main(["train", str(path), "--data-root", str(tmp_path / "nowhere"), "-o", str(tmp_path / "run")]) == 2
+    assert "data root" in capsys.readouterr().err and not (tmp_path / "run").exists()
+    broken = mip_config(learning_rate=1)
+    with pytest.raises(TumorSegError, match="unknown train setting"):
+        config_from_dict(broken)
+    with_weights = mip_config()
+    with_weights["card"]["weights"] = {"file": "x.pt"}
+    with pytest.raises(TumorSegError, match="written by training"):
+        config_from_dict(with_weights)
+
+
+# ---- sampling, augmentation, losses -------------------------------------------------------------------------
+
+def test_sampler_weights_controls_and_ranks():
+    items = [(i, None, i < 5, False) for i in range(50)] + [(50 + i, None, False, True) for i in range(20)]
+    kwargs = dict(positive_weight=9.0, num_items=400, num_controls=8, seed=3, batch=4)
+    draw = list(EpochSampler(items, **kwargs))
+    drawn_items = [i for i in draw if not items[i][3]]
+    assert len(draw) == 408
+    assert sum(items[i][2] for i in drawn_items) / len(drawn_items) == pytest.approx(0.5, abs=0.08)  # 45/(45+45)
+    assert sum(items[i][3] for i in draw) == 8 and len({i for i in draw if items[i][3]}) == 8
+    ranks = [EpochSampler(items, **kwargs, rank=r, world=3) for r in range(3)]
+    shards = [list(r) for r in ranks]
+    assert len({len(s) for s in shards}) == 1 and len(shards[0]) == len(ranks[0]) == 136
+    assert sorted(sum(shards, [])) == sorted(draw[: 3 * 136])
+    ranks[0].set_epoch(1)
+    assert list(ranks[0]) != shards[0]
+
+
+def test_augmentation_crops_balanced_and_padded():
+    image = np.zeros((20, 40), np.float32)
+    label = np.zeros((20, 40), np.uint8)
+    label[8:11, 30:33] = 1
+    image[label > 0] = 1.0
+    train = load_config(MODELS / "mip-pet-2d.train.json").train
+    train.update(patch_size=[32, 32], pos=1.0, neg=0.0, crops_per_case=4)
+    crops = augmentation(train, 2, seed=1)({"image": image[None], "label": label[None]})
+    assert len(crops) == 4
+    for crop in crops:
+        assert crop["image"].shape == (1, 32, 32) and crop["image"].dtype == torch.float32
+        assert set(torch.unique(crop["label"]).tolist()) <= {0.0, 1.0}
+        assert crop["label"].sum() > 0
+
+
+@pytest.mark.parametrize("name", ["dicefocal", "dicece", "bce", "dice"])
+def test_losses_prefer_the_right_answer(name):
+    target = torch.zeros(2, 1, 16, 16)
+    target[:, :, 4:9, 4:9] = 1
+    loss = build_loss({"name": name})
+    right, wrong = loss(10 * (2 * target - 1), target), loss(-10 * (2 * target - 1), target)
+    assert torch.isfinite(right) and right < 0.05 < wrong
+
+
+# ---- end to end ------------------------------------------------------------------------------------------------
+
+def test_train_2d_end_to_end_card_reproduces_validation(tmp_path):
+    from TumorSegLib.engine import Segmenter
+    from TumorSegLib.metrics import case_metrics
+
+    root = mip_dataset(tmp_path / "data")
+    out, models = tmp_path / "run", tmp_path / "models"
+    models.mkdir()
+    path = write_config(tmp_path, mip_config())
+    assert run_cli(path, root, out, "--publish", str(models)) == 0
+    card = load_card(models / "mip-pet-2d.json")
+    assert weights_status(card) == "verified"
+    assert (models / "mip-pet-2d.train.json").is_file()
+    provenance = card.provenance
+    cases = find_cases(config_from_dict(mip_config(), data_root=root))
+    assert provenance["training_data"]["manifest_sha256"] == manifest_sha256(cases, root)[0]
+    assert provenance["command"].startswith("tumorseg train ") and "--data-root" in provenance["command"]
+    assert provenance["config"]["train"]["epochs"] == 2 and provenance["code_version"].startswith("tumorseg ")
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2]
+    assert (out / "curve.png").read_bytes()[:4] == b"\x89PNG"
+    validation = provenance["validation"]
+    names = provenance["training_data"]["validation_patients"]
+    assert validation["cases_with_lesions"] == len(names) == 2 and validation["controls"] == 1
+    segmenter = Segmenter(card, device="cpu")
+    dice = []
+    for name in names:
+        image = read_image(root / f"patients/imgs/patient_{name}.png")
+        truth = read_image(root / f"patients/labels/segmentation_{name}.png").array > 0
+        dice.append(case_metrics(segmenter.predict(image).mask, truth, image)["dice"])
+    assert float(np.mean(dice)) == pytest.approx(validation["dice_mean"], abs=1e-9)
+    best = max(float(r["val_dice"]) for r in rows)
+    assert validation["dice_mean"] == pytest.approx(best)
+
+
+def test_resume_time_budget_and_early_stop(tmp_path):
+    root = mip_dataset(tmp_path / "data", patients=4, controls=2)
+    out = tmp_path / "run"
+    path = write_config(tmp_path, mip_config())
+    assert run_cli(path, root, out) == 0
+    before = list(csv.DictReader(open(out / "log.csv")))
+    assert run_cli(path, root, out, "--resume", "--epochs", "3") == 0
+    after = list(csv.DictReader(open(out / "log.csv")))
+    assert [r["epoch"] for r in after] == ["1", "2", "3"] and after[:2] == before
+    assert load_card(out / "mip-pet-2d.json").provenance["training"]["epochs"] == 3
+
+    budget = tmp_path / "budget"
+    assert run_cli(path, root, budget, "--max-minutes", "0", "--epochs", "50") == 0
+    training = load_card(budget / "mip-pet-2d.json").provenance["training"]
+    assert training["epochs"] == 1 and training["steps"] == 1 and "time budget" in training["stopped"]
+
+    frozen = write_config(tmp_path, mip_config(epochs=20, patience=2, optimizer={"name": "nadam", "lr": 0.0}))
+    assert run_cli(frozen, root, tmp_path / "frozen") == 0
+    provenance = load_card(tmp_path / "frozen" / "mip-pet-2d.json").provenance
+    assert provenance["training"]["stopped"].startswith("early stop")
+    assert provenance["training"]["epochs"] == provenance["validation"]["epoch"] + 2 < 20
+
+
+def test_slice_2d_training_on_ct_volumes(tmp_path):
+    for folder in ("image", "nodule_mask"):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+    for i in range(5):
+        image, mask = ct_phantom(shape=(24, 24, 6), spacing=(1.4, 1.4, 2.5), seed=i,
+                                 affine=grid_affine((24, 24, 6), (1.4, 1.4, 2.5), flip=(True, True, False)))
+        name = f"LIDC-IDRI-{i // 2:04d}_R_{i % 2 + 1}.nii.gz"
+        write_image(tmp_path / "data" / "image" / name, image.with_array(image.array.astype(np.int16)))
+        write_mask(tmp_path / "data" / "nodule_mask" / name, mask, image)
+    config = json.loads((MODELS / "ct-lung-lesion-2d.train.json").read_text())
+    config["card"]["network"] = TINY_2D
+    config["card"]["preprocessing"]["spacing"] = [1.0, 1.0]
+    config["card"]["inference"] = {"batch_size": 4, "divisible_by": 2}
+    config["train"].update({**FAST, "patch_size": [32, 32], "cases_per_step": 4, "crops_per_case": 1})
+    config["data"]["validation_fraction"] = 0.34
+    assert run_cli(write_config(tmp_path, config), tmp_path / "data", tmp_path / "run") == 0
+    card = load_card(tmp_path / "run" / "ct-lung-lesion-2d.json")
+    counts = card.provenance["training_data"]
+    assert card.mode == "slice-2d" and counts["train_cases"] + counts["validation_cases"] == 5
+
+
+def test_pet_3d_autopet_config_end_to_end(tmp_path):
+    from TumorSegLib.engine import Segmenter
+
+    shape, spacing = (24, 24, 28), (5.0, 5.0, 5.0)
+    for i in range(4):
+        study = tmp_path / "autoPET" / f"PETCT_{i // 2:04d}" / f"study-{i % 2}"
+        study.mkdir(parents=True)
+        image, mask = pet_phantom(shape=shape, spacing=spacing, seed=i)
+        write_image(study / "SUV.nii.gz", image)
+        write_mask(study / "SEG.nii.gz", mask, image)
+    config = json.loads((MODELS / "pet-3d-autopet.train.json").read_text())
+    config["card"]["network"] = TINY_3D
+    config["card"]["preprocessing"]["spacing"] = [6.0, 6.0, 6.0]
+    config["card"]["inference"].update(patch_size=[16, 16, 16], sw_batch_size=1)
+    config["train"].update({**FAST, "patch_size": [16, 16, 16], "cases_per_epoch": None, "num_workers": 0})
+    config["data"]["validation_fraction"] = 0.5
+    assert run_cli(write_config(tmp_path, config), tmp_path / "autoPET", tmp_path / "run") == 0
+    card = load_card(tmp_path / "run" / "pet-3d-autopet.json")
+    assert card.provenance["training_data"]["validation_patients"] in (["PETCT_0000"], ["PETCT_0001"])
+    image, _ = pet_phantom(shape=shape, spacing=spacing, seed=9)
+    prediction = Segmenter(card, device="cpu").predict(image)
+    assert prediction.mask.shape == shape and np.isfinite(prediction.probability).all()
+    assert 0.0 <= card.provenance["validation"]["dice_mean"] <= 1.0

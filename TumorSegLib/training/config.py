@@ -1,0 +1,171 @@
+"""The training config: one JSON file, ``<name>.train.json``, kept next to the model card.
+
+Sections (every default is listed in ``DATA_DEFAULTS`` / ``TRAIN_DEFAULTS``)::
+
+    name    the model's name (card and weights file names)
+    card    the card's fields except ``weights`` and ``provenance`` (those are written by training)
+    data    where the cases are; paths are relative to ``root``, itself relative to the working
+            directory (``--data-root`` overrides it):
+              images       glob of the image files, e.g. "patients/imgs/*.png", "*/*/SUV.nii.gz"
+              case_regex   regex on the image path relative to root; its named groups fill ``mask``
+                           and ``patient`` (default "(?P<case>.+)\\.[^/]+$" style: the path without suffix)
+              mask         mask path template, e.g. "patients/labels/segmentation_{id}.png"
+              patient      patient id template (default: the case); all cases of a patient fall on
+                           the same side of the train/validation split
+              controls     glob of mask-less healthy controls (all background), or null
+              validation_fraction, split_seed   patient-level split (controls split alike, seed + 1)
+    train   sampling, augmentation, loss, optimiser and schedule (see ``TRAIN_DEFAULTS``)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from ..cards import ModelCard, card_from_dict
+from ..errors import TumorSegError
+
+DATA_DEFAULTS = {
+    "root": ".",
+    "images": None,
+    "case_regex": r"(?P<case>.+?)(\.nii\.gz|\.nii|\.nrrd|\.nhdr|\.png)$",
+    "mask": None,
+    "patient": "{case}",
+    "controls": None,
+    "validation_fraction": 0.2,
+    "split_seed": 20240607,
+}
+
+TRAIN_DEFAULTS = {
+    "patch_size": None,            # crop size; default the card's inference.patch_size
+    "crops_per_case": 2,           # random crops from each drawn case (RandCropByPosNegLabeld num_samples)
+    "cases_per_step": 4,           # cases per step and process: batch = cases_per_step * crops_per_case
+    "pos": 1.0,                    # crop centre on tumour : background odds
+    "neg": 1.0,
+    "positive_weight": 1.0,        # sampling weight of a case (slice-2d: slice) with tumour; without = 1
+    "cases_per_epoch": None,       # cases drawn per epoch (weighted, with replacement); default all
+    "controls_per_epoch": 0,       # healthy controls drawn per epoch (without replacement)
+    "max_steps_per_epoch": None,
+    "epochs": 100,
+    "validate_every": 1,
+    "patience": 20,                # validations without a better Dice before stopping; 0 = never
+    "loss": {"name": "dicefocal", "lambda_dice": 1.0, "lambda_focal": 10.0},
+    "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
+    "schedule": {"name": "cosine", "warmup_epochs": 2, "min_lr_ratio": 0.01},
+    "augment": {"flip_axes": [], "flip_prob": 0.5, "rotate_degrees": 10.0, "scale": 0.1, "affine_prob": 0.3,
+                "intensity_shift": 0.05, "intensity_scale": 0.1, "intensity_prob": 0.5},
+    "amp": True,                   # float16 autocast + grad scaling on CUDA
+    "bf16_cpu": False,             # bfloat16 autocast on CPU (only if it matches fp32)
+    "clip_grad_norm": 1.0,
+    "seed": 0,
+    "num_workers": 0,
+    "cache": True,                 # keep preprocessed training cases in memory
+    "validation_controls": None,   # at most this many validation controls (None = all)
+}
+
+LOSSES = ("dicefocal", "dicece", "bce", "dice")
+OPTIMIZERS = ("adamw", "nadam")
+SCHEDULES = ("cosine", "plateau", "none")
+
+
+@dataclass
+class TrainConfig:
+    name: str
+    card: dict
+    data: dict
+    train: dict
+    path: Optional[Path] = None
+
+    def model_card(self, weights_file: Optional[str] = None) -> ModelCard:
+        """The card being trained (no weights yet): what validation hands to the engine."""
+        fields = {**self.card, "name": self.name,
+                  "weights": {"file": weights_file or f"{self.name}.pt", "format": "state_dict"}}
+        return card_from_dict(fields)
+
+    @property
+    def patch_size(self) -> list:
+        return list(self.train["patch_size"])
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "card": self.card, "data": self.data, "train": self.train}
+
+
+def load_config(path, data_root=None, overrides: Optional[dict] = None) -> TrainConfig:
+    """Read and check a training config; ``data_root`` replaces ``data.root``."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise TumorSegError(f"cannot read training config {path}: {error}") from error
+    return config_from_dict(raw, path, data_root, overrides)
+
+
+def config_from_dict(raw: dict, path=None, data_root=None, overrides: Optional[dict] = None) -> TrainConfig:
+    where = str(path) if path else "training config"
+    if not isinstance(raw, dict):
+        raise TumorSegError(f"{where}: a training config must be a JSON object")
+    problems = [f"unknown section {k!r}" for k in sorted(set(raw) - {"name", "card", "data", "train", "notes"})]
+    problems += [f"missing section {k!r}" for k in ("name", "card", "data") if k not in raw]
+    if problems:
+        raise TumorSegError(f"{where}: " + "; ".join(problems))
+    data = _merged(DATA_DEFAULTS, raw["data"], "data", where)
+    train = _merged(TRAIN_DEFAULTS, {**raw.get("train", {}), **(overrides or {})}, "train", where)
+    if data_root is not None:
+        data["root"] = str(data_root)
+    card = copy.deepcopy(raw["card"])
+    for key in ("weights", "provenance", "name"):
+        if key in card:
+            raise TumorSegError(f"{where}: card.{key} is written by training; remove it from the config")
+    config = TrainConfig(name=str(raw["name"]), card=card, data=data, train=train, path=path)
+    model_card = config.model_card()  # validates the card section
+    if train["patch_size"] is None:
+        train["patch_size"] = model_card.inference.get("patch_size")
+    _check(config, model_card, where)
+    return config
+
+
+def _merged(defaults: dict, given: dict, section: str, where: str) -> dict:
+    if not isinstance(given, dict):
+        raise TumorSegError(f"{where}: section {section!r} must be a JSON object")
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise TumorSegError(f"{where}: unknown {section} setting(s) {unknown}; known: {sorted(defaults)}")
+    merged = copy.deepcopy(defaults)
+    for key, value in given.items():
+        if isinstance(merged.get(key), dict) and isinstance(value, dict) and key != "loss":
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _check(config: TrainConfig, card: ModelCard, where: str) -> None:
+    data, train = config.data, config.train
+    problems = []
+    if not data["images"] or not data["mask"]:
+        problems.append("data.images (a glob) and data.mask (a path template) are required")
+    if not 0.0 < float(data["validation_fraction"]) < 1.0:
+        problems.append("data.validation_fraction must lie strictly between 0 and 1")
+    patch = train["patch_size"]
+    if not patch or len(patch) != card.spatial_dims or any(int(p) < 1 for p in patch):
+        problems.append(f"train.patch_size needs {card.spatial_dims} positive sizes for mode {card.mode!r}, got {patch}")
+    for key in ("crops_per_case", "cases_per_step", "epochs", "validate_every"):
+        if int(train[key]) < 1:
+            problems.append(f"train.{key} must be at least 1")
+    if train["loss"].get("name") not in LOSSES:
+        problems.append(f"train.loss.name must be one of {LOSSES}")
+    if train["optimizer"].get("name") not in OPTIMIZERS:
+        problems.append(f"train.optimizer.name must be one of {OPTIMIZERS}")
+    if train["schedule"].get("name") not in SCHEDULES:
+        problems.append(f"train.schedule.name must be one of {SCHEDULES}")
+    channels = int(card.network.get("args", {}).get("out_channels", 1))
+    activation = card.output.get("activation", "sigmoid")
+    if (activation, channels) not in (("sigmoid", 1), ("softmax", 2)):
+        problems.append(f"training needs out_channels 1 with sigmoid or 2 with softmax, got {channels} with {activation}")
+    if card.in_channels != 1:
+        problems.append("training reads one-channel images: network.args.in_channels must be 1")
+    if problems:
+        raise TumorSegError(f"{where}: " + "; ".join(problems))

@@ -1,0 +1,208 @@
+"""Training cases: finding image/mask pairs and controls, the patient split, sampling, manifest.
+
+A case is an image with its mask (or a healthy control, whose mask is all background). Cases
+are split by patient with a fixed seed so that no patient is on both sides. Every pair is read
+once before training starts: missing files, masks off their image's grid, an empty dataset or a
+validation side without tumour are reported as ``TumorSegError`` before any step is taken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..errors import TumorSegError
+from .config import TrainConfig
+
+
+@dataclass
+class Case:
+    name: str                      # image path relative to the data root
+    patient: str
+    image: Path
+    mask: Optional[Path]           # None for a healthy control
+    positive: bool = False         # the mask has tumour
+    slice_axis: Optional[int] = None        # slice-2d: the axial axis of the volume
+    positive_slices: Optional[np.ndarray] = None  # slice-2d: bool per slice
+
+
+@dataclass
+class Split:
+    train: list
+    validation: list
+
+    @property
+    def cases(self) -> list:
+        return self.train + self.validation
+
+
+def data_root(config: TrainConfig) -> Path:
+    root = Path(config.data["root"]).expanduser()
+    if not root.is_dir():
+        raise TumorSegError(f"data root {root} does not exist (set data.root in the config or pass --data-root)")
+    return root
+
+
+def find_cases(config: TrainConfig) -> list:
+    """Image/mask pairs and controls named by the config's data section (files not yet read)."""
+    data = config.data
+    root = data_root(config)
+    images = sorted(p for p in root.glob(data["images"]) if p.is_file())
+    if not images:
+        raise TumorSegError(f"no images match {data['images']!r} under {root}: empty dataset")
+    pattern = re.compile(data["case_regex"])
+    cases, missing = [], []
+    for image in images:
+        relative = image.relative_to(root).as_posix()
+        match = pattern.search(relative)
+        if match is None:
+            raise TumorSegError(f"image {relative} does not match data.case_regex {data['case_regex']!r}")
+        fields = {k: v for k, v in match.groupdict().items() if v is not None}
+        fields.setdefault("case", relative)
+        try:
+            mask = root / data["mask"].format(**fields)
+            patient = data["patient"].format(**fields)
+        except (KeyError, IndexError) as error:
+            raise TumorSegError(f"data.mask / data.patient use a field not in data.case_regex: {error}") from error
+        if not mask.is_file():
+            missing.append(str(mask))
+        cases.append(Case(name=relative, patient=patient, image=image, mask=mask))
+    if missing:
+        raise TumorSegError(f"{len(missing)} mask file(s) missing, e.g. {missing[0]} (check data.mask)")
+    if data["controls"]:
+        controls = sorted(p for p in root.glob(data["controls"]) if p.is_file())
+        if not controls:
+            raise TumorSegError(f"no controls match {data['controls']!r} under {root}")
+        cases += [Case(name=p.relative_to(root).as_posix(), patient="control:" + p.relative_to(root).as_posix(),
+                       image=p, mask=None) for p in controls]
+    return cases
+
+
+def split_cases(cases: list, fraction: float, seed: int) -> Split:
+    """Patient-level split; controls are split on their own with ``seed + 1``."""
+    train, validation = [], []
+    for group, group_seed in (([c for c in cases if c.mask is not None], seed), ([c for c in cases if c.mask is None], seed + 1)):
+        patients = sorted({c.patient for c in group})
+        count = min(max(round(fraction * len(patients)), 1), len(patients) - 1) if len(patients) > 1 else 0
+        held = set(random.Random(group_seed).sample(patients, count))
+        train += [c for c in group if c.patient not in held]
+        validation += [c for c in group if c.patient in held]
+    return Split(train, validation)
+
+
+def check_cases(cases: list, card, load) -> None:
+    """Prepare every case once (grids must match); record which cases (and slices) hold tumour.
+
+    ``load(case) -> {"image", "label", "axis"}`` is the loader training uses.
+    """
+    dims = 2 if card.mode == "whole-image-2d" else 3
+    for case in cases:
+        arrays = load(case)
+        if arrays["image"].ndim != dims:
+            raise TumorSegError(f"{case.name}: a {arrays['image'].ndim}D image does not suit a {card.mode} model")
+        label = arrays["label"]
+        case.positive = bool(label.any())
+        if card.mode == "slice-2d":
+            case.slice_axis = arrays["axis"]
+            case.positive_slices = np.moveaxis(label, case.slice_axis, 0).reshape(label.shape[case.slice_axis], -1).any(1)
+
+
+def require_usable(split: Split, card) -> None:
+    if not [c for c in split.train if c.positive]:
+        raise TumorSegError("the training split has no case with tumour: nothing to learn")
+    if not [c for c in split.validation if c.positive]:
+        raise TumorSegError("the validation split has no case with tumour, so Dice cannot be measured; "
+                            "add cases or raise data.validation_fraction")
+
+
+def training_items(cases: list) -> list:
+    """(case index, slice index or None, has tumour, is control) for every training sample."""
+    items = []
+    for index, case in enumerate(cases):
+        if case.positive_slices is not None:
+            items += [(index, s, bool(p), False) for s, p in enumerate(case.positive_slices)]
+        else:
+            items.append((index, None, case.positive, case.mask is None))
+    return items
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Weighted, distributed sampling of training items, redrawn every epoch (``set_epoch``).
+
+    Each epoch draws ``num_items`` non-control items with replacement, weighting tumour items by
+    ``positive_weight``, plus ``num_controls`` controls without replacement; the shuffled draw
+    (identical on every rank) is cut to a multiple of ``world * batch`` and rank ``r`` takes
+    every ``world``-th item from ``r``, so all ranks run the same number of steps.
+    """
+
+    def __init__(self, items: list, positive_weight: float, num_items: Optional[int], num_controls: int,
+                 seed: int, batch: int, rank: int = 0, world: int = 1):
+        self.items = [i for i, item in enumerate(items) if not item[3]]
+        self.controls = [i for i, item in enumerate(items) if item[3]]
+        self.weights = torch.tensor([positive_weight if items[i][2] else 1.0 for i in self.items], dtype=torch.float64)
+        self.num_items = int(num_items or len(self.items))
+        self.num_controls = min(int(num_controls), len(self.controls))
+        self.seed, self.batch, self.rank, self.world = seed, batch, rank, world
+        self.epoch = 0
+        if self.num_items + self.num_controls < world * batch:
+            raise TumorSegError(f"an epoch of {self.num_items + self.num_controls} cases is smaller than one step "
+                                f"({world} process(es) x {batch} cases)")
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _draw(self) -> list:
+        generator = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        drawn = torch.multinomial(self.weights, self.num_items, replacement=True, generator=generator).tolist()
+        chosen = [self.items[i] for i in drawn]
+        if self.num_controls:
+            picked = torch.randperm(len(self.controls), generator=generator)[: self.num_controls].tolist()
+            chosen += [self.controls[i] for i in picked]
+        order = torch.randperm(len(chosen), generator=generator).tolist()
+        usable = len(chosen) // (self.world * self.batch) * (self.world * self.batch)
+        return [chosen[i] for i in order[:usable]]
+
+    def __iter__(self):
+        return iter(self._draw()[self.rank :: self.world])
+
+    def __len__(self) -> int:
+        total = self.num_items + self.num_controls
+        return total // (self.world * self.batch) * self.batch
+
+
+class TrainingDataset(torch.utils.data.Dataset):
+    """Item ``i`` -> list of random crops (dicts with "image" and "label", channel first)."""
+
+    def __init__(self, cases: list, items: list, load_arrays, augment, cache: bool):
+        self.cases, self.items, self.load_arrays, self.augment = cases, items, load_arrays, augment
+        self.cache = {i: load_arrays(c) for i, c in enumerate(cases)} if cache else None
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        case_index, slice_index = self.items[index][:2]
+        case = self.cases[case_index]
+        arrays = self.cache[case_index] if self.cache is not None else self.load_arrays(case)
+        image, label = arrays["image"], arrays["label"]
+        if slice_index is not None:
+            image = np.take(image, slice_index, axis=case.slice_axis)
+            label = np.take(label, slice_index, axis=case.slice_axis)
+        return self.augment({"image": image[None], "label": label[None]})
+
+
+def manifest_sha256(cases: list, root: Path) -> tuple:
+    """SHA-256 over the sorted "sha256  relative path" lines of every file used; returns (hash, lines)."""
+    from ..cards import sha256
+
+    files = sorted({p for c in cases for p in (c.image, c.mask) if p is not None})
+    lines = [f"{sha256(p)}  {Path(p).relative_to(root).as_posix()}" for p in files]
+    lines.sort(key=lambda line: line.split("  ", 1)[1])
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest(), lines
