@@ -9,12 +9,16 @@ its weights file sits next to it. Fields (see ``Resources/Models/README.md``)::
     mode            "whole-image-2d" | "slice-2d" | "sliding-window-3d"
     network         {"name": MONAI network class (default "AttentionUnet"), "args": {...}}
     preprocessing   {"intensity": {"window": [lo, hi], "invert": bool},   -> clip to [0, 1]
+                     "orientation": null | "RAS" (axis codes: exact reorientation before inference),
                      "spacing": null | [mm per array axis],
                      "mip": {"window": [0, suv_hi], "invert": bool}}     (MIP-PET from 3D PET)
     inference       {"patch_size": [...], "overlap": 0.25, "blending": "gaussian"|"constant",
-                     "sw_batch_size": 1, "divisible_by": 16, "context_mm": [...] (click-to-segment)}
+                     "sw_batch_size": 1, "batch_size": 8 (slices), "divisible_by": 16,
+                     "context_mm": [...] (click-to-segment), "precision": "auto"|"fp32"|"bf16",
+                     "recheck_margin": 0.05 (reduced-precision windows this near the threshold -> fp32)}
     output          {"activation": "sigmoid"|"softmax", "channel": 0, "threshold": 0.5}
-    postprocessing  {"min_lesion_ml": 0.0, "largest_component": false, "fill_holes": false}
+    postprocessing  {"min_lesion_ml": 0.0 (3D), "min_lesion_px": 0 (2D), "largest_component": false,
+                     "fill_holes": false}
     weights         {"file": "name.pt", "sha256": "...", "format": "state_dict"|"torchscript"}
     provenance      {"training_data", "command", "config", "code_version", "validation": {...}}
 """
@@ -111,11 +115,44 @@ def card_from_dict(data: dict, path: Optional[Path] = None) -> ModelCard:
     dims = 3 if data.get("mode") == "sliding-window-3d" else 2
     if patch is not None and len(patch) != dims:
         problems.append(f"inference.patch_size needs {dims} values for mode {data.get('mode')!r}, got {patch}")
+    problems += _engine_problems(data)
     if problems:
         raise TumorSegError(f"{where} is not a valid model card: " + "; ".join(problems))
     fields = {k: data[k] for k in _FIELDS if k in data}
     fields.setdefault("postprocessing", {})
     return ModelCard(**fields, path=path)
+
+
+def _engine_problems(data: dict) -> list:
+    """Problems with the settings the inference engine reads (orientation, spacing, overlap, ...)."""
+    problems = []
+    preprocessing = data.get("preprocessing") or {}
+    inference = data.get("inference") or {}
+    orientation = preprocessing.get("orientation")
+    if orientation is not None and sorted(str(orientation).upper().translate(str.maketrans("LPI", "RAS"))) != ["A", "R", "S"]:
+        problems.append(f"preprocessing.orientation must be axis codes such as 'RAS' or 'LPS', got {orientation!r}")
+    spacing = preprocessing.get("spacing")
+    if spacing is not None and (not isinstance(spacing, list) or len(spacing) not in (2, 3)
+                                or any(s is not None and not _number(s, 0.0) > 0 for s in spacing)):
+        problems.append(f"preprocessing.spacing must be null or 2-3 positive mm values (null keeps an axis), got {spacing!r}")
+    if not 0.0 <= _number(inference.get("overlap", 0.25), -1.0) < 1.0:
+        problems.append(f"inference.overlap must be in [0, 1), got {inference.get('overlap')!r}")
+    if inference.get("blending", "gaussian") not in ("gaussian", "constant"):
+        problems.append("inference.blending must be 'gaussian' or 'constant'")
+    if inference.get("precision", "auto") not in ("auto", "fp32", "bf16"):
+        problems.append("inference.precision must be 'auto', 'fp32' or 'bf16'")
+    if not 0.0 <= _number(inference.get("recheck_margin", 0.05), -1.0) < 0.5:
+        problems.append(f"inference.recheck_margin must be in [0, 0.5), got {inference.get('recheck_margin')!r}")
+    for key in ("sw_batch_size", "batch_size", "divisible_by"):
+        if key in inference and not (isinstance(inference[key], int) and inference[key] >= 1):
+            problems.append(f"inference.{key} must be a positive integer")
+    if data.get("modality") == "MIP-PET" and data.get("mode") != "whole-image-2d":
+        problems.append("a MIP-PET model must have mode 'whole-image-2d'")
+    return problems
+
+
+def _number(value, default: float) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
 
 def load_card(path) -> ModelCard:

@@ -14,7 +14,7 @@ import sys
 from . import __version__
 from .errors import Cancelled, TumorSegError
 
-COMMANDS = ("segment", "measure", "evaluate", "models", "train")
+COMMANDS = ("segment", "measure", "evaluate", "models", "train", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,103 @@
+"""Model cards: validation with clear errors, search folders, weights verification, ``tumorseg models``."""
+
+import json
+
+import pytest
+
+from TumorSegLib import cards
+from TumorSegLib.cards import card_from_dict, find_card, list_cards, load_card, sha256, weights_status
+from TumorSegLib.cli import main
+from TumorSegLib.errors import TumorSegError
+from TumorSegLib.testing import tiny_card_dict
+
+
+def write_card(folder, name="m", weights=b"weights", **changes):
+    data = tiny_card_dict(name, "sliding-window-3d", "CT")
+    data.update(changes)
+    if weights is not None:
+        (folder / data["weights"]["file"]).write_bytes(weights)
+        data["weights"]["sha256"] = sha256(folder / data["weights"]["file"])
+    (folder / f"{name}.json").write_text(json.dumps(data))
+    return folder / f"{name}.json"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"modality": "MRI"}, "modality must be one of"),
+    ({"mode": "3d"}, "mode must be one of"),
+    ({"colour": "red"}, "unknown field 'colour'"),
+    ({"weights": {"sha256": "x"}}, "weights must give at least 'file'"),
+    ({"output": {"threshold": 1.5}}, "output.threshold"),
+    ({"preprocessing": {"intensity": {"window": [400, -200]}}}, "low < high"),
+    ({"preprocessing": {"orientation": "RAX"}}, "preprocessing.orientation"),
+    ({"preprocessing": {"spacing": [1.0, -1.0, 1.0]}}, "preprocessing.spacing"),
+    ({"inference": {"patch_size": [32, 32]}}, "needs 3 values"),
+    ({"inference": {"overlap": "half"}}, "inference.overlap"),
+    ({"inference": {"precision": "fp8"}}, "inference.precision"),
+    ({"inference": {"sw_batch_size": 0}}, "inference.sw_batch_size"),
+    ({"modality": "MIP-PET"}, "MIP-PET model must have mode 'whole-image-2d'"),
+])
+def test_invalid_cards_name_the_problem(change, message):
+    data = {**tiny_card_dict("m", "sliding-window-3d", "CT"), **change}
+    with pytest.raises(TumorSegError, match="not a valid model card") as error:
+        card_from_dict(data)
+    assert message in str(error.value)
+
+
+def test_missing_fields_and_unreadable_files(tmp_path):
+    data = tiny_card_dict("m", "slice-2d", "PET")
+    del data["network"], data["weights"]
+    with pytest.raises(TumorSegError, match="missing field 'network'.*missing field 'weights'"):
+        card_from_dict(data)
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(TumorSegError, match="cannot read model card"):
+        load_card(tmp_path / "bad.json")
+
+
+def test_user_folders_come_first_and_unknown_names_list_the_known(tmp_path, monkeypatch):
+    monkeypatch.setattr(cards, "BUILTIN_DIR", tmp_path / "builtin")
+    (tmp_path / "builtin").mkdir()
+    (tmp_path / "user").mkdir()
+    write_card(tmp_path / "builtin", "shared", title="built-in")
+    write_card(tmp_path / "builtin", "only-builtin")
+    write_card(tmp_path / "user", "shared", title="user")
+    (tmp_path / "user" / "shared.train.json").write_text("{}")  # training configs are skipped
+    monkeypatch.setenv("TUMORSEG_MODELS", str(tmp_path / "user"))
+    found = {card.name: card.title for card in list_cards()}
+    assert found == {"shared": "user", "only-builtin": "Tiny test model (CT, sliding-window-3d)"}
+    with pytest.raises(TumorSegError, match="unknown model 'nope'; known models: only-builtin, shared"):
+        find_card("nope")
+    assert find_card(str(tmp_path / "builtin" / "shared.json")).title == "built-in"
+
+
+def test_weights_states(tmp_path):
+    card = load_card(write_card(tmp_path, "ok"))
+    assert weights_status(card) == "verified"
+    card.weights_path.write_bytes(b"other")
+    assert weights_status(card) == "sha256 mismatch"
+    card.weights_path.unlink()
+    assert weights_status(card) == "missing"
+    unverified = load_card(write_card(tmp_path, "nosum", weights=None))
+    unverified.weights_path.write_bytes(b"w")
+    assert weights_status(unverified) == "unverified"
+
+
+def test_models_command_lists_modality_mode_and_weights(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(cards, "BUILTIN_DIR", tmp_path / "none")
+    monkeypatch.delenv("TUMORSEG_MODELS", raising=False)
+    write_card(tmp_path, "good")
+    write_card(tmp_path, "broken")
+    (tmp_path / "broken.pt").write_bytes(b"changed")
+    assert main(["models", "--models-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:4] == ["name", "modality", "mode", "weights"]
+    assert any(line.split()[:5] == ["broken", "CT", "sliding-window-3d", "sha256", "mismatch"] for line in lines)
+    assert any(line.split()[:4] == ["good", "CT", "sliding-window-3d", "verified"] for line in lines)
+    assert main(["models", "--models-dir", str(tmp_path), "--json"]) == 0
+    assert {row["name"]: row["weights"] for row in json.loads(capsys.readouterr().out)} == {
+        "good": "verified", "broken": "sha256 mismatch"}
+
+
+def test_shipped_cards_validate():
+    for path in sorted(cards.BUILTIN_DIR.glob("*.json")):
+        if not path.name.endswith(".train.json"):
+            assert load_card(path).name == path.stem

@@ -1,0 +1,214 @@
+"""Inference engine: geometry on any grid, ROI and point, MIP orientation, progress, cancel, fallbacks."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from TumorSegLib.cards import load_card
+from TumorSegLib.engine import Segmenter, settings_for
+from TumorSegLib.errors import Cancelled, TumorSegError
+from TumorSegLib.image import Image
+from TumorSegLib.inferers import Predictor
+from TumorSegLib.mip import coronal_mip
+from TumorSegLib.phantoms import ellipsoid, grid_affine
+from TumorSegLib.postprocess import postprocess
+from TumorSegLib.progress import Cancel
+from TumorSegLib.testing import lesion_png, lesion_volume, tiny_model
+
+
+def dice(a, b):
+    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory):
+    return tmp_path_factory.getbasetemp() / "tiny-models"
+
+
+@pytest.fixture(scope="session")
+def ct3d(models_dir):
+    return tiny_model(models_dir, "sliding-window-3d", "CT")
+
+
+@pytest.fixture(scope="session")
+def mip2d(models_dir):
+    return tiny_model(models_dir, "whole-image-2d", "MIP-PET")
+
+
+@pytest.fixture(scope="session")
+def segmenter(ct3d):
+    return Segmenter(ct3d, "cpu")
+
+
+def variant(card, tmp_path, **changes):
+    """A copy of ``card`` (same weights) with changed preprocessing/inference settings."""
+    data = card.to_dict()
+    for section, values in changes.items():
+        data[section] = {**data.get(section, {}), **values}
+    path = tmp_path / f"{card.name}.json"
+    (tmp_path / card.weights["file"]).write_bytes(card.weights_path.read_bytes())
+    path.write_text(json.dumps(data))
+    return load_card(path)
+
+
+def test_mask_lands_on_flipped_oblique_anisotropic_grid(segmenter):
+    image, truth = lesion_volume("CT")
+    prediction = segmenter.predict(image)
+    assert prediction.probability.shape == image.shape and prediction.probability.dtype == np.float32
+    assert prediction.image is image
+    assert dice(prediction.mask, truth) >= 0.8
+
+
+def test_resampling_and_reorientation_give_the_mask_on_the_input_grid(ct3d, tmp_path):
+    card = variant(ct3d, tmp_path, preprocessing={"spacing": [1.5, 1.5, 1.5], "orientation": "LPS"})
+    image, truth = lesion_volume("CT")
+    prediction = Segmenter(card, "cpu").predict(image)
+    assert prediction.mask.shape == image.shape
+    assert dice(prediction.mask, truth) >= 0.8
+
+
+def test_progress_reaches_one_and_never_goes_back(segmenter):
+    seen = []
+    segmenter.predict(lesion_volume("CT")[0], progress=lambda f, m: seen.append(f))
+    assert seen[-1] == 1.0 and seen == sorted(seen) and len(seen) > 4
+
+
+def test_cancel_stops_between_windows(segmenter):
+    cancel, calls = Cancel(), []
+
+    def progress(fraction, message):
+        calls.append(message)
+        if message.startswith("window"):
+            cancel.set()
+
+    with pytest.raises(Cancelled):
+        segmenter.predict(lesion_volume("CT", shape=(64, 64, 40))[0], progress=progress, cancel=cancel)
+    assert sum(m.startswith("window") for m in calls) == 1
+
+
+def test_roi_equals_full_run_inside_the_roi(segmenter):
+    image, _ = lesion_volume("CT", shape=(56, 48, 24))
+    full = segmenter.predict(image)
+    box = (4, 30, 20, 44, 4, 20)
+    part = segmenter.predict(image, roi=box)
+    inside = tuple(slice(lo, hi) for lo, hi in zip(box[0::2], box[1::2]))
+    outside = np.ones(image.shape, dtype=bool)
+    outside[inside] = False
+    assert not part.probability[outside].any() and not part.mask[outside].any()
+    np.testing.assert_allclose(part.probability[inside], full.probability[inside], atol=1e-5)
+    assert np.array_equal(part.mask[inside], full.mask[inside])
+
+
+def test_point_segments_a_box_around_it(segmenter):
+    image, truth = lesion_volume("CT")
+    prediction = segmenter.predict(image, point=(-6.0, 6.0, 14.0))  # centre of the larger lesion
+    labels_hit = prediction.mask & truth
+    assert labels_hit.any()
+    assert np.count_nonzero(prediction.mask) < np.count_nonzero(truth)  # the other lesion lies outside the box
+    with pytest.raises(TumorSegError, match="outside the image"):
+        segmenter.predict(image, point=(500.0, 0.0, 0.0))
+
+
+@pytest.mark.parametrize("roi", [(0, 10, 0, 10), (0, 10, 0, 10, 5, 99), (-1, 5, 0, 5, 0, 5), (5, 5, 0, 5, 0, 5)])
+def test_bad_roi_is_refused(segmenter, roi):
+    with pytest.raises(TumorSegError, match="ROI"):
+        segmenter.predict(lesion_volume("CT")[0], roi=roi)
+
+
+def test_wrong_dimensionality_and_modality_are_refused(segmenter, mip2d):
+    with pytest.raises(TumorSegError, match="needs a 3D volume"):
+        segmenter.predict(lesion_png()[0])
+    with pytest.raises(TumorSegError, match="does not look like CT"):
+        segmenter.predict(lesion_volume("PET")[0])
+    with pytest.raises(TumorSegError, match="looks like CT"):
+        Segmenter(mip2d, "cpu").predict(lesion_volume("CT")[0])
+
+
+def test_overrides_are_checked(ct3d):
+    assert settings_for(ct3d, {"overlap": 0.5, "threshold": None})["overlap"] == 0.5
+    for bad in ({"overlap": 1.0}, {"threshold": 0.0}, {"min_lesion_ml": -1}, {"patch": 3}):
+        with pytest.raises(TumorSegError):
+            settings_for(ct3d, bad)
+
+
+def pet_volume(affine, shape):
+    """A PET volume with a hot lesion at the patient's right, superior, anterior."""
+    array = np.zeros(shape, dtype=np.float32)
+    array[ellipsoid(shape, affine, (30.0, 20.0, 40.0), (8.0, 8.0, 8.0))] = 9.0
+    array[ellipsoid(shape, affine, (-30.0, -20.0, -40.0), (6.0, 6.0, 6.0))] = 7.0
+    return Image(array, affine)
+
+
+def test_mip_is_radiological_superior_up_whatever_the_storage(mip2d):
+    shape = (40, 30, 50)
+    reference = coronal_mip(pet_volume(grid_affine(shape, (3.0, 3.0, 2.0)), shape), mip2d)
+    rows, cols = np.nonzero(reference.array < 100)  # hot = dark
+    assert rows.mean() < reference.shape[0] / 2  # superior lesion in the top half
+    assert cols.mean() < reference.shape[1] / 2  # patient right on the image left
+    assert np.allclose(reference.spacing, (2.0, 3.0))
+    # The same patient stored with flipped and permuted voxel axes gives the same MIP pixels.
+    flipped = grid_affine(shape, (3.0, 3.0, 2.0), flip=(True, True, True))[:, [2, 0, 1, 3]]
+    other = coronal_mip(pet_volume(flipped, (50, 40, 30)), mip2d)
+    assert np.array_equal(other.array, reference.array)
+
+
+def test_mip_card_on_a_3d_pet_volume_gives_a_mip_mask(mip2d):
+    shape = (40, 30, 50)
+    prediction = Segmenter(mip2d, "cpu").predict(pet_volume(grid_affine(shape, (3.0, 3.0, 2.0)), shape))
+    assert prediction.image.ndim == 2 and prediction.mask.shape == prediction.image.shape
+    assert dice(prediction.mask, prediction.image.array < 128) >= 0.8  # both lesions (SUV 9 and 7) are dark
+    assert any("MIP" in note for note in prediction.notes)
+
+
+def test_constant_windows_are_computed_once_with_the_same_result(ct3d):
+    network = Segmenter(ct3d, "cpu").network
+    predictor = Predictor(network, ct3d.output, torch.device("cpu"), None, total=3, progress=lambda f, m: None)
+    batch = torch.rand(3, 1, 16, 16, 16)
+    batch[0] = 0.0
+    batch[2] = 0.0
+    out = predictor(batch)
+    with torch.inference_mode():
+        expected = torch.sigmoid(network(batch))
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+    assert len(predictor.constant_cache) == 1
+
+
+def test_bf16_masks_agree_with_fp32(segmenter):
+    image, _ = lesion_volume("CT")
+    fp32 = segmenter.predict(image, overrides={"precision": "fp32"}).mask
+    bf16 = segmenter.predict(image, overrides={"precision": "bf16"}).mask
+    assert dice(fp32, bf16) >= 0.97
+
+
+def test_cuda_out_of_memory_falls_back_to_smaller_batches_then_cpu(ct3d, monkeypatch):
+    segmenter = Segmenter(ct3d, "cpu")
+    segmenter.device = torch.device("cuda")  # pretend; every attempt on "cuda" fails
+    attempts = []
+
+    def run_once(array, axis, active, settings, progress, cancel):
+        attempts.append((segmenter.device.type, settings["sw_batch_size"], settings["keep_volume_on_device"]))
+        if segmenter.device.type == "cuda":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return np.zeros(array.shape, dtype=np.float32)
+
+    monkeypatch.setattr(segmenter, "_run_once", run_once)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    prediction = segmenter.predict(lesion_volume("CT")[0])
+    assert attempts == [("cuda", 2, None), ("cuda", 1, None), ("cuda", 1, False), ("cpu", 1, False)]
+    assert prediction.device == "cpu" and any("on the CPU" in note for note in prediction.notes)
+
+
+def test_postprocessing_removes_small_lesions_and_fills_holes():
+    grid = Image(np.zeros((30, 30, 30)), np.diag([2.0, 2.0, 2.0, 1.0]))  # 8 mm3 voxels
+    mask = np.zeros(grid.shape, dtype=bool)
+    mask[2:12, 2:12, 2:12] = True  # 8 mL
+    mask[6, 6, 6] = False  # a hole
+    mask[20:22, 20:22, 20:22] = True  # 0.064 mL
+    notes = []
+    out = postprocess(mask, grid, {"min_lesion_ml": 0.1, "fill_holes": True}, notes)
+    assert out[6, 6, 6] and not out[20:22, 20:22, 20:22].any() and out.sum() == 1000
+    assert notes
+    largest = postprocess(mask, grid, {"largest_component": True}, [])
+    assert not largest[20:22, 20:22, 20:22].any()

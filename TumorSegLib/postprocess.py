@@ -1,0 +1,46 @@
+"""Mask post-processing as the card's ``postprocessing`` asks: small lesions, largest lesion, holes.
+
+- ``min_lesion_ml`` (3D): lesions (18-connected) smaller than this volume are removed;
+- ``min_lesion_px`` (2D): lesions (8-connected) with fewer pixels are removed;
+- ``largest_component``: keep only the largest lesion;
+- ``fill_holes``: fill enclosed holes (in 3D, of each lesion as a whole).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+from .image import Image
+from .measure import label_lesions
+
+
+def postprocess(mask: np.ndarray, grid: Image, settings: dict, notes: list) -> np.ndarray:
+    """The post-processed bool mask; what was removed is added to ``notes``."""
+    mask = np.asarray(mask, dtype=bool)
+    if settings.get("fill_holes"):
+        mask = ndimage.binary_fill_holes(mask)
+    minimum = _min_voxels(grid, settings)
+    if minimum > 1 or settings.get("largest_component"):
+        labels, count = label_lesions(mask)
+        if count:
+            sizes = np.bincount(labels.ravel(), minlength=count + 1)
+            keep = sizes >= minimum
+            keep[0] = False
+            removed = int(count - keep.sum())
+            if removed:
+                notes.append(f"removed {removed} lesion(s) smaller than the minimum lesion size")
+            if settings.get("largest_component") and keep.any():
+                largest = int(np.argmax(np.where(keep, sizes, 0)))
+                if keep.sum() > 1:
+                    notes.append(f"kept only the largest of {int(keep.sum())} lesions")
+                keep[:] = False
+                keep[largest] = True
+            mask = keep[labels]
+    return mask
+
+
+def _min_voxels(grid: Image, settings: dict) -> int:
+    if grid.ndim == 3:
+        return int(np.ceil(float(settings.get("min_lesion_ml") or 0.0) * 1000.0 / grid.voxel_volume))
+    return int(settings.get("min_lesion_px") or 0)
