@@ -64,7 +64,8 @@ class TumorSegWidget(ScriptedLoadableModuleWidget):
         self.layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
-        self.panel = TumorSegPanel(self.ui, TumorSegLogic())
+        self.logic = TumorSegLogic()  # slicer.util.getModuleLogic('TumorSeg') returns it
+        self.panel = TumorSegPanel(self.ui, self.logic)
 
     def enter(self):
         self.panel.enter()

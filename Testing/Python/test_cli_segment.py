@@ -129,7 +129,7 @@ def test_sigterm_cancels_with_exit_130_and_no_output(models_dir, tmp_path):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--model", "no-such-model"], "unknown model 'no-such-model'; known models: tiny-"),
+    (["--model", "no-such-model"], "unknown model 'no-such-model'; known models: "),
     (["--model", "tiny-ct-sliding-window-3d", "--roi", "0", "10", "0", "10", "0", "999"], "outside the image"),
     (["--model", "tiny-ct-sliding-window-3d", "--point", "900", "0", "0"], "outside the image"),
     (["--model", "tiny-mip-pet-whole-image-2d"], "looks like CT"),

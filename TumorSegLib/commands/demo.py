@@ -28,13 +28,16 @@ def register(subparsers) -> None:
 
 
 def demo_card(name, extra_dir):
-    """The card to demonstrate: ``name``, else the first model with weights whose input a phantom can be."""
+    """The card to demonstrate: ``name``, else the first model with weights whose input a phantom can be.
+
+    PET models come first: the phantom is a whole body, what they see; CT lesion models expect a
+    region around one nodule."""
     from ..cards import find_card, list_cards, weights_status
 
     if name:
         return find_card(name, extra_dir)
     cards = list_cards(extra_dir)
-    for card in cards:
+    for card in sorted(cards, key=lambda card: card.modality == "CT"):
         if card.mode != "whole-image-2d" or card.modality == "MIP-PET":
             if weights_status(card) in ("verified", "unverified"):
                 return card
