@@ -68,7 +68,8 @@ def test_slice_2d_on_a_flipped_oblique_volume(models_dir, tmp_path):
 def test_png_in_png_mask_out(models_dir, tmp_path):
     image, truth = lesion_png()
     write_image(tmp_path / "mip.png", image)
-    assert segment(models_dir, tmp_path / "mip.png", "-o", tmp_path / "mask.png") == 0  # the only 2D model
+    assert segment(models_dir, tmp_path / "mip.png", "-o", tmp_path / "mask.png", "--model",
+                   "tiny-mip-pet-whole-image-2d") == 0
     mask = read_image(tmp_path / "mask.png").array
     assert set(np.unique(mask)) <= {0, 255} and mask.shape == image.shape
     assert dice(mask == 255, truth) >= 0.8
@@ -148,7 +149,8 @@ def test_png_to_3d_model_and_unwritable_output(models_dir, tmp_path, capsys):
     assert segment(models_dir, tmp_path / "mip.png", "-o", tmp_path / "m.png", "--model",
                    "tiny-ct-sliding-window-3d") == 2
     assert "needs a 3D volume" in capsys.readouterr().err
-    assert segment(models_dir, tmp_path / "mip.png", "-o", tmp_path / "missing" / "m.png") == 2
+    assert segment(models_dir, tmp_path / "mip.png", "-o", tmp_path / "missing" / "m.png", "--model",
+                   "tiny-mip-pet-whole-image-2d") == 2
     assert "does not exist" in capsys.readouterr().err
 
 
