@@ -68,13 +68,11 @@ def longest_diameter_sum(mask: np.ndarray, image) -> float:
 
 
 def evaluate_case(segmenter, case) -> tuple:
-    """(row of figures, Image, truth, predicted mask) of one validation case."""
-    from TumorSegLib.io import read_image
+    """(row of figures, predicted mask) of one validation case."""
     from TumorSegLib.metrics import case_metrics
     from TumorSegLib.training.transforms import read_pair
 
-    image = read_image(case.image, "validation image")
-    _, truth = read_pair(case)
+    image, truth = read_pair(case)
     point = click_point(image, truth)
     tick = time.perf_counter()
     prediction = segmenter.predict(image, point=point)
@@ -86,7 +84,7 @@ def evaluate_case(segmenter, case) -> tuple:
            "relative_volume_error": metrics["relative_volume_error"], "truth_recist_mm": truth_d,
            "pred_recist_mm": pred_d, "recist_abs_error_mm": abs(pred_d - truth_d), "fp_lesions": metrics["fp_lesions"],
            "seconds": seconds, "point": point.round(2).tolist()}
-    return row, image, truth, prediction.mask
+    return row, prediction.mask
 
 
 def summary(rows: list) -> dict:
@@ -276,7 +274,7 @@ def main(argv=None) -> int:
         for name, segmenter in segmenters.items():
             if number == 0:  # warm-up: the first call pays one-off set-up costs
                 evaluate_case(segmenter, case)
-            row, _, _, mask = evaluate_case(segmenter, case)
+            row, mask = evaluate_case(segmenter, case)
             rows[name].append(row)
             masks[(name, row["case"])] = mask
         print(f"{number + 1}/{len(cases)} {rows[args.models[0]][-1]['case']} "
