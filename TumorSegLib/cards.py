@@ -15,7 +15,9 @@ its weights file sits next to it. Fields (see ``Resources/Models/README.md``)::
     inference       {"patch_size": [...], "overlap": 0.25, "blending": "gaussian"|"constant",
                      "sw_batch_size": 1, "batch_size": 8 (slices), "divisible_by": 16,
                      "context_mm": [...] (click-to-segment), "precision": "auto"|"fp32"|"bf16",
-                     "recheck_margin": 0.05 (reduced-precision windows this near the threshold -> fp32)}
+                     "recheck_margin": 0.05 (reduced-precision windows this near the threshold -> fp32),
+                     "flip_axes": [] (test-time flips: spatial axes of the network input; the
+                                      probability is the mean over the identity and each flip)}
     output          {"activation": "sigmoid"|"softmax", "channel": 0, "threshold": 0.5}
     postprocessing  {"min_lesion_ml": 0.0 (3D), "min_lesion_px": 0 (2D), "largest_component": false,
                      "fill_holes": false}
@@ -143,12 +145,24 @@ def _engine_problems(data: dict) -> list:
         problems.append("inference.precision must be 'auto', 'fp32' or 'bf16'")
     if not 0.0 <= _number(inference.get("recheck_margin", 0.05), -1.0) < 0.5:
         problems.append(f"inference.recheck_margin must be in [0, 0.5), got {inference.get('recheck_margin')!r}")
+    flips = flip_axes_problem(inference.get("flip_axes", []), 3 if data.get("mode") == "sliding-window-3d" else 2)
+    if flips:
+        problems.append(f"inference.{flips}")
     for key in ("sw_batch_size", "batch_size", "divisible_by"):
         if key in inference and not (isinstance(inference[key], int) and inference[key] >= 1):
             problems.append(f"inference.{key} must be a positive integer")
     if data.get("modality") == "MIP-PET" and data.get("mode") != "whole-image-2d":
         problems.append("a MIP-PET model must have mode 'whole-image-2d'")
     return problems
+
+
+def flip_axes_problem(axes, dims: int) -> str | None:
+    """What is wrong with test-time ``flip_axes`` for a ``dims``-D network input, or None."""
+    if (not isinstance(axes, (list, tuple))
+            or not all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < dims for a in axes)
+            or len(set(axes)) != len(axes)):
+        return f"flip_axes must be a list of distinct spatial axes in 0..{dims - 1}, got {axes!r}"
+    return None
 
 
 def _number(value, default: float) -> float:

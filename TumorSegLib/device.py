@@ -2,11 +2,12 @@
 
 ``device``: "auto" (CUDA when present, else CPU), "cpu" or "cuda". ``precision`` (card
 ``inference.precision`` or an override): "fp32"; "bf16" (bfloat16 autocast); "auto" = fp16
-autocast on CUDA, bf16 autocast on a CPU with native bfloat16 (AMX/AVX512-BF16), fp32 elsewhere.
+autocast on CUDA, bf16 autocast on a CPU with native bfloat16 (AMX/AVX512-BF16) except for a
+whole 2D image, fp32 elsewhere.
 Reduced-precision outputs are checked by the engine: windows whose probability comes within
 ``inference.recheck_margin`` (default 0.05) of the threshold are recomputed in fp32
-(``inferers.Predictor``); without that check bf16 masks agreed with fp32 only at Dice 0.977-0.988
-in the benchmark (Testing/benchmarks/bench_inference.py), with it at 1.0.
+(``inferers.Predictor``); without that check bf16 masks agreed with fp32 only at Dice 0.977-0.991
+in the benchmark (Testing/benchmarks/bench_inference.py), with it at 0.999-1.0.
 """
 
 from __future__ import annotations
@@ -39,15 +40,19 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def autocast_dtype(device: torch.device, precision: str = "auto"):
-    """The autocast dtype for ``device`` and ``precision``, or None for plain fp32."""
+def autocast_dtype(device: torch.device, precision: str = "auto", mode: str | None = None):
+    """The autocast dtype for ``device``, ``precision`` and the card's ``mode``, or None for plain fp32.
+
+    "auto" is fp32 for a "whole-image-2d" card on the CPU: its one item is rechecked whole, so
+    bf16 plus the recheck costs more than fp32 whenever any pixel lies near the threshold.
+    """
     if precision not in PRECISIONS:
         raise TumorSegError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
         return None
     if device.type == "cuda":
         return torch.bfloat16 if precision == "bf16" else torch.float16
-    if precision == "bf16" or cpu_has_bf16():
+    if precision == "bf16" or (mode != "whole-image-2d" and cpu_has_bf16()):
         return torch.bfloat16
     return None
 

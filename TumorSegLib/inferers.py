@@ -6,6 +6,9 @@ probability (one channel, float32), and computes the output for an input window 
 all equal (air in CT, zero in PET) only once per value: such windows give identical outputs, so
 caching them changes nothing but the time.
 
+Test-time flips: with ``flip_axes`` (spatial axes of the network input), the probability is the
+mean over the identity and each single-axis flip of the input (each output flipped back).
+
 Reduced precision is checked: with ``recheck = (threshold, margin)``, a window (or slice batch
 item) whose reduced-precision probability comes within ``margin`` of the threshold anywhere is
 computed again in fp32, so the voxels that decide the mask boundary come from fp32 outputs.
@@ -32,8 +35,9 @@ class Predictor:
 
     def __init__(self, network, output: dict, device: torch.device, dtype, total: int,
                  progress: ProgressCallback, cancel=None, what: str = "window", active=None, offset=None,
-                 memory_format=None, recheck=None):
+                 memory_format=None, recheck=None, flip_axes=()):
         self.network = network
+        self.flip_dims = [[2 + int(axis)] for axis in flip_axes]  # batch dims of the spatial axes
         self.activation = output.get("activation", "sigmoid")
         self.channel = int(output.get("channel", 0))
         self.device = device
@@ -78,8 +82,6 @@ class Predictor:
         return all(w.start < hi + o and lo + o < w.stop for w, (lo, hi), o in zip(window, self.active, self.offset))
 
     def _probability(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.memory_format is not None:
-            batch = batch.contiguous(memory_format=self.memory_format)
         probability = self._forward(batch, self.dtype)
         if self.dtype is not None and self.recheck is not None:
             threshold, margin = self.recheck
@@ -90,6 +92,15 @@ class Predictor:
         return probability
 
     def _forward(self, batch: torch.Tensor, dtype) -> torch.Tensor:
+        """Probability of ``batch``: the mean over the identity and each test-time flip."""
+        probability = self._activate(batch, dtype)
+        for dims in self.flip_dims:
+            probability = probability + self._activate(batch.flip(dims), dtype).flip(dims)
+        return probability / (1 + len(self.flip_dims))
+
+    def _activate(self, batch: torch.Tensor, dtype) -> torch.Tensor:
+        if self.memory_format is not None:
+            batch = batch.contiguous(memory_format=self.memory_format)
         with torch.inference_mode(), autocast(self.device, dtype):
             logits = self.network(batch)
         logits = logits.float()

@@ -1,7 +1,9 @@
 """Mask post-processing as the card's ``postprocessing`` asks: small lesions, largest lesion, holes.
 
 - ``min_lesion_ml`` (3D): lesions (18-connected) smaller than this volume are removed;
-- ``min_lesion_px`` (2D): lesions (8-connected) with fewer pixels are removed;
+- ``min_lesion_px`` (2D): lesions (8-connected) with fewer pixels are removed (in pixels, so it
+  also works on images without a known pixel spacing such as the MIP PNGs; ``min_lesion_ml``
+  does not apply to 2D images and is ignored there with a note);
 - ``largest_component``: keep only the largest lesion;
 - ``fill_holes``: fill enclosed holes (in 3D, of each lesion as a whole).
 """
@@ -20,7 +22,7 @@ def postprocess(mask: np.ndarray, grid: Image, settings: dict, notes: list) -> n
     mask = np.asarray(mask, dtype=bool)
     if settings.get("fill_holes"):
         mask = ndimage.binary_fill_holes(mask)
-    minimum = _min_voxels(grid, settings)
+    minimum = _min_voxels(grid, settings, notes)
     if minimum > 1 or settings.get("largest_component"):
         labels, count = label_lesions(mask)
         if count:
@@ -40,7 +42,9 @@ def postprocess(mask: np.ndarray, grid: Image, settings: dict, notes: list) -> n
     return mask
 
 
-def _min_voxels(grid: Image, settings: dict) -> int:
+def _min_voxels(grid: Image, settings: dict, notes: list) -> int:
     if grid.ndim == 3:
         return int(np.ceil(float(settings.get("min_lesion_ml") or 0.0) * 1000.0 / grid.voxel_volume))
-    return int(settings.get("min_lesion_px") or 0)
+    if float(settings.get("min_lesion_ml") or 0.0) > 0.0:
+        notes.append("min_lesion_ml applies to 3D volumes only; for a 2D image set min_lesion_px (pixels)")
+    return int(np.ceil(float(settings.get("min_lesion_px") or 0)))

@@ -1,4 +1,4 @@
-"""Inference engine: geometry on any grid, ROI and point, MIP orientation, progress, cancel, fallbacks."""
+"""Inference engine: geometry on any grid, ROI and point, MIP orientation, progress, cancel, fallbacks, flips."""
 
 import json
 
@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from TumorSegLib import device
 from TumorSegLib.cards import load_card
+from TumorSegLib.device import autocast_dtype
 from TumorSegLib.engine import Segmenter, settings_for
 from TumorSegLib.errors import Cancelled, TumorSegError
 from TumorSegLib.image import Image
@@ -14,6 +16,7 @@ from TumorSegLib.inferers import Predictor
 from TumorSegLib.mip import coronal_mip
 from TumorSegLib.phantoms import ellipsoid, grid_affine
 from TumorSegLib.postprocess import postprocess
+from TumorSegLib.preprocess import normalize_intensity
 from TumorSegLib.progress import Cancel
 from TumorSegLib.testing import lesion_png, lesion_volume, tiny_model
 
@@ -128,7 +131,8 @@ def test_wrong_dimensionality_and_modality_are_refused(segmenter, mip2d):
 
 def test_overrides_are_checked(ct3d):
     assert settings_for(ct3d, {"overlap": 0.5, "threshold": None})["overlap"] == 0.5
-    for bad in ({"overlap": 1.0}, {"threshold": 0.0}, {"min_lesion_ml": -1}, {"patch": 3}):
+    for bad in ({"overlap": 1.0}, {"threshold": 0.0}, {"min_lesion_ml": -1}, {"min_lesion_px": -1}, {"patch": 3},
+                {"flip_axes": [3]}, {"flip_axes": [0, 0]}, {"flip_axes": 1}):
         with pytest.raises(TumorSegError):
             settings_for(ct3d, bad)
 
@@ -182,6 +186,20 @@ def test_bf16_masks_agree_with_fp32(segmenter):
     assert dice(fp32, bf16) >= 0.97
 
 
+def test_auto_precision_is_fp32_for_a_whole_2d_image_on_cpu(mip2d, monkeypatch):
+    """Its one item would be rechecked whole (bf16 + fp32 > fp32), so "auto" runs fp32; 3D windows keep bf16."""
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+    cpu = torch.device("cpu")
+    assert autocast_dtype(cpu, "auto", "whole-image-2d") is None
+    assert autocast_dtype(cpu, "auto", "sliding-window-3d") is torch.bfloat16
+    assert autocast_dtype(cpu, "bf16", "whole-image-2d") is torch.bfloat16
+    segmenter, image = Segmenter(mip2d, "cpu"), lesion_png()[0]
+    fp32 = segmenter.predict(image, overrides={"precision": "fp32"}).probability
+    unchecked = {"recheck_margin": 0.0}  # without the recheck, bf16 would show in the probability
+    assert not np.array_equal(segmenter.predict(image, overrides={**unchecked, "precision": "bf16"}).probability, fp32)
+    assert np.array_equal(segmenter.predict(image, overrides=unchecked).probability, fp32)
+
+
 def test_cuda_out_of_memory_falls_back_to_smaller_batches_then_cpu(ct3d, monkeypatch):
     segmenter = Segmenter(ct3d, "cpu")
     segmenter.device = torch.device("cuda")  # pretend; every attempt on "cuda" fails
@@ -212,3 +230,59 @@ def test_postprocessing_removes_small_lesions_and_fills_holes():
     assert notes
     largest = postprocess(mask, grid, {"largest_component": True}, [])
     assert not largest[20:22, 20:22, 20:22].any()
+
+
+class PositionalLogits(torch.nn.Module):
+    """Logits that depend on the position (ramps along every spatial axis): not flip-equivariant."""
+
+    def forward(self, x):
+        logits = 4.0 * x - 2.0
+        for axis, slope in zip(range(2, x.ndim), (1.5, -2.5, 0.7)):
+            shape = [1] * x.ndim
+            shape[axis] = x.shape[axis]
+            logits = logits + slope * torch.linspace(-1.0, 1.0, x.shape[axis]).reshape(shape)
+        return logits
+
+
+def flip_mean(network, x, dims_list):
+    """The test-time flip probability computed by hand: mean over the identity and each flip."""
+    with torch.no_grad():
+        outputs = [torch.sigmoid(network(x))] + [torch.sigmoid(network(x.flip(d))).flip(d) for d in dims_list]
+    return torch.stack(outputs).mean(dim=0)
+
+
+def test_flip_axes_average_the_identity_and_each_flip(mip2d, tmp_path):
+    image, _ = lesion_png()  # 72 x 56: no padding for divisible_by 4
+    network = PositionalLogits()
+    x = torch.from_numpy(normalize_intensity(image.array, mip2d))[None, None]
+    expected = flip_mean(network, x, [[3]])[0, 0].numpy()
+    plain = Segmenter(mip2d, "cpu", network=network).predict(image).probability
+    flipped = Segmenter(mip2d, "cpu", network=network).predict(image, overrides={"flip_axes": [1]}).probability
+    np.testing.assert_allclose(flipped, expected, atol=1e-6)
+    assert np.abs(plain - expected).max() > 0.05  # the network is not flip-equivariant: the flips matter
+    from_card = Segmenter(variant(mip2d, tmp_path, inference={"flip_axes": [1]}), "cpu", network=network)
+    np.testing.assert_allclose(from_card.predict(image).probability, expected, atol=1e-6)
+
+
+def test_flip_axes_in_3d_windows_use_every_listed_axis(ct3d):
+    network = PositionalLogits()
+    batch = torch.rand(2, 1, 8, 6, 10)
+    predictor = Predictor(network, ct3d.output, torch.device("cpu"), None, total=2, progress=lambda f, m: None,
+                          flip_axes=[0, 2])
+    torch.testing.assert_close(predictor(batch), flip_mean(network, batch, [[2], [4]]), atol=1e-6, rtol=0)
+
+
+def test_invalid_flip_axes_in_a_card_are_refused(mip2d, tmp_path):
+    with pytest.raises(TumorSegError, match="flip_axes"):
+        variant(mip2d, tmp_path, inference={"flip_axes": [2]})
+
+
+def test_min_lesion_px_removes_small_2d_lesions_without_spacing():
+    grid = Image(np.zeros((40, 40)), np.eye(3), spacing_known=False)
+    mask = np.zeros(grid.shape, dtype=bool)
+    mask[2:12, 2:12] = True  # 100 pixels
+    mask[30:33, 30:33] = True  # 9 pixels
+    notes = []
+    out = postprocess(mask, grid, {"min_lesion_px": 10, "min_lesion_ml": 0.5}, notes)
+    assert out.sum() == 100 and not out[30:33, 30:33].any()
+    assert any("min_lesion_px" in note for note in notes)  # min_lesion_ml does not apply in 2D

@@ -1,26 +1,37 @@
 """Inference speed: our engine against a naive MONAI baseline with the same weights.
 
-    python Testing/benchmarks/bench_inference.py [--json OUT.json] [--cases NAME ...]
+    python Testing/benchmarks/bench_inference.py [--json OUT.json] [--model NAME] [--model-2d NAME]
+                                                  [--cases NAME ...]
 
 Cases: a 256x256x128 and a 512x512x300 CT volume (the real TotalSegmentator example CT from
-../shared/data resampled to those grids; the CT phantom when the data are absent) with a 3D
-AttentionUnet (channels 16..256, strides 2x4, patch 96^3), and a 2D MIP (the largest DM i AI
-patient PNG, else a MIP of the PET phantom) with a 2D AttentionUnet of the same channels.
-Weights are random (seed 0): fine for timing; for agreement the masks are the fp32 baseline's
-probability thresholded at its median, and our probability at the same value
-(``dice_vs_fp32``).
+../shared/data resampled to those grids; the CT phantom when the data are absent) and a 2D MIP
+(the largest DM i AI patient PNG, else a MIP of the PET phantom).
 
-Baseline: ``normalize_intensity`` then MONAI ``sliding_window_inference`` (fp32, overlap 0.25,
-Gaussian blending, sw_batch_size 1, the whole volume, the network as predictor) and a sigmoid; 2D:
-one fp32 forward pass. Ours: ``engine.Segmenter.predict`` with the card's defaults (precision
-"auto": bf16 autocast on a CPU with native bf16, channels-last layout, constant-window cache),
-plus variants that switch single tricks off. Network loading is outside the timings in both;
-each run first calls the same code once on a small input (a 96^3 crop; the 2D image itself) to
-set up the oneDNN kernels, and the timing is of the next call (steady state, as in folder mode;
-the warm-up call's time is reported too). Every run is a separate process so its peak RSS
-(``ru_maxrss`` of that process) is its own. Because median-thresholded random networks are a
-harsh and artificial test of reduced precision, the agreement of bf16 with fp32 is also measured
-on the tiny trained models of ``TumorSegLib.testing`` (masks at their 0.5 threshold).
+Weights (the headline): the trained cards ``--model`` (3D; default the shipped ``ct-lung-lesion-3d``)
+and ``--model-2d`` (default the shipped ``mip-pet-2d``), each when its weights are present and
+verified, else ``random``: a card with the same architecture as before (AttentionUnet, channels
+16..256, 3D patch 96^3) and random weights (seed 0), stated in the output. Both sides use the
+card's network, weights, intensity window and patch size; the card runs WITHOUT its resampling and
+reorientation (and without test-time flips), since the baseline has none, and masks are the
+probabilities at the card's threshold (before post-processing). ``dice_vs_fp32`` is over those
+masks; ``mask_voxels`` gives both sizes and ``dice_over`` says "nearly empty" when both masks
+hold fewer than 1e-4 of the voxels. ``windows`` and ``rechecked_in_fp32`` count the network
+items of the run (3D windows; 1 for a 2D image) and those the bf16 recheck computed again.
+
+Stress rows (``ct-256x256x128-random``): random weights with masks at the median of the fp32
+probability put every window near the threshold, the worst case for the bf16 recheck; kept to show
+what the recheck costs and what bf16 without it gives.
+
+Baseline: ``normalize_intensity`` then MONAI ``sliding_window_inference`` (fp32, the card's patch
+size, overlap 0.25, Gaussian blending, sw_batch_size 1, the whole volume) with sigmoid(network) as
+predictor, so probabilities are blended as the engine blends them (blending logits instead moved
+probabilities by up to 0.59 with the trained lung model: a change of method, not of precision);
+2D: one fp32 forward pass of the image padded to the card's ``divisible_by``. Ours:
+``engine.Segmenter.predict`` with the card's defaults (precision "auto", channels-last layout,
+constant-window cache, the card's sw_batch_size), plus variants that switch single settings. Network loading is outside the timings in both; each run first calls the same
+code once on a small input (a 96^3 crop; the 2D image itself) to set up the oneDNN kernels, and the
+timing is of the next call (steady state, as in folder mode; the warm-up call's time is reported
+too). Every run is a separate process so its peak RSS (``ru_maxrss``) is its own.
 """
 
 from __future__ import annotations
@@ -41,15 +52,27 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data"
 
-CASES = {
-    "ct-256x256x128": {"shape": (256, 256, 128), "variants": ["baseline", "ours", "ours-bf16-unchecked", "ours-fp32"]},
-    "ct-512x512x300": {"shape": (512, 512, 300), "variants": ["baseline", "ours", "ours-bf16-unchecked"]},
-    "mip-2d": {"shape": None, "variants": ["baseline", "ours", "ours-bf16-unchecked", "ours-fp32"]},
+CASES = {  # "model": which command-line model the case uses; "random" forces random weights
+    "ct-256x256x128": {"shape": (256, 256, 128), "model": "3d",
+                       "variants": ["baseline", "ours", "ours-fp32", "ours-bf16-unchecked"]},
+    "ct-512x512x300": {"shape": (512, 512, 300), "model": "3d", "variants": ["baseline", "ours-bf16-unchecked", "ours"]},
+    "mip-2d": {"shape": None, "model": "2d",
+               "variants": ["baseline", "ours", "ours-bf16", "ours-bf16-unchecked"]},
+    "ct-256x256x128-random": {"shape": (256, 256, 128), "model": "random",
+                              "variants": ["baseline", "ours", "ours-bf16-unchecked"]},
 }
+DEFAULT_MODELS = {"3d": "ct-lung-lesion-3d", "2d": "mip-pet-2d"}
 CHANNELS = [16, 32, 64, 128, 256]
+NEARLY_EMPTY = 1e-4  # fraction of the voxels under which a mask counts as nearly empty
+VARIANTS = {  # engine overrides per variant ("ours" = the card's defaults)
+    "ours": {},
+    "ours-fp32": {"precision": "fp32"},
+    "ours-bf16": {"precision": "bf16"},
+    "ours-bf16-unchecked": {"precision": "bf16", "recheck_margin": 0.0},
+}
 
 
-def card_dict(ndim: int) -> dict:
+def random_card_dict(ndim: int) -> dict:
     if ndim == 3:
         return {"name": "bench-3d", "title": "benchmark 3D (random weights)", "modality": "CT",
                 "mode": "sliding-window-3d",
@@ -66,14 +89,14 @@ def card_dict(ndim: int) -> dict:
             "weights": {"file": "bench-2d.pt"}}
 
 
-def make_card(folder: Path, ndim: int):
+def random_card(folder: Path, ndim: int):
     """A card with random (seed 0) weights, written like a shipped model (SHA-256 verified on load)."""
     import torch
 
     from TumorSegLib.cards import card_from_dict, load_card, sha256
     from TumorSegLib.networks import build_network
 
-    data = card_dict(ndim)
+    data = random_card_dict(ndim)
     path = folder / f"{data['name']}.json"
     if not path.exists():
         torch.manual_seed(0)
@@ -82,6 +105,33 @@ def make_card(folder: Path, ndim: int):
         data["weights"]["sha256"] = sha256(weights)
         path.write_text(json.dumps(data))
     return load_card(path)
+
+
+def default_model(kind: str) -> str:
+    """The shipped trained card for ``kind`` ("3d"/"2d") when its weights verify, else "random"."""
+    from TumorSegLib.cards import find_card, weights_status
+    from TumorSegLib.errors import TumorSegError
+
+    try:
+        return DEFAULT_MODELS[kind] if weights_status(find_card(DEFAULT_MODELS[kind])) == "verified" else "random"
+    except TumorSegError:
+        return "random"
+
+
+def bench_card(model: str, ndim: int, folder: Path):
+    """(card, description of the weights): ``model`` without resampling, reorientation and flips."""
+    from TumorSegLib.cards import card_from_dict, find_card, verified_weights
+
+    if model == "random":
+        return random_card(folder, ndim), "random (seed 0)"
+    card = find_card(model)
+    weights = verified_weights(card)
+    data = card.to_dict()
+    data["preprocessing"] = {k: v for k, v in data["preprocessing"].items() if k not in ("orientation", "spacing")}
+    data["inference"] = {k: v for k, v in data["inference"].items() if k != "flip_axes"}
+    if card.spatial_dims != ndim:
+        raise SystemExit(f"model {model!r} is {card.spatial_dims}D; this case needs a {ndim}D model")
+    return card_from_dict(data, card.path), f"{card.name} (trained; {weights.name} sha256 {card.weights['sha256'][:12]})"
 
 
 def make_input(name: str):
@@ -104,66 +154,71 @@ def make_input(name: str):
     if pngs:
         best = max(pngs, key=lambda p: read_image(p).shape[0])
         return read_image(best), f"{best.name} {read_image(best).shape}"
-    from TumorSegLib.mip import coronal_mip
     from TumorSegLib.cards import card_from_dict
+    from TumorSegLib.mip import coronal_mip
 
     volume = pet_phantom(shape=(100, 80, 248))[0]
-    card = card_from_dict({**card_dict(2), "preprocessing": {"intensity": {"window": [0, 255], "invert": True},
-                                                             "mip": {"window": [0, 10], "invert": True}}})
+    card = card_from_dict({**random_card_dict(2), "preprocessing": {"intensity": {"window": [0, 255], "invert": True},
+                                                                    "mip": {"window": [0, 10], "invert": True}}})
     return coronal_mip(volume, card), "MIP of the PET phantom"
 
 
-VARIANTS = {  # engine overrides per variant ("ours" = the card's defaults)
-    "ours": {},
-    "ours-bf16-unchecked": {"precision": "bf16", "recheck_margin": 0.0},
-    "ours-fp32": {"precision": "fp32"},
-}
-
-
-def worker(name: str, variant: str, folder: Path, out: Path, threshold: float) -> None:
+def worker(name: str, variant: str, model: str, folder: Path, out: Path, threshold: float) -> None:
     """One timed run in this process; writes timings, peak RSS and the probability (.npy)."""
     import torch
 
     image, source = make_input(name)
-    card = make_card(folder, image.ndim)
+    card, weights = bench_card(model, image.ndim, folder)
     if variant == "baseline":
         from monai.inferers import sliding_window_inference
 
+        from TumorSegLib.engine import divisible_by
         from TumorSegLib.networks import load_network
         from TumorSegLib.preprocess import normalize_intensity
 
         network = load_network(card, "cpu")
+        patch = tuple(card.inference.get("patch_size") or (96, 96, 96))
+        multiple = divisible_by(card)
 
         def run(array):
             with torch.inference_mode():
                 x = torch.from_numpy(normalize_intensity(array, card))[None, None]
                 if array.ndim == 3:
-                    logits = sliding_window_inference(x, (96, 96, 96), 1, network, overlap=0.25, mode="gaussian")
+                    out = sliding_window_inference(x, patch, 1, lambda w: torch.sigmoid(network(w)), overlap=0.25,
+                                                   mode="gaussian")
                 else:
                     h, w = array.shape
-                    logits = network(torch.nn.functional.pad(x, (0, -w % 16, 0, -h % 16)))[..., :h, :w]
-                return torch.sigmoid(logits)[0, 0].numpy(), []
+                    out = torch.sigmoid(network(torch.nn.functional.pad(x, (0, -w % multiple, 0, -h % multiple))))
+                    out = out[..., :h, :w]
+                return out[0, 0].numpy(), {}
     else:
+        from TumorSegLib import inferers
         from TumorSegLib.engine import Segmenter
 
         segmenter = Segmenter(card, "cpu")
         overrides = {**VARIANTS[variant], "threshold": threshold}
+        predictors = []  # instrumentation: how many windows the run computed and rechecked in fp32
+        init = inferers.Predictor.__init__
+        inferers.Predictor.__init__ = lambda self, *a, **k: (init(self, *a, **k), predictors.append(self))[0]
 
         def run(array):
+            predictors.clear()
             prediction = segmenter.predict(image.with_array(array) if array.shape == image.shape
                                            else type(image)(array, image.affine), overrides=overrides)
-            return prediction.probability, prediction.notes
+            return prediction.probability, {"notes": prediction.notes, "items": sum(p.done for p in predictors),
+                                            "rechecked_in_fp32": sum(p.rechecked for p in predictors)}
     warm = image.array if image.ndim == 2 else np.ascontiguousarray(image.array[:96, :96, :96])
     start = time.perf_counter()
-    run(warm)  # first call in the process: oneDNN kernel set-up (a one-off cost, reported as cold_s)
+    run(warm)  # first call in the process: oneDNN kernel set-up (a one-off cost, reported as warmup_s)
     cold = time.perf_counter() - start
     start = time.perf_counter()
-    probability, notes = run(image.array)
+    probability, extra = run(image.array)
     seconds = time.perf_counter() - start
     np.save(out.with_suffix(".npy"), probability.astype(np.float32))
-    out.write_text(json.dumps({"seconds": seconds, "warmup_s": cold, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                               "input": source, "shape": list(image.shape), "threads": torch.get_num_threads(),
-                               "notes": notes}))
+    out.write_text(json.dumps({"seconds": seconds, "warmup_s": cold,
+                               "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                               "input": source, "weights": weights, "shape": list(image.shape),
+                               "threads": torch.get_num_threads(), "load_avg_1min": os.getloadavg()[0], **extra}))
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -171,74 +226,85 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * np.count_nonzero(a & b) / total
 
 
-def run_case(name: str, folder: Path) -> list:
+def run_case(name: str, model: str, folder: Path) -> list:
+    """Every variant of case ``name`` (the baseline first), one process each; rows of the results."""
     runs = {}
-    threshold = 0.5
-    for variant in CASES[name]["variants"]:  # the baseline first: its median is the threshold of the others
+    threshold = None if model == "random" else bench_card(model, 3 if CASES[name]["shape"] else 2, folder)[0].threshold
+    for variant in CASES[name]["variants"]:
         out = folder / f"{name}.{variant}.json"
-        subprocess.run([sys.executable, __file__, "--worker", name, variant, str(folder), str(out), str(threshold)],
-                       check=True)
-        if variant == "baseline":
+        subprocess.run([sys.executable, __file__, "--worker", name, variant, model, str(folder), str(out),
+                        str(threshold or 0.5)], check=True)
+        if threshold is None:  # random weights: the median of the fp32 baseline probability
             threshold = float(np.median(np.load(folder / f"{name}.baseline.npy")))
         runs[variant] = json.loads(out.read_text())
-        print(f"  {name} {variant}: {runs[variant]['seconds']:.2f} s (warm-up call {runs[variant]['warmup_s']:.2f} s), peak RSS {runs[variant]['peak_rss_mb']:.0f} MB",
-              flush=True)
+        print(f"  {name} {variant}: {runs[variant]['seconds']:.2f} s (warm-up call {runs[variant]['warmup_s']:.2f} s), "
+              f"peak RSS {runs[variant]['peak_rss_mb']:.0f} MB", flush=True)
     truth = np.load(folder / f"{name}.baseline.npy") >= threshold
+    baseline = runs.pop("baseline")
     rows = []
     for variant, result in runs.items():
-        if variant == "baseline":
-            continue
         mask = np.load(folder / f"{name}.{variant}.npy") >= threshold
+        counts = [int(np.count_nonzero(mask)), int(np.count_nonzero(truth))]
         rows.append({"name": name if variant == "ours" else f"{name} ({variant})", "input": result["input"],
-                     "ours_s": round(result["seconds"], 3), "baseline_s": round(runs["baseline"]["seconds"], 3),
-                     "speedup": round(runs["baseline"]["seconds"] / result["seconds"], 2),
-                     "ours_warmup_s": round(result["warmup_s"], 3), "baseline_warmup_s": round(runs["baseline"]["warmup_s"], 3),
+                     "weights": result["weights"], "ours_s": round(result["seconds"], 3),
+                     "baseline_s": round(baseline["seconds"], 3), "speedup": round(baseline["seconds"] / result["seconds"], 2),
                      "dice_vs_fp32": round(dice(mask, truth), 5), "peak_rss_mb": round(result["peak_rss_mb"], 1),
-                     "baseline_peak_rss_mb": round(runs["baseline"]["peak_rss_mb"], 1), "threads": result["threads"]})
+                     "baseline_peak_rss_mb": round(baseline["peak_rss_mb"], 1),
+                     "threshold": round(threshold, 6) if model == "random" else threshold,
+                     "threshold_rule": "median of the fp32 baseline probability" if model == "random" else "card threshold",
+                     "mask_voxels": {"ours": counts[0], "fp32": counts[1], "total": int(mask.size)},
+                     "dice_over": "nearly empty masks" if max(counts) < NEARLY_EMPTY * mask.size else "non-empty masks",
+                     "ours_warmup_s": round(result["warmup_s"], 3), "baseline_warmup_s": round(baseline["warmup_s"], 3),
+                     "threads": result["threads"], "load_avg_1min": result["load_avg_1min"],
+                     "baseline_load_avg_1min": baseline["load_avg_1min"], "windows": result["items"],
+                     "rechecked_in_fp32": result["rechecked_in_fp32"], "notes": result["notes"]})
     return rows
 
 
-def trained_agreement(folder: Path) -> dict:
-    """Dice of bf16 ("auto") against fp32 masks of the tiny trained models on their test images."""
-    from TumorSegLib.engine import Segmenter
-    from TumorSegLib.testing import lesion_png, lesion_volume, tiny_model
-
-    result = {}
-    for label, mode, modality, image in (("3d", "sliding-window-3d", "CT", lesion_volume("CT", shape=(96, 96, 64))[0]),
-                                         ("2d", "whole-image-2d", "MIP-PET", lesion_png(shape=(480, 400))[0])):
-        segmenter = Segmenter(tiny_model(folder / "tiny", mode, modality), "cpu")
-        fp32 = segmenter.predict(image, overrides={"precision": "fp32"}).mask
-        for variant in ("ours", "ours-bf16-unchecked"):
-            mask = segmenter.predict(image, overrides={**VARIANTS[variant], "precision": "bf16"}).mask
-            result[f"tiny_trained_{label}_{variant}_dice_vs_fp32"] = round(dice(mask, fp32), 5)
-    return result
+def print_table(rows: list) -> None:
+    columns = ("name", "ours_s", "baseline_s", "speedup", "dice_vs_fp32", "dice_over", "peak_rss_mb",
+               "baseline_peak_rss_mb")
+    cells = [[str(r[c]) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
+    for row in cells:
+        print("  ".join(v.rjust(w) for v, w in zip(row, widths)))
+    for row in rows:
+        print(f"{row['name']}: weights {row['weights']}; masks at {row['threshold']} ({row['threshold_rule']}), "
+              f"voxels ours/fp32/total {row['mask_voxels']['ours']}/{row['mask_voxels']['fp32']}/{row['mask_voxels']['total']}; "
+              f"windows {row['windows']}, rechecked in fp32 {row['rechecked_in_fp32']}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--model", help="3D card for the CT cases (default: ct-lung-lesion-3d when its weights "
+                                        "are present, else 'random')")
+    parser.add_argument("--model-2d", help="2D card for the MIP case (default: mip-pet-2d when its weights are "
+                                           "present, else 'random')")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    parser.add_argument("--worker", nargs=5, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        name, variant, folder, out, threshold = args.worker
-        worker(name, variant, Path(folder), Path(out), float(threshold))
+        name, variant, model, folder, out, threshold = args.worker
+        worker(name, variant, model, Path(folder), Path(out), float(threshold))
         return 0
+    models = {"3d": args.model or default_model("3d"), "2d": args.model_2d or default_model("2d"), "random": "random"}
+    load = {"start": os.getloadavg()}
+    print(f"models: 3D {models['3d']}, 2D {models['2d']} (random = random weights, seed 0); "
+          f"{os.cpu_count()} CPU cores, load average {load['start']}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory(prefix="tumorseg-bench-") as folder:
         for name in args.cases:
             print(f"case {name}", flush=True)
-            rows += run_case(name, Path(folder))
-        agreement = trained_agreement(Path(folder))
-    columns = ("name", "ours_s", "baseline_s", "speedup", "dice_vs_fp32", "peak_rss_mb", "baseline_peak_rss_mb")
-    widths = [max(len(c), *(len(str(r[c])) for r in rows)) for c in columns]
-    print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
-    for row in rows:
-        print("  ".join(str(row[c]).rjust(w) for c, w in zip(columns, widths)))
-    print(f"cpu cores: {os.cpu_count()}; dice_vs_fp32: masks at the median of the fp32 baseline probability")
-    print(json.dumps(agreement))
-    if args.json:
-        Path(args.json).write_text(json.dumps({"cases": rows, "agreement": agreement}, indent=2) + "\n")
+            rows += run_case(name, models[CASES[name]["model"]], Path(folder))
+            load["end"] = os.getloadavg()
+            if args.json:  # after every case, so that the finished cases survive an interrupted run
+                Path(args.json).write_text(json.dumps({"models": models, "cpu_cores": os.cpu_count(),
+                                                       "torch_threads": rows[0]["threads"], "load_avg": load,
+                                                       "cases": rows}, indent=2) + "\n")
+    print_table(rows)
+    print(f"load average (1, 5, 15 min) at the end: {load['end']}")
     return 0
 
 
