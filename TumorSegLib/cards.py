@@ -14,7 +14,8 @@ its weights file sits next to it. Fields (see ``Resources/Models/README.md``)::
                      "mip": {"window": [0, suv_hi], "invert": bool}}     (MIP-PET from 3D PET)
     inference       {"patch_size": [...], "overlap": 0.25, "blending": "gaussian"|"constant",
                      "sw_batch_size": 1, "batch_size": 8 (slices), "divisible_by": 16,
-                     "context_mm": [...] (click-to-segment), "precision": "auto"|"fp32"|"bf16",
+                     "context_mm": [...] (click-to-segment), "min_roi_mm": [...] (smallest ROI),
+                     "trained_on": "..." (note for whole-volume runs), "precision": "auto"|"fp32"|"bf16",
                      "recheck_margin": 0.05 (reduced-precision windows this near the threshold -> fp32),
                      "flip_axes": [] (test-time flips: spatial axes of the network input; the
                                       probability is the mean over the identity and each flip)}
