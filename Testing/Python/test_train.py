@@ -310,3 +310,18 @@ def test_pet_3d_autopet_config_end_to_end(tmp_path):
     prediction = Segmenter(card, device="cpu").predict(image)
     assert prediction.mask.shape == shape and np.isfinite(prediction.probability).all()
     assert 0.0 <= card.provenance["validation"]["dice_mean"] <= 1.0
+
+
+@pytest.mark.parametrize("name", ["mip-pet-2d", "ct-lung-lesion-3d"])
+def test_shipped_card_validation_split_is_rebuilt_exactly(name):
+    """Reports are made on the validation patients the shipped card lists (rebuilt from its config)."""
+    from TumorSegLib.cards import find_card
+    from conftest import shared_data
+    from TumorSegLib.training.data import card_validation_cases
+
+    card = find_card(name)
+    folder = card.provenance["config"]["data"]["root"].split("shared/data/")[-1].split("/")[0]
+    root = shared_data(folder) / "dev"
+    cases = card_validation_cases(card, data_root=root)
+    patients = sorted({c.patient for c in cases if c.mask is not None})
+    assert patients == sorted(card.provenance["training_data"]["validation_patients"])

@@ -33,21 +33,6 @@ MODELS = ("ct-lung-lesion-3d", "ct-lung-lesion-2d")
 SMALL_MM = 10.0  # RECIST: a lesion is measurable from 10 mm longest diameter on CT
 
 
-def validation_cases(card, data_root=None) -> list:
-    """The validation cases (with masks) of the split ``card`` was trained with."""
-    from TumorSegLib.errors import TumorSegError
-    from TumorSegLib.training.config import config_from_dict
-    from TumorSegLib.training.data import find_cases, split_cases
-
-    config = config_from_dict(card.provenance["config"], data_root=data_root)
-    split = split_cases(find_cases(config), float(config.data["validation_fraction"]), int(config.data["split_seed"]))
-    cases = [c for c in split.validation if c.mask is not None]
-    expected = card.provenance["training_data"]["validation_patients"]
-    if sorted({c.patient for c in cases}) != sorted(expected):
-        raise TumorSegError(f"the validation patients found differ from those in {card.path}'s provenance")
-    return cases
-
-
 def case_id(case) -> str:
     return Path(case.name).name.split(".")[0]
 
@@ -260,14 +245,15 @@ def main(argv=None) -> int:
 
     from TumorSegLib.cards import find_card
     from TumorSegLib.engine import Segmenter
+    from TumorSegLib.training.data import card_validation_cases
     from TumorSegLib.training.transforms import read_pair
 
     torch.set_num_threads(args.threads)
     cards = {name: find_card(name, args.models_dir) for name in args.models}
     segmenters = {name: Segmenter(card, "cpu") for name, card in cards.items()}
-    cases = validation_cases(cards[args.models[0]], args.data_root)[: args.limit]
+    cases = card_validation_cases(cards[args.models[0]], args.data_root)[: args.limit]
     for name in args.models[1:]:
-        if [c.name for c in validation_cases(cards[name], args.data_root)][: len(cases)] != [c.name for c in cases]:
+        if [c.name for c in card_validation_cases(cards[name], args.data_root)][: len(cases)] != [c.name for c in cases]:
             raise SystemExit(f"{name} was validated on other cases than {args.models[0]}: no side-by-side report")
     rows, masks = {name: [] for name in cards}, {}
     for number, case in enumerate(cases):

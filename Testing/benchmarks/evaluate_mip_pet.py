@@ -51,21 +51,6 @@ TARGET_DICE = 0.78
 GAIN = 0.01  # a change is adopted only when it raises mean Dice by more than this (and spares the controls)
 
 
-def validation_cases(card, data_root=None) -> list:
-    """Validation cases with masks, then the validation controls, of the split ``card`` was trained with."""
-    from TumorSegLib.errors import TumorSegError
-    from TumorSegLib.training.config import config_from_dict
-    from TumorSegLib.training.data import find_cases, split_cases
-
-    config = config_from_dict(card.provenance["config"], data_root=data_root)
-    split = split_cases(find_cases(config), float(config.data["validation_fraction"]), int(config.data["split_seed"]))
-    patients = [c for c in split.validation if c.mask is not None]
-    expected = card.provenance["training_data"]["validation_patients"]
-    if sorted({c.patient for c in patients}) != sorted(expected):
-        raise TumorSegError(f"the validation patients found differ from those in {card.path}'s provenance")
-    return patients + [c for c in split.validation if c.mask is None]
-
-
 def default_data_root(card) -> Path:
     """The config's ``data.root``; a relative root is taken from the repository root (where training ran)."""
     root = Path(card.provenance["config"]["data"]["root"]).expanduser()
@@ -363,10 +348,11 @@ def main(argv=None) -> int:
 
     from TumorSegLib.cards import find_card
     from TumorSegLib.engine import Segmenter
+    from TumorSegLib.training.data import card_validation_cases
 
     torch.set_num_threads(args.threads)
     card = find_card(args.model, args.models_dir)
-    cases = validation_cases(card, args.data_root or default_data_root(card))
+    cases = card_validation_cases(card, args.data_root or default_data_root(card))
     patients, controls = [c for c in cases if c.mask is not None], [c for c in cases if c.mask is None]
     if args.limit:
         patients, controls = patients[: args.limit], controls[: args.limit]

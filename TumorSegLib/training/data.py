@@ -97,6 +97,22 @@ def split_cases(cases: list, fraction: float, seed: int) -> Split:
     return Split(train, validation)
 
 
+
+def card_validation_cases(card, data_root=None) -> list:
+    """The validation cases (patients, then controls) of the split a published ``card`` was trained with.
+
+    The split is rebuilt from the config in the card's provenance and checked against the
+    validation patients the card lists, so a report is made on exactly those patients.
+    """
+    from .config import config_from_dict
+
+    config = config_from_dict(card.provenance["config"], data_root=data_root)
+    split = split_cases(find_cases(config), float(config.data["validation_fraction"]), int(config.data["split_seed"]))
+    patients = [c for c in split.validation if c.mask is not None]
+    if sorted({c.patient for c in patients}) != sorted(card.provenance["training_data"]["validation_patients"]):
+        raise TumorSegError(f"the validation patients found differ from those in {card.path}'s provenance")
+    return patients + [c for c in split.validation if c.mask is None]
+
 def check_cases(cases: list, card, load) -> None:
     """Prepare every case once (grids must match); record which cases (and slices) hold tumour.
 
