@@ -16,7 +16,7 @@ its weights file sits next to it. Fields (see ``Resources/Models/README.md``)::
                      "sw_batch_size": 1, "batch_size": 8 (slices), "divisible_by": 16,
                      "context_mm": [...] (click-to-segment), "min_roi_mm": [...] (smallest ROI),
                      "trained_on": "..." (note for whole-volume runs), "precision": "auto"|"fp32"|"bf16",
-                     "recheck_margin": 0.05 (reduced-precision windows this near the threshold -> fp32),
+                     "recheck_margin": 0.0 (> 0: reduced-precision windows this near the threshold -> fp32),
                      "flip_axes": [] (test-time flips: spatial axes of the network input; the
                                       probability is the mean over the identity and each flip)}
     output          {"activation": "sigmoid"|"softmax", "channel": 0, "threshold": 0.5}
@@ -144,7 +144,7 @@ def _engine_problems(data: dict) -> list:
         problems.append("inference.blending must be 'gaussian' or 'constant'")
     if inference.get("precision", "auto") not in ("auto", "fp32", "bf16"):
         problems.append("inference.precision must be 'auto', 'fp32' or 'bf16'")
-    if not 0.0 <= _number(inference.get("recheck_margin", 0.05), -1.0) < 0.5:
+    if not 0.0 <= _number(inference.get("recheck_margin", 0.0), -1.0) < 0.5:
         problems.append(f"inference.recheck_margin must be in [0, 0.5), got {inference.get('recheck_margin')!r}")
     flips = flip_axes_problem(inference.get("flip_axes", []), 3 if data.get("mode") == "sliding-window-3d" else 2)
     if flips:

@@ -2,15 +2,16 @@
 
 ``device``: "auto" (CUDA when present, else CPU), "cpu" or "cuda". ``precision`` (card
 ``inference.precision`` or an override): "fp32"; "bf16" (bfloat16 autocast); "auto" = fp16
-autocast on CUDA, bf16 autocast on a CPU with native bfloat16 (AMX/AVX512-BF16) except for a
-whole 2D image, fp32 elsewhere.
-Reduced-precision outputs are checked by the engine: windows whose probability comes within
-``inference.recheck_margin`` (default 0.05) of the threshold are recomputed in fp32
-(``inferers.Predictor``); without that check bf16 masks agreed with fp32 only at Dice 0.977-0.991
-in the benchmark's random-weight stress test (Testing/benchmarks/bench_inference.py), with it at
-0.999-1.0. With trained weights unchecked bf16 agreed at 0.996-0.998, and the check recomputed
-531 of 539 and 4721 of 4900 windows of whole CTs and the whole MIP: a whole 2D image therefore
-runs fp32 on "auto" (on a MIP 0.55 s against 0.73 s for bf16 + recheck).
+autocast on CUDA, bf16 autocast on a CPU with native bfloat16 (AMX/AVX512-BF16), fp32 elsewhere.
+
+bf16 is the CPU default where a card does not say otherwise: on the CT models' 148 validation
+nodules each, bf16 masks agree with fp32 at Dice >= 0.985 (pooled 0.999), and on whole CTs at
+0.997 (``Testing/benchmarks/precision_agreement.py`` and ``bench_inference.py``). A card whose
+model disagrees pins ``"precision": "fp32"`` (``mip-pet-2d``: bf16 moved 4 of its 29 validation
+patients below 0.99, docs/precision-agreement.md), or sets ``inference.recheck_margin`` so that
+reduced-precision windows near the threshold are recomputed in fp32 (``inferers.Predictor``; off by
+default: with the trained models nearly every window of a whole CT lies near the threshold
+somewhere, so the check cost more than fp32).
 """
 
 from __future__ import annotations
@@ -43,19 +44,15 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def autocast_dtype(device: torch.device, precision: str = "auto", mode: str | None = None):
-    """The autocast dtype for ``device``, ``precision`` and the card's ``mode``, or None for plain fp32.
-
-    "auto" is fp32 for a "whole-image-2d" card on the CPU: its one item is rechecked whole, so
-    bf16 plus the recheck costs more than fp32 whenever any pixel lies near the threshold.
-    """
+def autocast_dtype(device: torch.device, precision: str = "auto"):
+    """The autocast dtype for ``device`` and ``precision``, or None for plain fp32."""
     if precision not in PRECISIONS:
         raise TumorSegError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "fp32":
         return None
     if device.type == "cuda":
         return torch.bfloat16 if precision == "bf16" else torch.float16
-    if precision == "bf16" or (mode != "whole-image-2d" and cpu_has_bf16()):
+    if precision == "bf16" or cpu_has_bf16():
         return torch.bfloat16
     return None
 

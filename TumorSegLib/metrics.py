@@ -22,6 +22,12 @@ from .image import Image
 from .measure import SIZE_KEYS, image_size_key, label_lesions, measure_lesions, size_of
 
 
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Dice overlap of two bool masks; 1.0 when both are empty."""
+    total = int(np.count_nonzero(a)) + int(np.count_nonzero(b))
+    return 1.0 if total == 0 else 2.0 * int(np.count_nonzero(np.logical_and(a, b))) / total
+
+
 def case_metrics(pred: np.ndarray, truth: np.ndarray, image_like: Image, recist: bool = True) -> dict:
     """Metrics of one case; ``pred`` and ``truth`` are bool masks on ``image_like``'s grid.
 

@@ -3,6 +3,11 @@
 ``network.name`` is a class in ``monai.networks.nets`` (``AttentionUnet`` by default) and
 ``network.args`` its keyword arguments. Weights are a ``state_dict`` saved with ``torch.save``
 or a TorchScript module; both are checked against the card's SHA-256 before loading.
+
+For inference, ``for_inference`` makes an eval-mode copy with each BatchNorm folded into the
+convolution before it (the same function, one memory pass less per layer) in the channels-last
+memory layout; measured together 1.3x and 1.5x faster per window under bf16 on a 2-core AMX CPU
+(the README's performance section).
 """
 
 from __future__ import annotations
@@ -42,3 +47,67 @@ def load_network(card: ModelCard, device="cpu") -> torch.nn.Module:
     except Exception as error:
         raise TumorSegError(f"cannot load weights {path} for model {card.name!r}: {error}") from error
     return network.to(device).eval()
+
+
+CONVOLUTIONS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+TRANSPOSED = (torch.nn.ConvTranspose1d, torch.nn.ConvTranspose2d, torch.nn.ConvTranspose3d)
+BATCH_NORMS = (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d, torch.nn.BatchNorm3d)
+
+
+def fold_batch_norm(network: torch.nn.Module) -> tuple:
+    """``(network, folded)``: an eval-mode copy with every BatchNorm that directly follows a
+    (transposed) convolution folded into it, and how many were folded.
+
+    The copy is a ``torch.fx.GraphModule``. A network with nothing to fold, or one fx cannot trace
+    (TorchScript, control flow on tensor values), is returned as it is with 0. The input network is
+    not modified.
+    """
+    import collections
+    import copy
+
+    import torch.fx
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    if isinstance(network, torch.jit.ScriptModule):
+        return network, 0
+    try:
+        traced = torch.fx.symbolic_trace(copy.deepcopy(network).eval())
+    except Exception:  # fx cannot trace every network; folding is an optimisation only
+        return network, 0
+    modules = dict(traced.named_modules())
+    calls = collections.Counter(n.target for n in traced.graph.nodes if n.op == "call_module")
+    folded = 0
+    for node in list(traced.graph.nodes):
+        if node.op != "call_module" or not isinstance(modules[node.target], BATCH_NORMS):
+            continue
+        source = node.args[0]
+        if not (isinstance(source, torch.fx.Node) and source.op == "call_module" and len(source.users) == 1
+                and calls[source.target] == 1):  # a convolution called once, feeding only this norm
+            continue
+        conv, norm = modules[source.target], modules[node.target]
+        if not isinstance(conv, CONVOLUTIONS + TRANSPOSED) or not norm.track_running_stats:
+            continue
+        fused = fuse_conv_bn_eval(conv, norm, transpose=isinstance(conv, TRANSPOSED))
+        parent, _, name = source.target.rpartition(".")
+        setattr(traced.get_submodule(parent) if parent else traced, name, fused)
+        node.replace_all_uses_with(source)
+        traced.graph.erase_node(node)
+        folded += 1
+    if not folded:  # nothing gained: keep the original module rather than its trace
+        return network, 0
+    traced.graph.lint()
+    traced.delete_all_unused_submodules()
+    traced.recompile()
+    return traced.eval(), folded
+
+
+def for_inference(network: torch.nn.Module, spatial_dims: int) -> tuple:
+    """``(network, memory_format)``: an eval-mode copy of ``network`` with its BatchNorms folded,
+    in the channels-last layout that its inputs should also take. ``network`` is not modified."""
+    import copy
+
+    folded, count = fold_batch_norm(network)
+    if not count:
+        folded = copy.deepcopy(network).eval()
+    memory_format = torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+    return folded.to(memory_format=memory_format), memory_format

@@ -8,16 +8,16 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from TumorSegLib import cards
+from TumorSegLib.cards import find_card
 from TumorSegLib.cli import main
+from TumorSegLib.engine import Segmenter
 from TumorSegLib.io import read_image, write_image
+from TumorSegLib.metrics import dice
 from TumorSegLib.mip import mip_geometry, project_max
 from TumorSegLib.testing import lesion_png, lesion_volume, tiny_model
-
-
-def dice(a, b):
-    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
 
 
 @pytest.fixture(scope="session")
@@ -73,6 +73,23 @@ def test_png_in_png_mask_out(models_dir, tmp_path):
     mask = read_image(tmp_path / "mask.png").array
     assert set(np.unique(mask)) <= {0, 255} and mask.shape == image.shape
     assert dice(mask == 255, truth) >= 0.8
+
+
+def test_post_processing_and_flip_options_reach_the_engine(models_dir, tmp_path):
+    """``--min-lesion-px`` and ``--flip-axes`` give exactly the engine's masks with those settings."""
+    image, _ = lesion_png()
+    write_image(tmp_path / "mip.png", image)
+    segmenter = Segmenter(find_card("tiny-mip-pet-whole-image-2d", models_dir), "cpu")
+    plain = segmenter.predict(read_image(tmp_path / "mip.png")).mask
+    sizes = np.bincount(ndimage.label(plain, np.ones((3, 3)))[0].ravel())[1:]
+    cases = ((["--min-lesion-px", str(sizes.min() + 1)], {"min_lesion_px": int(sizes.min()) + 1}),
+             (["--flip-axes", "0", "1"], {"flip_axes": [0, 1]}))
+    for number, (options, overrides) in enumerate(cases):
+        output = tmp_path / f"mask{number}.png"
+        assert segment(models_dir, tmp_path / "mip.png", "-o", output, "--model", "tiny-mip-pet-whole-image-2d",
+                       *options) == 0
+        expected = segmenter.predict(read_image(tmp_path / "mip.png"), overrides=overrides).mask
+        assert np.array_equal(read_image(output).array == 255, expected) and not np.array_equal(expected, plain)
 
 
 def test_3d_pet_to_mip_model_writes_the_mip_mask_as_png(models_dir, tmp_path, capsys):

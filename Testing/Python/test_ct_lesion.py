@@ -11,6 +11,7 @@ from TumorSegLib.cli import main
 from TumorSegLib.engine import Segmenter
 from TumorSegLib.errors import TumorSegError
 from TumorSegLib.io import read_image, write_image
+from TumorSegLib.metrics import dice
 from TumorSegLib.phantoms import grid_affine
 from TumorSegLib.testing import synthetic_image, tiny_model
 
@@ -53,10 +54,6 @@ def chest():
 @pytest.fixture(scope="module")
 def segmenter(card):
     return Segmenter(card, "cpu")
-
-
-def dice(a, b):
-    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
 
 
 def test_shipped_ct_cards_declare_the_click_context():
@@ -154,3 +151,23 @@ def test_shipped_3d_model_segments_real_lidc_nodules():
         point = image.to_world(np.argwhere(truth)[len(np.argwhere(truth)) // 2])
         scores.append(case_metrics(segmenter.predict(image, point=point).mask, truth, image, recist=False)["dice"])
     assert np.mean(scores) >= 0.6, scores
+
+
+@pytest.mark.parametrize("name", CT_CARDS)
+def test_shipped_ct_models_give_the_fp32_masks_in_bf16(name):
+    """bf16 is these cards' CPU default: on the first validation nodules its masks must be fp32's (Dice >= 0.99)."""
+    from TumorSegLib.training.data import card_validation_cases
+    from TumorSegLib.training.transforms import read_pair
+
+    card = find_card(name)
+    cases = card_validation_cases(card, data_root=shared_data("lidc-nodule-vois") / "dev")[:6]
+    assert card.inference.get("precision", "auto") == "auto"
+    segmenter = Segmenter(card, "cpu")
+    both = total = 0
+    for case in cases:
+        image, truth = read_pair(case)
+        point = image.to_world(np.argwhere(truth)[len(np.argwhere(truth)) // 2])
+        fp32, bf16 = (segmenter.predict(image, point=point, overrides={"precision": p}).mask for p in ("fp32", "bf16"))
+        assert fp32.any() and dice(fp32, bf16) >= 0.98, case.name
+        both, total = both + 2 * np.count_nonzero(fp32 & bf16), total + np.count_nonzero(fp32) + np.count_nonzero(bf16)
+    assert both / total >= 0.99

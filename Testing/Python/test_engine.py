@@ -6,23 +6,20 @@ import numpy as np
 import pytest
 import torch
 
-from TumorSegLib import device
+from TumorSegLib import device, engine
 from TumorSegLib.cards import load_card
 from TumorSegLib.device import autocast_dtype
 from TumorSegLib.engine import Segmenter, settings_for
 from TumorSegLib.errors import Cancelled, TumorSegError
 from TumorSegLib.image import Image
 from TumorSegLib.inferers import Predictor
+from TumorSegLib.metrics import dice
 from TumorSegLib.mip import coronal_mip
 from TumorSegLib.phantoms import ellipsoid, grid_affine
 from TumorSegLib.postprocess import postprocess
 from TumorSegLib.preprocess import normalize_intensity
 from TumorSegLib.progress import Cancel
 from TumorSegLib.testing import lesion_png, lesion_volume, tiny_model
-
-
-def dice(a, b):
-    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
 
 
 @pytest.fixture(scope="session")
@@ -186,18 +183,19 @@ def test_bf16_masks_agree_with_fp32(segmenter):
     assert dice(fp32, bf16) >= 0.97
 
 
-def test_auto_precision_is_fp32_for_a_whole_2d_image_on_cpu(mip2d, monkeypatch):
-    """Its one item would be rechecked whole (bf16 + fp32 > fp32), so "auto" runs fp32; 3D windows keep bf16."""
-    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+def test_auto_precision_follows_the_cpu(mip2d, monkeypatch):
+    """bf16 where the CPU computes it natively, fp32 elsewhere; the fp32 re-check only when asked for."""
     cpu = torch.device("cpu")
-    assert autocast_dtype(cpu, "auto", "whole-image-2d") is None
-    assert autocast_dtype(cpu, "auto", "sliding-window-3d") is torch.bfloat16
-    assert autocast_dtype(cpu, "bf16", "whole-image-2d") is torch.bfloat16
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: False)
+    assert autocast_dtype(cpu, "auto") is None and autocast_dtype(cpu, "bf16") is torch.bfloat16
+    monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
+    assert autocast_dtype(cpu, "auto") is torch.bfloat16 and autocast_dtype(cpu, "fp32") is None
     segmenter, image = Segmenter(mip2d, "cpu"), lesion_png()[0]
     fp32 = segmenter.predict(image, overrides={"precision": "fp32"}).probability
-    unchecked = {"recheck_margin": 0.0}  # without the recheck, bf16 would show in the probability
-    assert not np.array_equal(segmenter.predict(image, overrides={**unchecked, "precision": "bf16"}).probability, fp32)
-    assert np.array_equal(segmenter.predict(image, overrides=unchecked).probability, fp32)
+    bf16 = segmenter.predict(image, overrides={"precision": "bf16"}).probability
+    assert not np.array_equal(bf16, fp32)  # no re-check by default: bf16 shows in the probability
+    rechecked = segmenter.predict(image, overrides={"precision": "bf16", "recheck_margin": 0.49}).probability
+    assert np.array_equal(rechecked, fp32)  # a pixel lies within 0.49 of 0.5: the image is computed again in fp32
 
 
 def test_cuda_out_of_memory_falls_back_to_smaller_batches_then_cpu(ct3d, monkeypatch):
@@ -213,9 +211,22 @@ def test_cuda_out_of_memory_falls_back_to_smaller_batches_then_cpu(ct3d, monkeyp
 
     monkeypatch.setattr(segmenter, "_run_once", run_once)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    prediction = segmenter.predict(lesion_volume("CT")[0])
+    prediction = segmenter.predict(lesion_volume("CT")[0], overrides={"sw_batch_size": 2})
     assert attempts == [("cuda", 2, None), ("cuda", 1, None), ("cuda", 1, False), ("cpu", 1, False)]
     assert prediction.device == "cpu" and any("on the CPU" in note for note in prediction.notes)
+
+
+def test_gpu_batches_fill_the_gpu_unless_the_user_sets_them(ct3d, monkeypatch):
+    segmenter = Segmenter(ct3d, "cpu")
+    segmenter.device = torch.device("cuda")  # pretend; _run_once records the batch instead of running
+    batches = []
+    monkeypatch.setattr(segmenter, "_run_once", lambda array, axis, active, settings, progress, cancel: (
+        batches.append(settings["sw_batch_size"]), np.zeros(array.shape, dtype=np.float32))[1])
+    image = lesion_volume("CT")[0]
+    segmenter.predict(image)
+    segmenter.predict(image, overrides={"sw_batch_size": 3})
+    window = int(np.prod(ct3d.inference["patch_size"]))
+    assert batches == [engine.GPU_BATCH_VOXELS // window, 3] and batches[0] > ct3d.inference.get("sw_batch_size", 1)
 
 
 def test_postprocessing_removes_small_lesions_and_fills_holes():

@@ -1,7 +1,7 @@
 """Inference speed: our engine against a naive MONAI baseline with the same weights.
 
     python Testing/benchmarks/bench_inference.py [--json OUT.json] [--model NAME] [--model-2d NAME]
-                                                  [--cases NAME ...]
+                                                  [--cases NAME ...] [--repeats N] [--device cpu|cuda]
 
 Cases: a 256x256x128 and a 512x512x300 CT volume (the real TotalSegmentator example CT from
 ../shared/data resampled to those grids; the CT phantom when the data are absent) and a 2D MIP
@@ -16,22 +16,27 @@ reorientation (and without test-time flips), since the baseline has none, and ma
 probabilities at the card's threshold (before post-processing). ``dice_vs_fp32`` is over those
 masks; ``mask_voxels`` gives both sizes and ``dice_over`` says "nearly empty" when both masks
 hold fewer than 1e-4 of the voxels. ``windows`` and ``rechecked_in_fp32`` count the network
-items of the run (3D windows; 1 for a 2D image) and those the bf16 recheck computed again.
+items of the run (3D windows; 1 for a 2D image) and those an fp32 re-check computed again.
 
 Stress rows (``ct-256x256x128-random``): random weights with masks at the median of the fp32
-probability put every window near the threshold, the worst case for the bf16 recheck; kept to show
-what the recheck costs and what bf16 without it gives.
+probability put every window near the threshold, the worst case for bf16; they show what bf16
+gives there and what the optional fp32 re-check (``recheck_margin``) costs and restores.
 
 Baseline: ``normalize_intensity`` then MONAI ``sliding_window_inference`` (fp32, the card's patch
 size, overlap 0.25, Gaussian blending, sw_batch_size 1, the whole volume) with sigmoid(network) as
 predictor, so probabilities are blended as the engine blends them (blending logits instead moved
 probabilities by up to 0.59 with the trained lung model: a change of method, not of precision);
 2D: one fp32 forward pass of the image padded to the card's ``divisible_by``. Ours:
-``engine.Segmenter.predict`` with the card's defaults (precision "auto", channels-last layout,
-constant-window cache, the card's sw_batch_size), plus variants that switch single settings. Network loading is outside the timings in both; each run first calls the same
-code once on a small input (a 96^3 crop; the 2D image itself) to set up the oneDNN kernels, and the
-timing is of the next call (steady state, as in folder mode; the warm-up call's time is reported
-too). Every run is a separate process so its peak RSS (``ru_maxrss``) is its own.
+``engine.Segmenter.predict`` with the card's defaults (precision "auto" = bf16 autocast on a CPU
+with native bfloat16, BatchNorm folded into the convolutions, channels-last layout, constant-window
+cache, the card's sw_batch_size), plus variants that switch single settings. Network loading is
+outside the timings in both; each run first calls the same code once on a small input (a 96^3
+crop; the 2D image itself) to set up the oneDNN kernels, then times ``--repeats`` calls on the case
+and reports the fastest (steady state, as in folder mode; the warm-up call's time is reported
+too). The input is made once by the parent process and loaded by each run. Both sides use torch's
+default thread count, and ``--device`` (the CPU by default; with
+"cuda" both run on the GPU, the engine with its GPU defaults, and ``peak_gpu_mb`` is reported). Every run is a separate process so its peak RSS
+(``ru_maxrss``) is its own.
 """
 
 from __future__ import annotations
@@ -53,13 +58,11 @@ sys.path.insert(0, str(REPO))
 DATA = REPO.parent / "shared" / "data"
 
 CASES = {  # "model": which command-line model the case uses; "random" forces random weights
-    "ct-256x256x128": {"shape": (256, 256, 128), "model": "3d",
-                       "variants": ["baseline", "ours", "ours-fp32", "ours-bf16-unchecked"]},
-    "ct-512x512x300": {"shape": (512, 512, 300), "model": "3d", "variants": ["baseline", "ours-bf16-unchecked", "ours"]},
-    "mip-2d": {"shape": None, "model": "2d",
-               "variants": ["baseline", "ours", "ours-bf16", "ours-bf16-unchecked"]},
+    "ct-256x256x128": {"shape": (256, 256, 128), "model": "3d", "variants": ["baseline", "ours", "ours-fp32"]},
+    "ct-512x512x300": {"shape": (512, 512, 300), "model": "3d", "variants": ["baseline", "ours"]},
+    "mip-2d": {"shape": None, "model": "2d", "variants": ["baseline", "ours", "ours-fp32"]},
     "ct-256x256x128-random": {"shape": (256, 256, 128), "model": "random",
-                              "variants": ["baseline", "ours", "ours-bf16-unchecked"]},
+                              "variants": ["baseline", "ours", "ours-bf16-rechecked"]},
 }
 DEFAULT_MODELS = {"3d": "ct-lung-lesion-3d", "2d": "mip-pet-2d"}
 CHANNELS = [16, 32, 64, 128, 256]
@@ -67,8 +70,7 @@ NEARLY_EMPTY = 1e-4  # fraction of the voxels under which a mask counts as nearl
 VARIANTS = {  # engine overrides per variant ("ours" = the card's defaults)
     "ours": {},
     "ours-fp32": {"precision": "fp32"},
-    "ours-bf16": {"precision": "bf16"},
-    "ours-bf16-unchecked": {"precision": "bf16", "recheck_margin": 0.0},
+    "ours-bf16-rechecked": {"precision": "bf16", "recheck_margin": 0.05},
 }
 
 
@@ -163,11 +165,16 @@ def make_input(name: str):
     return coronal_mip(volume, card), "MIP of the PET phantom"
 
 
-def worker(name: str, variant: str, model: str, folder: Path, out: Path, threshold: float) -> None:
+def worker(name: str, variant: str, model: str, folder: Path, out: Path, threshold: float, repeats: int,
+           device: str) -> None:
     """One timed run in this process; writes timings, peak RSS and the probability (.npy)."""
     import torch
 
-    image, source = make_input(name)
+    from TumorSegLib.image import Image
+
+    source = json.loads((folder / f"{name}.input.json").read_text())
+    image = Image(np.load(folder / f"{name}.input.npy"), np.asarray(source["affine"]), source["spacing_known"])
+    source = source["source"]
     card, weights = bench_card(model, image.ndim, folder)
     if variant == "baseline":
         from monai.inferers import sliding_window_inference
@@ -176,13 +183,13 @@ def worker(name: str, variant: str, model: str, folder: Path, out: Path, thresho
         from TumorSegLib.networks import load_network
         from TumorSegLib.preprocess import normalize_intensity
 
-        network = load_network(card, "cpu")
+        network = load_network(card, device)
         patch = tuple(card.inference.get("patch_size") or (96, 96, 96))
         multiple = divisible_by(card)
 
         def run(array):
             with torch.inference_mode():
-                x = torch.from_numpy(normalize_intensity(array, card))[None, None]
+                x = torch.from_numpy(normalize_intensity(array, card))[None, None].to(device)
                 if array.ndim == 3:
                     out = sliding_window_inference(x, patch, 1, lambda w: torch.sigmoid(network(w)), overlap=0.25,
                                                    mode="gaussian")
@@ -190,12 +197,12 @@ def worker(name: str, variant: str, model: str, folder: Path, out: Path, thresho
                     h, w = array.shape
                     out = torch.sigmoid(network(torch.nn.functional.pad(x, (0, -w % multiple, 0, -h % multiple))))
                     out = out[..., :h, :w]
-                return out[0, 0].numpy(), {}
+                return out[0, 0].cpu().numpy(), {}
     else:
         from TumorSegLib import inferers
         from TumorSegLib.engine import Segmenter
 
-        segmenter = Segmenter(card, "cpu")
+        segmenter = Segmenter(card, device)
         overrides = {**VARIANTS[variant], "threshold": threshold}
         predictors = []  # instrumentation: how many windows the run computed and rechecked in fp32
         init = inferers.Predictor.__init__
@@ -211,29 +218,37 @@ def worker(name: str, variant: str, model: str, folder: Path, out: Path, thresho
     start = time.perf_counter()
     run(warm)  # first call in the process: oneDNN kernel set-up (a one-off cost, reported as warmup_s)
     cold = time.perf_counter() - start
-    start = time.perf_counter()
-    probability, extra = run(image.array)
-    seconds = time.perf_counter() - start
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        probability, extra = run(image.array)
+        times.append(time.perf_counter() - start)
+    seconds = min(times)
     np.save(out.with_suffix(".npy"), probability.astype(np.float32))
-    out.write_text(json.dumps({"seconds": seconds, "warmup_s": cold,
+    out.write_text(json.dumps({"seconds": seconds, "all_seconds": times, "warmup_s": cold,
                                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                                "input": source, "weights": weights, "shape": list(image.shape),
-                               "threads": torch.get_num_threads(), "load_avg_1min": os.getloadavg()[0], **extra}))
+                               "threads": torch.get_num_threads(), "load_avg_1min": os.getloadavg()[0],
+                               "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+                               "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
+                               **extra}))
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    total = np.count_nonzero(a) + np.count_nonzero(b)
-    return 1.0 if total == 0 else 2.0 * np.count_nonzero(a & b) / total
-
-
-def run_case(name: str, model: str, folder: Path) -> list:
+def run_case(name: str, model: str, folder: Path, repeats: int, device: str) -> list:
     """Every variant of case ``name`` (the baseline first), one process each; rows of the results."""
+    from TumorSegLib.metrics import dice
+
+    image, source = make_input(name)  # once, here: the workers' peak RSS is then inference (and the input) only
+    np.save(folder / f"{name}.input.npy", image.array)
+    (folder / f"{name}.input.json").write_text(json.dumps({"affine": image.affine.tolist(), "source": source,
+                                                                "spacing_known": image.spacing_known}))
+    del image
     runs = {}
     threshold = None if model == "random" else bench_card(model, 3 if CASES[name]["shape"] else 2, folder)[0].threshold
     for variant in CASES[name]["variants"]:
         out = folder / f"{name}.{variant}.json"
         subprocess.run([sys.executable, __file__, "--worker", name, variant, model, str(folder), str(out),
-                        str(threshold or 0.5)], check=True)
+                        str(threshold or 0.5), str(repeats), device], check=True)
         if threshold is None:  # random weights: the median of the fp32 baseline probability
             threshold = float(np.median(np.load(folder / f"{name}.baseline.npy")))
         runs[variant] = json.loads(out.read_text())
@@ -248,8 +263,11 @@ def run_case(name: str, model: str, folder: Path) -> list:
         rows.append({"name": name if variant == "ours" else f"{name} ({variant})", "input": result["input"],
                      "weights": result["weights"], "ours_s": round(result["seconds"], 3),
                      "baseline_s": round(baseline["seconds"], 3), "speedup": round(baseline["seconds"] / result["seconds"], 2),
+                     "ours_all_s": [round(t, 3) for t in result["all_seconds"]],
+                     "baseline_all_s": [round(t, 3) for t in baseline["all_seconds"]],
                      "dice_vs_fp32": round(dice(mask, truth), 5), "peak_rss_mb": round(result["peak_rss_mb"], 1),
-                     "baseline_peak_rss_mb": round(baseline["peak_rss_mb"], 1),
+                     "baseline_peak_rss_mb": round(baseline["peak_rss_mb"], 1), "device": result["device"],
+                     "peak_gpu_mb": result["peak_gpu_mb"], "baseline_peak_gpu_mb": baseline["peak_gpu_mb"],
                      "threshold": round(threshold, 6) if model == "random" else threshold,
                      "threshold_rule": "median of the fp32 baseline probability" if model == "random" else "card threshold",
                      "mask_voxels": {"ours": counts[0], "fp32": counts[1], "total": int(mask.size)},
@@ -283,11 +301,13 @@ def main() -> int:
     parser.add_argument("--model-2d", help="2D card for the MIP case (default: mip-pet-2d when its weights are "
                                            "present, else 'random')")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
-    parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=1, help="timed calls per run; the fastest is reported")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both sides run")
+    parser.add_argument("--worker", nargs=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        name, variant, model, folder, out, threshold = args.worker
-        worker(name, variant, model, Path(folder), Path(out), float(threshold))
+        name, variant, model, folder, out, threshold, repeats, device = args.worker
+        worker(name, variant, model, Path(folder), Path(out), float(threshold), int(repeats), device)
         return 0
     models = {"3d": args.model or default_model("3d"), "2d": args.model_2d or default_model("2d"), "random": "random"}
     load = {"start": os.getloadavg()}
@@ -297,7 +317,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tumorseg-bench-") as folder:
         for name in args.cases:
             print(f"case {name}", flush=True)
-            rows += run_case(name, models[CASES[name]["model"]], Path(folder))
+            rows += run_case(name, models[CASES[name]["model"]], Path(folder), args.repeats, args.device)
             load["end"] = os.getloadavg()
             if args.json:  # after every case, so that the finished cases survive an interrupted run
                 Path(args.json).write_text(json.dumps({"models": models, "cpu_cores": os.cpu_count(),

@@ -40,7 +40,7 @@ PASSES = (  # (name, overrides, min-size variants): the network passes; "card" k
     ("card", {}, False),
     ("fp32", {"precision": "fp32", "flip_axes": [], "min_lesion_px": 0}, True),
     ("fp32 + LR flip", {"precision": "fp32", "flip_axes": [1], "min_lesion_px": 0}, True),
-    ("bf16 + fp32 re-check", {"precision": "bf16", "flip_axes": [], "min_lesion_px": 0}, False),
+    ("bf16 + fp32 re-check", {"precision": "bf16", "recheck_margin": 0.05, "flip_axes": [], "min_lesion_px": 0}, False),
     ("bf16, no re-check", {"precision": "bf16", "recheck_margin": 0.0, "flip_axes": [], "min_lesion_px": 0}, False),
 )
 REFERENCE = "fp32"
@@ -251,8 +251,9 @@ def card_precision(card) -> str:
     from TumorSegLib.device import autocast_dtype
 
     precision = card.inference.get("precision", "auto")
-    dtype = autocast_dtype(torch.device("cpu"), precision, card.mode)
-    return f"{precision!r} runs as {'fp32' if dtype is None else 'bf16 autocast with the fp32 re-check'} on this CPU"
+    dtype = autocast_dtype(torch.device("cpu"), precision)
+    recheck = " with the fp32 re-check" if float(card.inference.get("recheck_margin", 0.0)) > 0 else ""
+    return f"{precision!r} runs as {'fp32' if dtype is None else 'bf16 autocast' + recheck} on this CPU"
 
 
 def precision_lines(card, summaries: dict, changes: dict, rows: dict) -> list:

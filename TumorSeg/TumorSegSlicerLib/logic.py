@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import slicer
-import vtk
 
 from TumorSegLib.cards import find_card, list_cards
 from TumorSegLib.errors import Cancelled, TumorSegError

@@ -26,7 +26,7 @@ from TumorSegLib.phantoms import ellipsoid
 
 from . import mrml, readouts as readouts_table
 from .logic import INPUT_ROLE, READOUTS_ROLE, EditedSegmentationError, TumorSegLogic
-from .process import BackgroundProcess, python_executable, segment_command
+from .process import BackgroundProcess, python_executable
 
 
 @dataclass

@@ -44,6 +44,10 @@ def register(subparsers) -> None:
     parser.add_argument("--overlap", type=float, help="sliding-window overlap (default: the model card's)")
     parser.add_argument("--threshold", type=float, help="probability threshold (default: the model card's)")
     parser.add_argument("--min-lesion-ml", type=float, help="remove lesions smaller than this (3D; default: card)")
+    parser.add_argument("--min-lesion-px", type=int, help="remove lesions with fewer pixels (2D; default: card)")
+    parser.add_argument("--flip-axes", type=int, nargs="*", metavar="AXIS",
+                        help="test-time flips: average over the identity and a flip of each of these spatial axes "
+                        "of the network input (none given: no flips; default: the card's)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="network precision (default: card)")
     parser.set_defaults(func=run)
 
@@ -86,7 +90,7 @@ def run(args) -> int:
         require_writable(args.json, "readouts")
     card = find_card(args.model, args.models_dir) if args.model else default_card(read_image(inputs[0]), args.models_dir)
     overrides = {"overlap": args.overlap, "threshold": args.threshold, "min_lesion_ml": args.min_lesion_ml,
-                 "precision": args.precision}
+                 "min_lesion_px": args.min_lesion_px, "precision": args.precision, "flip_axes": args.flip_axes}
     cancel = Cancel()
     say = sys.stderr if args.progress_json else sys.stdout
     results, failed = [], []
