@@ -6,7 +6,7 @@ autocast on CUDA, bf16 autocast on a CPU with native bfloat16 (AMX/AVX512-BF16),
 
 bf16 is the CPU default where a card does not say otherwise: on the CT models' 148 validation
 nodules each, bf16 masks agree with fp32 at Dice >= 0.985 (pooled 0.999), and on whole CTs at
-0.997 (``Testing/benchmarks/precision_agreement.py`` and ``bench_inference.py``). A card whose
+0.998 (``Testing/benchmarks/precision_agreement.py`` and ``bench_inference.py``). A card whose
 model disagrees pins ``"precision": "fp32"`` (``mip-pet-2d``: bf16 moved 4 of its 29 validation
 patients below 0.99, docs/precision-agreement.md), or sets ``inference.recheck_margin`` so that
 reduced-precision windows near the threshold are recomputed in fp32 (``inferers.Predictor``; off by

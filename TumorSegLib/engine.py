@@ -330,7 +330,8 @@ class Segmenter:
             "progress": progress,
             "cancel": cancel,
             "memory_format": self.memory_format,
-            "recheck": (float(settings["threshold"]), float(settings["recheck_margin"])),
+            "recheck": (float(settings["threshold"]), float(settings["recheck_margin"]))
+            if float(settings["recheck_margin"]) > 0 else None,
             "flip_axes": settings["flip_axes"],
         }
         if self.card.mode == "sliding-window-3d":

@@ -9,9 +9,10 @@ caching them changes nothing but the time.
 Test-time flips: with ``flip_axes`` (spatial axes of the network input), the probability is the
 mean over the identity and each single-axis flip of the input (each output flipped back).
 
-Reduced precision is checked: with ``recheck = (threshold, margin)``, a window (or slice batch
-item) whose reduced-precision probability comes within ``margin`` of the threshold anywhere is
-computed again in fp32, so the voxels that decide the mask boundary come from fp32 outputs.
+Reduced precision can be checked: with ``recheck = (threshold, margin)`` (the card's
+``inference.recheck_margin``; None, the default, for no check), a window (or slice batch item) whose
+reduced-precision probability comes within ``margin`` of the threshold anywhere is computed again in
+fp32, so the voxels that decide the mask boundary come from fp32 outputs.
 
 ``active`` (a half-open box, or None) restricts the work to a region of interest: the windows (or
 slices) are laid out over the whole array exactly as for a full run, and only those that touch the

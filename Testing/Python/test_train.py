@@ -220,7 +220,7 @@ def test_train_2d_end_to_end_card_reproduces_validation(tmp_path):
     assert run_cli(path, root, out, "--publish", str(models)) == 0
     card = load_card(models / "mip-pet-2d.json")
     assert weights_status(card) == "verified"
-    assert (models / "mip-pet-2d.train.json").is_file()
+    assert json.loads((models / "mip-pet-2d.train.json").read_text())["notes"] == mip_config()["notes"]
     provenance = card.provenance
     cases = find_cases(config_from_dict(mip_config(), data_root=root))
     assert provenance["training_data"]["manifest_sha256"] == manifest_sha256(cases, root)[0]

@@ -341,7 +341,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--limit", type=int, help="only the first N patients and N controls (a quick look)")
     parser.add_argument("--out", default=str(REPO / "docs"), help="report folder (figures go to OUT/figures)")
-    parser.add_argument("--curve", help="the training run's curve.png, copied to OUT/figures/mip-pet-2d-curve.png")
+    parser.add_argument("--curve", help="the training run's curve.png, copied to OUT/figures/mip-pet-2d-curve.png "
+                                        "(without it, a curve already there is kept in the report)")
     parser.add_argument("--rows", help="write per-case rows and summaries as JSON here")
     args = parser.parse_args(argv)
 
@@ -391,9 +392,10 @@ def main(argv=None) -> int:
         path = side_by_side(image, truth, masks["card"], label, figures_dir / f"mip-{tag}.png")
         figures.append((path, f"{tag.replace('-', ' ')} ({'control' if row['control'] else 'patient'}, card settings): "
                               f"{label}"))
+    curve = figures_dir / "mip-pet-2d-curve.png"
     if args.curve:
-        curve = figures_dir / "mip-pet-2d-curve.png"
         curve.write_bytes(Path(args.curve).read_bytes())
+    if curve.is_file():  # given now, or kept from the report of the training run
         figures.append((curve, "training curve (loss per epoch, validation mean Dice every 5 epochs)"))
     environment = (f"median seconds per image of `Segmenter.predict` (PNG already read; mean image "
                    f"{np.mean([kept[r['case']][1]['card'].size for r in rows['card']]) / 1e3:.0f} k pixels), CPU "

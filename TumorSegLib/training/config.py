@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -78,6 +78,7 @@ class TrainConfig:
     data: dict
     train: dict
     path: Optional[Path] = None
+    notes: list = field(default_factory=list)  # free text for the next reader, kept in the published config
 
     def model_card(self, weights_file: Optional[str] = None) -> ModelCard:
         """The card being trained (no weights yet): what validation hands to the engine."""
@@ -90,7 +91,8 @@ class TrainConfig:
         return list(self.train["patch_size"])
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "card": self.card, "data": self.data, "train": self.train}
+        fields = {"name": self.name, "card": self.card, "data": self.data, "train": self.train}
+        return {"notes": self.notes, **fields} if self.notes else fields
 
 
 def load_config(path, data_root=None, overrides: Optional[dict] = None) -> TrainConfig:
@@ -119,7 +121,12 @@ def config_from_dict(raw: dict, path=None, data_root=None, overrides: Optional[d
     for key in ("weights", "provenance", "name"):
         if key in card:
             raise TumorSegError(f"{where}: card.{key} is written by training; remove it from the config")
-    config = TrainConfig(name=str(raw["name"]), card=card, data=data, train=train, path=path)
+    notes = raw.get("notes", [])
+    if isinstance(notes, str):
+        notes = [notes]
+    if not isinstance(notes, list) or not all(isinstance(n, str) for n in notes):
+        raise TumorSegError(f"{where}: notes must be a string or a list of strings")
+    config = TrainConfig(name=str(raw["name"]), card=card, data=data, train=train, path=path, notes=notes)
     model_card = config.model_card()  # validates the card section
     if train["patch_size"] is None:
         train["patch_size"] = model_card.inference.get("patch_size")
