@@ -61,6 +61,23 @@ def test_mask_lands_on_flipped_oblique_anisotropic_grid(segmenter):
     assert dice(prediction.mask, truth) >= 0.8
 
 
+def test_torchscript_weights_from_elsewhere_give_the_state_dict_result(ct3d, tmp_path):
+    """A researcher's model exported with TorchScript (no MONAI class needed) runs like the state_dict one."""
+    from TumorSegLib.cards import sha256
+    from TumorSegLib.networks import load_network
+
+    scripted = tmp_path / "scripted.pt"
+    torch.jit.script(load_network(ct3d)).save(str(scripted))
+    data = ct3d.to_dict()
+    data["weights"] = {"file": scripted.name, "sha256": sha256(scripted), "format": "torchscript"}
+    (tmp_path / "scripted.json").write_text(json.dumps(data))
+    image, _ = lesion_volume("CT")
+    fp32 = {"precision": "fp32"}
+    expected = Segmenter(ct3d, "cpu").predict(image, overrides=fp32).probability
+    result = Segmenter(load_card(tmp_path / "scripted.json"), "cpu").predict(image, overrides=fp32).probability
+    np.testing.assert_allclose(result, expected, atol=1e-4)
+
+
 def test_resampling_and_reorientation_give_the_mask_on_the_input_grid(ct3d, tmp_path):
     card = variant(ct3d, tmp_path, preprocessing={"spacing": [1.5, 1.5, 1.5], "orientation": "LPS"})
     image, truth = lesion_volume("CT")
