@@ -64,6 +64,11 @@ class ModelCard:
         return 3 if self.mode == "sliding-window-3d" else 2
 
     @property
+    def min_size_setting(self) -> str:
+        """The post-processing setting of the smallest lesion kept: mL for 3D masks, pixels for a 2D image's."""
+        return "min_lesion_px" if self.mode == "whole-image-2d" else "min_lesion_ml"
+
+    @property
     def in_channels(self) -> int:
         return int(self.network.get("args", {}).get("in_channels", 1))
 

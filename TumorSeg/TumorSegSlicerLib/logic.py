@@ -174,7 +174,8 @@ class TumorSegLogic:
         """Segment ``inputVolume`` with model ``modelName`` in a background ``tumorseg segment`` process.
 
         roi: a markups ROI node restricting inference; point: a markups point list (first point)
-        or an RAS triple for click-to-segment; overrides: {"overlap", "threshold", "min_lesion_ml"}.
+        or an RAS triple for click-to-segment; overrides: {"overlap", "threshold", "min_lesion_ml" (3D masks) or
+        "min_lesion_px" (int; a MIP's 2D mask)}.
         Returns the segmentation node, or with ``waitForCompletion=False`` a ``SegmentationRun``
         whose ``poll()`` the caller calls from the main thread.
         """

@@ -19,7 +19,8 @@ from .logic import INPUT_ROLE, READOUTS_ROLE, RECIST_ATTRIBUTE, EditedSegmentati
 POLL_MS = 100
 READOUTS_DEBOUNCE_MS = 400
 DETAIL_COLUMNS = re.compile(r"^(centroid_|bbox_)|_p[12]_")
-OVERRIDES = (("overlap", "overlapSpinBox"), ("threshold", "thresholdSpinBox"), ("min_lesion_ml", "minLesionSpinBox"))
+OVERRIDES = (("overlap", "overlapSpinBox"), ("threshold", "thresholdSpinBox"))
+MIN_SIZE_UNITS = {"min_lesion_ml": " mL", "min_lesion_px": " px"}  # card.min_size_setting -> spin box suffix
 
 
 class TumorSegPanel(VTKObservationMixin):
@@ -115,15 +116,23 @@ class TumorSegPanel(VTKObservationMixin):
         if card:
             self.ui.overlapSpinBox.value = float(card.inference.get("overlap", 0.25))
             self.ui.thresholdSpinBox.value = card.threshold
-            self.ui.minLesionSpinBox.value = float(card.postprocessing.get("min_lesion_ml", 0.0))
+            self.ui.minLesionSpinBox.suffix = MIN_SIZE_UNITS[card.min_size_setting]
+            self.ui.minLesionSpinBox.decimals = 0 if card.min_size_setting == "min_lesion_px" else 2
+            self.ui.minLesionSpinBox.value = float(card.postprocessing.get(card.min_size_setting, 0.0))
         self.updateButtons()
 
     def overrides(self):
+        """The settings the user changed from the card's: overlap, threshold, the smallest lesion kept."""
         card = self.card()
+        size = card.min_size_setting
         defaults = {"overlap": float(card.inference.get("overlap", 0.25)), "threshold": card.threshold,
-                    "min_lesion_ml": float(card.postprocessing.get("min_lesion_ml", 0.0))}
+                    size: float(card.postprocessing.get(size, 0.0))}
         values = {key: getattr(self.ui, widget).value for key, widget in OVERRIDES}
-        return {key: value for key, value in values.items() if abs(value - defaults[key]) > 1e-9}
+        values[size] = self.ui.minLesionSpinBox.value
+        changed = {key: value for key, value in values.items() if abs(value - defaults[key]) > 1e-9}
+        if size == "min_lesion_px" and size in changed:
+            changed[size] = int(round(changed[size]))
+        return changed
 
     def updateButtons(self):
         running = self.run is not None

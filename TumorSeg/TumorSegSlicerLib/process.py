@@ -57,7 +57,7 @@ def segment_command(input_path, output_path, model: str, device: str = "auto", r
         command += ["--models-dir", str(models_dir)]
     for key, value in (overrides or {}).items():
         if value is not None:
-            command += [f"--{key.replace('_', '-')}", repr(float(value))]
+            command += [f"--{key.replace('_', '-')}", str(value) if isinstance(value, int) else repr(float(value))]
     return command
 
 

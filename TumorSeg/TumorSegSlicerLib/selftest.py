@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import slicer
+from scipy import ndimage
 
 from TumorSegLib import testing
 from TumorSegLib.errors import Cancelled
@@ -277,6 +278,13 @@ def test_mip_model_segments_the_mip(logic: TumorSegLogic, ws: Workspace) -> None
     check(mask.any(), "the tiny MIP model found no lesion")
     rows = readouts_table.table_rows(segmentation.GetNodeReference(READOUTS_ROLE))
     check("area_mm2" in rows[0], f"2D readouts must be areas in mm2: {list(rows[0])}")
+    labels, count = ndimage.label(expected, np.ones((3, 3)))
+    sizes = np.bincount(labels.ravel())[1:]
+    check(count >= 2 and sizes.min() < sizes.max(), f"the MIP mask needs lesions of two sizes: {sizes}")
+    smallest = int(sizes.min()) + 1  # a MIP's smallest lesion is set in pixels (card.min_size_setting)
+    filtered = logic.segment(volume, str(card.path), device="cpu", overrides={card.min_size_setting: smallest})
+    kept = np.isin(labels, 1 + np.flatnonzero(sizes >= smallest))
+    check(np.array_equal(logic.tumorMask(filtered), kept), "the minimum lesion size in pixels did not act on the MIP")
 
 
 TESTS = [(f.__name__, f) for f in (test_modality_detection, test_readouts_match_cli, test_segment_lands_on_lesions,
