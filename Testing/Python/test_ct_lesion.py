@@ -155,7 +155,7 @@ def test_shipped_3d_model_segments_real_lidc_nodules():
 
 @pytest.mark.parametrize("name", CT_CARDS)
 def test_shipped_ct_models_give_the_fp32_masks_in_bf16(name):
-    """bf16 is these cards' CPU default: on the first validation nodules its masks must be fp32's (Dice >= 0.99)."""
+    """bf16 is these cards' CPU default: on the first validation nodules its masks must be fp32's (Dice >= 0.98 each, 0.99 pooled)."""
     from TumorSegLib.training.data import card_validation_cases
     from TumorSegLib.training.transforms import read_pair
 

@@ -34,9 +34,9 @@ outside the timings in both; each run first calls the same code once on a small 
 crop; the 2D image itself) to set up the oneDNN kernels, then times ``--repeats`` calls on the case
 and reports the fastest (steady state, as in folder mode; the warm-up call's time is reported
 too). The input is made once by the parent process and loaded by each run. Both sides use torch's
-default thread count, and ``--device`` (the CPU by default; with
-"cuda" both run on the GPU, the engine with its GPU defaults, and ``peak_gpu_mb`` is reported). Every run is a separate process so its peak RSS
-(``ru_maxrss``) is its own.
+default thread count and ``--device`` (the CPU by default; with "cuda" both run on the GPU, the
+engine with its GPU defaults, and ``peak_gpu_mb`` is reported). Every run is a separate process so
+its peak RSS (``ru_maxrss``) is its own.
 """
 
 from __future__ import annotations
