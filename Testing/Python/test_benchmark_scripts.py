@@ -1,0 +1,46 @@
+"""The measurement scripts of Testing/benchmarks run and write what they promise (figures are not checked).
+
+The benchmark's JSON schema is the one the inference issue asks for; the precision-agreement
+script runs on one real validation nodule. Small inputs only: the full runs belong outside tests.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import shared_data
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def run_script(name: str, *args) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, str(BENCHMARKS / name), *map(str, args)], capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def test_inference_benchmark_writes_the_promised_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = run_script("bench_inference.py", "--cases", "mip-2d", "--model-2d", "random", "--json", out)
+    rows = json.loads(out.read_text())["cases"]
+    assert [row["name"] for row in rows] == ["mip-2d", "mip-2d (ours-fp32)"]
+    for row in rows:
+        assert {"name", "ours_s", "baseline_s", "speedup", "dice_vs_fp32", "peak_rss_mb"} <= set(row)
+        assert row["ours_s"] > 0 and row["baseline_s"] > 0 and 0.0 <= row["dice_vs_fp32"] <= 1.0
+        assert row["speedup"] == pytest.approx(row["baseline_s"] / row["ours_s"], rel=0.02)  # times are rounded to ms
+        assert row["peak_rss_mb"] > 0
+    assert "speedup" in result.stdout  # the printed table
+
+
+def test_precision_agreement_reports_one_nodule(tmp_path):
+    shared_data("lidc-nodule-vois")
+    report, rows = tmp_path / "agreement.md", tmp_path / "rows.json"
+    run_script("precision_agreement.py", "--models", "ct-lung-lesion-3d", "--limit", "1", "--report", report,
+               "--rows", rows)
+    data = json.loads(rows.read_text())
+    (row,) = data["rows"]["ct-lung-lesion-3d"]
+    assert 0.0 <= row["agreement"] <= 1.0 and row["fp32_voxels"] > 0
+    assert "| ct-lung-lesion-3d |" in report.read_text()
