@@ -172,9 +172,9 @@ def worker(name: str, variant: str, model: str, folder: Path, out: Path, thresho
 
     from TumorSegLib.image import Image
 
-    source = json.loads((folder / f"{name}.input.json").read_text())
-    image = Image(np.load(folder / f"{name}.input.npy"), np.asarray(source["affine"]), source["spacing_known"])
-    source = source["source"]
+    saved = json.loads((folder / f"{name}.input.json").read_text())
+    image = Image(np.load(folder / f"{name}.input.npy"), np.asarray(saved["affine"]), saved["spacing_known"])
+    source = saved["source"]
     card, weights = bench_card(model, image.ndim, folder)
     if variant == "baseline":
         from monai.inferers import sliding_window_inference
