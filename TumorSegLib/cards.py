@@ -78,8 +78,15 @@ class ModelCard:
 
     @property
     def weights_path(self) -> Path:
+        """The weights file; it must resolve inside the card's own folder (symbolic links included)."""
         base = self.path.parent if self.path else BUILTIN_DIR
-        return base / self.weights["file"]
+        path = base / self.weights["file"]
+        try:
+            path.resolve().relative_to(base.resolve())
+        except ValueError:
+            raise TumorSegError(f"model {self.name!r}: weights {self.weights['file']!r} lie outside the card's folder "
+                                f"{base}; a card's weights must sit in its own folder") from None
+        return path
 
     def to_dict(self) -> dict:
         data = {k: getattr(self, k) for k in _FIELDS}
@@ -111,6 +118,8 @@ def card_from_dict(data: dict, path: Optional[Path] = None) -> ModelCard:
         problems.append("weights must give at least 'file' (and 'sha256')")
     elif weights.get("format", "state_dict") not in ("state_dict", "torchscript"):
         problems.append("weights.format must be 'state_dict' or 'torchscript'")
+    elif not _inside_folder(weights["file"]):
+        problems.append(f"weights.file must be a file name in the card's folder, got {weights['file']!r}")
     window = (data.get("preprocessing") or {}).get("intensity", {}).get("window")
     if window is not None and (len(window) != 2 or not window[0] < window[1]):
         problems.append(f"preprocessing.intensity.window must be [low, high] with low < high, got {window}")
@@ -171,6 +180,14 @@ def flip_axes_problem(axes, dims: int) -> str | None:
     return None
 
 
+def _inside_folder(name) -> bool:
+    """Whether ``name`` is a relative path that stays in its folder (no drive, root or '..')."""
+    if not isinstance(name, str) or not name.strip():
+        return False
+    parts = Path(name.replace("\\", "/")).parts
+    return not Path(name).is_absolute() and not Path(name).drive and ".." not in parts and not name.startswith(("/", "\\"))
+
+
 def _number(value, default: float) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
 
@@ -186,32 +203,47 @@ def load_card(path) -> ModelCard:
 
 def model_dirs(extra=None) -> list:
     """Folders searched for cards, user folders first (so a user card can shadow a built-in)."""
+    if extra and not Path(extra).is_dir():
+        raise TumorSegError(f"models folder {extra} does not exist or is not a folder")
     dirs = [Path(p) for p in ([extra] if extra else [])]
     dirs += [Path(p) for p in os.environ.get(ENV_VAR, "").split(os.pathsep) if p]
     dirs.append(BUILTIN_DIR)
     return dirs
 
 
-def list_cards(extra_dir=None) -> list:
-    """All cards found, first occurrence of each name wins. Invalid cards raise."""
-    found = {}
+def scan_cards(extra_dir=None) -> tuple:
+    """``(cards, broken)``: every valid card found (first occurrence of each name wins) and
+    ``{card file: error}`` for the files that are not valid cards; one broken card hides no other."""
+    found, broken = {}, {}
     for directory in model_dirs(extra_dir):
         for path in sorted(Path(directory).glob("*.json")) if Path(directory).is_dir() else []:
             if path.name.endswith(".train.json"):
                 continue
-            card = load_card(path)
+            try:
+                card = load_card(path)
+            except TumorSegError as error:
+                broken[path] = str(error)
+                continue
             found.setdefault(card.name, card)
-    return list(found.values())
+    return list(found.values()), broken
+
+
+def list_cards(extra_dir=None) -> list:
+    """All valid cards found, first occurrence of each name wins (``scan_cards`` also names the broken ones)."""
+    return scan_cards(extra_dir)[0]
 
 
 def find_card(name: str, extra_dir=None) -> ModelCard:
     """The card called ``name`` (or a path to a card file)."""
     if name.endswith(".json") and Path(name).is_file():
         return load_card(name)
-    cards = list_cards(extra_dir)
+    cards, broken = scan_cards(extra_dir)
     for card in cards:
         if card.name == name:
             return card
+    for path, error in broken.items():
+        if path.name == f"{name}.json":
+            raise TumorSegError(error)
     known = ", ".join(sorted(c.name for c in cards)) or "none"
     raise TumorSegError(f"unknown model {name!r}; known models: {known}")
 
@@ -224,21 +256,30 @@ def sha256(path) -> str:
     return digest.hexdigest()
 
 
+SHA256_OK = "sha256 ok"  # the weights file's SHA-256 equals the card's: the file is the one the card describes
+NO_SHA256 = "no sha256"  # the card gives no SHA-256, so the file cannot be checked
+OUTSIDE = "outside the card folder"  # refused: a card's weights must sit in its own folder
+USABLE = (SHA256_OK, NO_SHA256)
+
+
 def weights_status(card: ModelCard) -> str:
-    """'verified', 'missing', 'unverified' (no sha256 in the card) or 'sha256 mismatch'."""
-    path = card.weights_path
+    """``SHA256_OK``, ``NO_SHA256``, ``OUTSIDE``, 'missing' or 'sha256 mismatch'."""
+    try:
+        path = card.weights_path
+    except TumorSegError:
+        return OUTSIDE
     if not path.is_file():
         return "missing"
     expected = card.weights.get("sha256")
     if not expected:
-        return "unverified"
-    return "verified" if sha256(path) == expected else "sha256 mismatch"
+        return NO_SHA256
+    return SHA256_OK if sha256(path) == expected else "sha256 mismatch"
 
 
 def verified_weights(card: ModelCard) -> Path:
-    """The weights path after checking it exists and matches the card's SHA-256."""
-    status = weights_status(card)
+    """The weights path after checking it lies in the card's folder, exists and matches the card's SHA-256."""
     path = card.weights_path
+    status = weights_status(card)
     if status == "missing":
         raise TumorSegError(
             f"weights for model {card.name!r} not found at {path}; train them with "

@@ -33,17 +33,18 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .cards import ModelCard, flip_axes_problem, list_cards, weights_status
-from .errors import Cancelled, TumorSegError
+from .cards import USABLE, ModelCard, flip_axes_problem, list_cards, weights_status
+from .errors import TumorSegError
 from .image import Image, superior_axis
 from .io import image_suffix, read_image, write_image, write_mask, PNG_SUFFIXES
 from .progress import check_cancel, no_progress, scaled
-from .report import require_writable
+from .files import require_not_input, require_writable
 
 OVERRIDES = ("overlap", "threshold", "min_lesion_ml", "min_lesion_px", "precision", "recheck_margin", "sw_batch_size",
              "batch_size", "flip_axes")
 GPU_BATCH_VOXELS = 2**22  # input voxels per window batch on a GPU (halved on out-of-memory; not yet tuned on a GPU)
 CT_MIN_BELOW = -100.0  # a CT in HU has air or fat below this; PET (SUV) never reaches it
+MIN_INPUT_VOXELS = 8  # per in-plane axis (any number of slices): less is no image to segment
 
 
 @dataclass
@@ -121,6 +122,9 @@ def check_input(image: Image, card: ModelCard) -> None:
     """
     image.require_finite("input image")
     what = f"model {card.name!r} ({card.modality}, {card.mode})"
+    low, high = float(np.min(image.array)), float(np.max(image.array))
+    if low == high:
+        raise TumorSegError(f"the input image is constant (every voxel {low:g}): there is nothing to segment")
     if card.modality == "MIP-PET":
         if image.ndim == 2 and (np.min(image.array) < 0 or np.max(image.array) > 255):
             raise TumorSegError(f"{what} needs a MIP image with values 0..255 (as the MIP PNGs), got "
@@ -130,6 +134,10 @@ def check_input(image: Image, card: ModelCard) -> None:
             raise TumorSegError(f"{what} needs a 3D volume, got a {image.ndim}D image of shape {image.shape}")
     elif image.ndim != 2:
         raise TumorSegError(f"{what} needs a 2D image, got a {image.ndim}D volume of shape {image.shape}")
+    in_plane = [a for a in range(image.ndim) if image.ndim == 2 or a != superior_axis(image.affine)]
+    if any(image.shape[a] < MIN_INPUT_VOXELS for a in in_plane):
+        raise TumorSegError(f"{what}: the input of shape {image.shape} is too small; it needs at least "
+                            f"{MIN_INPUT_VOXELS} voxels along each {'in-plane ' if image.ndim == 3 else ''}axis")
     if image.ndim == 3:
         if card.modality == "CT" and not looks_like_ct(image):
             raise TumorSegError(f"{what}: the input does not look like CT in HU (no value below {CT_MIN_BELOW:g}; "
@@ -146,6 +154,9 @@ def parse_box(roi, shape) -> tuple:
         raise TumorSegError(f"ROI needs {2 * len(shape)} values (I0 I1 ...) for a {len(shape)}D image, got {len(values)}")
     box = tuple(zip(values[0::2], values[1::2]))
     for axis, ((lo, hi), n) in enumerate(zip(box, shape)):
+        if lo >= hi:
+            raise TumorSegError(f"ROI {values} is empty or inverted on axis {axis} ({lo} >= {hi}): give each axis as "
+                                "low high, half-open (low <= i < high)")
         if not 0 <= lo < hi <= n:
             raise TumorSegError(f"ROI {values} lies outside the image of shape {tuple(shape)} on axis {axis} "
                                 f"(half-open: need 0 <= lo < hi <= {n})")
@@ -181,6 +192,8 @@ def point_box(image: Image, source: Image, point, context_mm) -> tuple:
     point = np.asarray(point, dtype=np.float64)
     if point.shape != (source.ndim,):
         raise TumorSegError(f"point needs {source.ndim} coordinates, got {point.tolist()}")
+    if not np.all(np.isfinite(point)):
+        raise TumorSegError(f"point coordinates must be finite numbers, got {point.tolist()}")
     index = source.to_index(point)
     if np.any(index < -0.5) or np.any(index > np.asarray(source.shape) - 0.5):
         raise TumorSegError(f"point {point.tolist()} mm lies outside the image (voxel index {np.round(index, 1).tolist()}, "
@@ -362,58 +375,78 @@ def _bounding_box(region: np.ndarray) -> tuple:
 
 def default_card(image: Image, extra_dir=None) -> ModelCard:
     """The one card with weights present that fits ``image`` (by dimensionality and the modality rule)."""
-    candidates = []
+    candidates, reasons = [], []
     for card in list_cards(extra_dir):
-        if weights_status(card) in ("missing", "sha256 mismatch"):
+        status = weights_status(card)
+        if status not in USABLE:
+            reasons.append(f"{card.name}: weights {status}")
             continue
         try:
             check_input(image, card)
-        except TumorSegError:
+        except TumorSegError as error:
+            reasons.append(str(error))
             continue
         candidates.append(card)
     if len(candidates) == 1:
         return candidates[0]
-    names = ", ".join(c.name for c in candidates) or "none"
     if not candidates:
-        raise TumorSegError(f"no model with weights fits this {image.ndim}D image (models that fit: none); "
-                            "see 'tumorseg models'")
-    raise TumorSegError(f"several models fit this image ({names}); choose one with --model")
+        raise TumorSegError(f"no installed model fits this {image.ndim}D image of shape {image.shape}: "
+                            + "; ".join(reasons or ["no model cards found"]) + " (see 'tumorseg models')")
+    raise TumorSegError(f"several models fit this image ({', '.join(c.name for c in candidates)}); "
+                        "choose one with --model")
 
 
-def output_path_for(input_image: Image, prediction_image: Image, output) -> tuple:
-    """Where the mask goes: ``output``, or with .png when a 3D input was segmented on its MIP."""
-    output = Path(output)
-    notes = []
-    if input_image.ndim == 3 and prediction_image.ndim == 2 and image_suffix(output) not in PNG_SUFFIXES:
-        suffix = image_suffix(output)
-        output = output.with_name(output.name[: len(output.name) - len(suffix)] + ".png")
-        notes.append(f"the mask is a 2D MIP mask, written as PNG: {output}")
-    return output, notes
+def mip_image_path(mask_path) -> Path:
+    """Where the MIP image goes beside the 2D MIP mask of a 3D PET input: ``<mask>_mip-image.png``."""
+    mask_path = Path(mask_path)
+    return mask_path.with_name(mask_path.name[: -len(image_suffix(mask_path))] + "_mip-image.png")
+
+
+def planned_outputs(image: Image, card: ModelCard, output_path) -> list:
+    """The files ``segment_file`` will write for ``image``: checked (type, writable) before any work.
+
+    The mask's file type must suit the mask (PNG for a 2D mask, NIfTI or NRRD for a 3D one); it is
+    never changed silently.
+    """
+    output_path = Path(output_path)
+    mask_ndim = 2 if card.modality == "MIP-PET" else image.ndim
+    is_png = image_suffix(output_path) in PNG_SUFFIXES
+    if mask_ndim == 2 and not is_png:
+        why = "segments the coronal MIP of this 3D volume" if image.ndim == 3 else "segments 2D images"
+        raise TumorSegError(f"model {card.name!r} {why}, so its mask is a 2D image: give an output ending in .png, "
+                            f"not {output_path.name}")
+    if mask_ndim == 3 and is_png:
+        raise TumorSegError(f"cannot write the mask of a 3D volume as PNG ({output_path}); use .nii.gz or .nrrd")
+    outputs = [output_path] + ([mip_image_path(output_path)] if mask_ndim < image.ndim else [])
+    for path in outputs:
+        require_writable(path, "output")
+    return outputs
 
 
 def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, point=None, progress=no_progress,
                  cancel=None, overrides=None) -> tuple:
     """Segment one file and write its mask; returns (Prediction, written mask path).
 
-    For a MIP-PET model given a 3D PET volume the mask is the 2D MIP mask (PNG) and the MIP itself
-    is written beside it as ``<name>_mip.png``. Nothing is written when the run fails or is cancelled.
+    For a MIP-PET model given a 3D PET volume the mask is the 2D MIP mask (PNG) and the MIP image
+    itself is written beside it (``mip_image_path``). Nothing is written when the run fails or is
+    cancelled, and no output may be the input file.
     """
     image_suffix(output_path)
     require_writable(output_path, "mask")
+    require_not_input([output_path], [input_path])
     image = read_image(input_path, "input image")
-    if image.ndim == 3 and Path(output_path).suffix.lower() == ".png" and segmenter.card.modality != "MIP-PET":
-        raise TumorSegError(f"cannot write the mask of a 3D volume as PNG ({output_path}); use .nii.gz or .nrrd")
+    check_input(image, segmenter.card)
+    outputs = planned_outputs(image, segmenter.card, output_path)
+    require_not_input(outputs, [input_path])
     prediction = segmenter.predict(image, roi=roi, point=point, progress=progress, cancel=cancel, overrides=overrides)
-    output, notes = output_path_for(image, prediction.image, output_path)
-    prediction.notes.extend(notes)
     check_cancel(cancel)
-    written = [write_mask(output, prediction.mask, prediction.image)]
+    written = []
     try:
+        written.append(write_mask(outputs[0], prediction.mask, prediction.image))
         if prediction.image is not image:
-            mip_path = output.with_name(output.name[: -len(".png")] + "_mip.png")
-            written.append(write_image(mip_path, prediction.image))
+            written.append(write_image(outputs[1], prediction.image))
         check_cancel(cancel)
-    except (Cancelled, TumorSegError, KeyboardInterrupt):
+    except BaseException:
         for path in written:
             Path(path).unlink(missing_ok=True)
         raise
@@ -427,4 +460,8 @@ def readouts(prediction: Prediction, card: ModelCard):
     modality = card.modality if card.modality in ("PET", "CT") else None
     image = prediction.image if modality else None
     mask = prediction.image.with_array(prediction.mask.astype(np.uint8))
-    return measure_lesions(mask, image, modality)
+    values = measure_lesions(mask, image, modality)
+    if card.modality == "MIP-PET":
+        values.modality = "MIP-PET"
+        values.notes.append("a MIP's grey levels are not SUV: no SUV readouts on a MIP mask")
+    return values

@@ -7,3 +7,9 @@ class TumorSegError(Exception):
 
 class Cancelled(TumorSegError):
     """The caller asked the running job to stop."""
+
+
+def brief(error: BaseException, limit: int = 200) -> str:
+    """The first line of an exception's message (library errors can run to many lines of advice)."""
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:limit]

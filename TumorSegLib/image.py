@@ -29,6 +29,15 @@ class Image:
             raise TumorSegError(f"expected a 2D or 3D image, got {n}D with shape {self.array.shape}")
         if self.affine.shape != (n + 1, n + 1):
             raise TumorSegError(f"a {n}D image needs a {n + 1}x{n + 1} affine, got {self.affine.shape}")
+        if self.array.dtype.names or not (np.issubdtype(self.array.dtype, np.number) or self.array.dtype == bool) \
+                or np.issubdtype(self.array.dtype, np.complexfloating):
+            raise TumorSegError(f"expected one scalar value per voxel, got voxel type {self.array.dtype} "
+                                "(RGB, vector or complex images are not supported)")
+        if self.array.size == 0:
+            raise TumorSegError(f"the image is empty (shape {self.array.shape})")
+        problem = geometry_problem(self.affine)
+        if problem:
+            raise TumorSegError(f"invalid image geometry: {problem}")
 
     @property
     def ndim(self) -> int:
@@ -81,6 +90,20 @@ class Image:
             bad = int(np.count_nonzero(~np.isfinite(self.array)))
             if bad:
                 raise TumorSegError(f"{what} has {bad} NaN or infinite voxel(s); fix or mask them first")
+
+
+def geometry_problem(affine: np.ndarray) -> str | None:
+    """What makes a voxel-to-world ``affine`` unusable (non-finite, a zero spacing, parallel axes), or None."""
+    n = affine.shape[0] - 1
+    if not np.all(np.isfinite(affine)):
+        return "the voxel-to-world matrix has NaN or infinite entries"
+    linear = affine[:n, :n]
+    spacing = np.linalg.norm(linear, axis=0)
+    if np.any(spacing <= 0):
+        return f"zero voxel spacing on axis {int(np.argmin(spacing))} (spacing {spacing.tolist()} mm)"
+    if abs(np.linalg.det(linear / spacing)) < 1e-6:
+        return "the voxel axes are parallel (singular voxel-to-world matrix)"
+    return None
 
 
 def superior_axis(affine: np.ndarray) -> int:

@@ -12,13 +12,12 @@ Writes are atomic: the file appears complete under its name or not at all.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from .errors import TumorSegError
+from .files import atomic_write
 from .image import Image
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -158,27 +157,10 @@ def write_image(path, image: Image) -> Path:
     suffix = image_suffix(path)
     if (image.ndim == 2) != (suffix in PNG_SUFFIXES):
         raise TumorSegError(f"cannot write a {image.ndim}D image as {suffix} ({path})")
-    directory = path.parent if str(path.parent) else Path(".")
-    if not directory.is_dir():
-        raise TumorSegError(f"cannot write {path}: folder {directory} does not exist")
-    if not os.access(directory, os.W_OK):
-        raise TumorSegError(f"cannot write {path}: folder {directory} is not writable")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=directory)
-    os.close(handle)
-    try:
-        if suffix in NIFTI_SUFFIXES:
-            _write_nifti(temporary, image)
-        elif suffix in NRRD_SUFFIXES:
-            _write_nrrd(temporary, image)
-        else:
-            _write_png(temporary, image)
-        os.replace(temporary, path)
-    except BaseException as error:
-        Path(temporary).unlink(missing_ok=True)
-        if isinstance(error, (TumorSegError, KeyboardInterrupt)):
-            raise
-        raise TumorSegError(f"cannot write {path}: {error}") from error
-    return path
+    if suffix == ".nhdr":
+        raise TumorSegError(f"cannot write {path}: detached-header NRRD (.nhdr) output is not supported; use .nrrd")
+    writer = {**dict.fromkeys(NIFTI_SUFFIXES, _write_nifti), **dict.fromkeys(NRRD_SUFFIXES, _write_nrrd)}.get(suffix, _write_png)
+    return atomic_write(path, lambda temporary: writer(temporary, image), "image")
 
 
 def _write_nifti(path, image: Image) -> None:
@@ -187,7 +169,7 @@ def _write_nifti(path, image: Image) -> None:
     out = nib.Nifti1Image(np.asarray(image.array), image.affine)
     out.header.set_qform(image.affine, code=1)
     out.header.set_sform(image.affine, code=1)
-    nib.save(out, path)
+    nib.save(out, str(path))
 
 
 def _write_nrrd(path, image: Image) -> None:

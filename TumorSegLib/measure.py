@@ -211,6 +211,9 @@ def resolve_modality(image: Image | None, modality: str | None, notes: list) -> 
         chosen = str(chosen).upper()
         if chosen not in MODALITIES:
             raise TumorSegError(f"unknown modality {chosen!r}: use PET or CT")
+        if chosen == "PET" and image.array.dtype in (np.uint8, np.int8):
+            raise TumorSegError("PET readouts need a PET image in SUV; this image has 8-bit grey levels (a MIP PNG "
+                                "or a screenshot), which are not SUV: measure it without --modality PET")
         return chosen
     if image.ndim == 2:
         notes.append("2D image of unknown modality: no intensity statistics (give the modality to get them)")

@@ -13,10 +13,12 @@ section has the end-to-end figures).
 
 from __future__ import annotations
 
+import pickle
+
 import torch
 
 from .cards import ModelCard, verified_weights
-from .errors import TumorSegError
+from .errors import TumorSegError, brief
 
 
 def build_network(card: ModelCard) -> torch.nn.Module:
@@ -46,8 +48,15 @@ def load_network(card: ModelCard, device="cpu") -> torch.nn.Module:
     except TumorSegError:
         raise
     except Exception as error:
-        raise TumorSegError(f"cannot load weights {path} for model {card.name!r}: {error}") from error
+        raise TumorSegError(f"cannot load weights {path} for model {card.name!r}: {load_error_reason(error)}") from None
     return network.to(device).eval()
+
+
+def load_error_reason(error: BaseException) -> str:
+    """Why ``torch.load`` refused a file, in one line, without PyTorch's advice to bypass the safety check."""
+    if isinstance(error, pickle.UnpicklingError) or "weights only load failed" in str(error).lower():
+        return "the file holds Python objects other than tensors and plain data; it was refused because loading it could run code"
+    return brief(error)
 
 
 CONVOLUTIONS = (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)

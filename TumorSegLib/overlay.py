@@ -80,20 +80,9 @@ def _stretch(rgb: np.ndarray, row_scale: float, col_scale: float) -> np.ndarray:
 
 def _save_rgb(path, rgb: np.ndarray) -> Path:
     """Atomic RGB PNG (``io.write_image`` writes one-channel images only)."""
-    import os
-    import tempfile
-
     from PIL import Image as PILImage
 
-    from .report import require_writable
+    from .files import atomic_write
 
-    path = require_writable(path, "overlay")
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
-    os.close(handle)
-    try:
-        PILImage.fromarray(np.ascontiguousarray(rgb)).save(temporary, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda temporary: PILImage.fromarray(np.ascontiguousarray(rgb)).save(temporary, format="PNG"),
+                        "overlay")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cards import ModelCard
+from .errors import TumorSegError
 from .image import Image
 
 
@@ -55,12 +56,25 @@ def undo_reorient(array: np.ndarray, transform) -> np.ndarray:
     return np.ascontiguousarray(ornt.apply_orientation(array, inverse))
 
 
+MAX_RESAMPLED_VOXELS = 500_000_000  # 2 GB per float32 copy; a whole-body CT at 1.5 mm has about 70 million
+
+
 def resampled_shape(shape, spacing, target_spacing) -> tuple:
-    """Grid size after resampling ``shape`` from ``spacing`` to ``target_spacing`` (None keeps an axis)."""
-    return tuple(
+    """Grid size after resampling ``shape`` from ``spacing`` to ``target_spacing`` (None keeps an axis).
+
+    A size beyond ``MAX_RESAMPLED_VOXELS`` (an absurd spacing in the file, say) is refused before
+    anything is allocated.
+    """
+    size = tuple(
         int(n) if t is None else max(1, int(round(n * s / float(t))))
         for n, s, t in zip(shape, spacing, target_spacing)
     )
+    if float(np.prod(size, dtype=np.float64)) > MAX_RESAMPLED_VOXELS:
+        raise TumorSegError(
+            f"resampling {tuple(int(n) for n in shape)} voxels of {np.round(np.asarray(spacing, float), 3).tolist()} mm "
+            f"to the model's spacing {list(target_spacing)} mm gives {size} voxels, more than the limit of "
+            f"{MAX_RESAMPLED_VOXELS:,}: check the image's voxel spacing, or give an ROI")
+    return size
 
 
 def resample(array: np.ndarray, shape) -> np.ndarray:

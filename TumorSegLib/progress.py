@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from typing import Callable, Optional
 
 from .errors import Cancelled
@@ -55,24 +56,51 @@ def json_lines(stream=None) -> ProgressCallback:
 
 
 class ProgressBar:
-    """A tqdm bar on stderr driven by fractions; use as a context manager."""
+    """Progress on stderr from fractions; use as a context manager.
 
-    def __init__(self, description: str = ""):
-        from tqdm import tqdm
+    On a terminal, a tqdm bar that is cleared when done. Elsewhere (a log file, a pipe) one plain
+    line at most every ``LOG_INTERVAL_S`` seconds, so logs stay readable.
+    """
 
-        self._bar = tqdm(total=1000, desc=description, file=sys.stderr, leave=False,
-                         bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
+    LOG_INTERVAL_S = 20.0
+
+    def __init__(self, description: str = "", stream=None):
+        self._stream = stream or sys.stderr
+        self._description = description
+        self._bar = None
+        self._last = time.monotonic()  # the first line after LOG_INTERVAL_S: a quick run prints none
+        if _is_terminal(self._stream):
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=1000, desc=description, file=self._stream, leave=False,
+                             bar_format="{desc} {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}")
 
     def __call__(self, fraction: float, message: str = "") -> None:
-        self._bar.n = int(round(1000 * min(max(fraction, 0.0), 1.0)))
-        self._bar.set_postfix_str(message, refresh=False)
-        self._bar.refresh()
+        fraction = min(max(fraction, 0.0), 1.0)
+        if self._bar is not None:
+            self._bar.n = int(round(1000 * fraction))
+            self._bar.set_postfix_str(message, refresh=False)
+            self._bar.refresh()
+            return
+        now = time.monotonic()
+        if now - self._last >= self.LOG_INTERVAL_S:
+            self._last = now
+            self._stream.write(f"{self._description}: {100 * fraction:.0f}% {message}".rstrip() + "\n")
+            self._stream.flush()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
-        self._bar.close()
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _is_terminal(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError):
+        return False
 
 
 def scaled(progress: ProgressCallback, start: float, stop: float) -> ProgressCallback:

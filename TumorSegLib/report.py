@@ -1,16 +1,13 @@
-"""Readable tables on stdout and atomic CSV/JSON files, shared by measure, evaluate and segment."""
+"""Readable tables on stdout and CSV files, shared by measure, evaluate and segment."""
 
 from __future__ import annotations
 
 import csv
 import io
-import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
-from .errors import TumorSegError
+from .files import write_text
 
 LESION_COLUMNS = ("label", "voxels", "volume_ml", "area_mm2", "area_px", "recist_long_mm", "recist_short_mm",
                   "recist_long_px", "recist_short_px", "recist_slice", "max3d_mm", "suv_max", "suv_mean",
@@ -18,35 +15,6 @@ LESION_COLUMNS = ("label", "voxels", "volume_ml", "area_mm2", "area_px", "recist
 CASE_COLUMNS = ("case", "control", "dice", "iou", "sensitivity", "precision", "fp_volume_ml", "fn_volume_ml", "fp_area_mm2",
                 "fn_area_mm2", "fp_area_px", "fn_area_px", "tp_lesions", "fn_lesions", "fp_lesions",
                 "relative_volume_error", "recist_relative_error")
-
-
-def require_writable(path, what: str = "output") -> Path:
-    """Fail before any work is done when ``path``'s folder is missing or read-only."""
-    path = Path(path)
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        raise TumorSegError(f"cannot write {what} {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        raise TumorSegError(f"cannot write {what} {path}: folder {folder} is not writable")
-    return path
-
-
-def write_text(path, text: str) -> Path:
-    """Write ``text`` atomically (a temporary file in the same folder, then renamed)."""
-    path = require_writable(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def write_json(path, data) -> Path:
-    return write_text(path, json.dumps(data, indent=2, allow_nan=False, default=_plain) + "\n")
 
 
 def write_csv(path, rows: list) -> Path:
@@ -59,13 +27,6 @@ def write_csv(path, rows: list) -> Path:
     writer.writeheader()
     writer.writerows(rows)
     return write_text(path, stream.getvalue())
-
-
-def _plain(value):
-    """JSON for numpy scalars and arrays (json calls this for types it does not know)."""
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    raise TypeError(f"cannot write {type(value).__name__} as JSON")
 
 
 def format_value(value) -> str:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cards import ModelCard, card_from_dict, load_card, sha256, weights_status
+from .cards import SHA256_OK, ModelCard, card_from_dict, load_card, sha256, weights_status
 from .image import Image
 from .phantoms import ellipsoid, grid_affine
 from .preprocess import normalize_intensity
@@ -96,7 +96,7 @@ def tiny_model(directory, mode: str = "sliding-window-3d", modality: str = "CT",
     """Train (or reuse) a tiny model; writes ``<directory>/<name>.json`` and its weights.
 
     Training runs ``steps`` steps with a fixed seed (deterministic); ``seconds`` optionally caps
-    the wall time (then fewer steps may run). Returns the loaded, verified card.
+    the wall time (then fewer steps may run). Returns the loaded card (its weights' SHA-256 checked).
     """
     import torch
 
@@ -111,7 +111,7 @@ def tiny_model(directory, mode: str = "sliding-window-3d", modality: str = "CT",
     card_path = directory / f"{name}.json"
     if card_path.is_file():
         card = load_card(card_path)
-        if card.provenance.get("config") == config and weights_status(card) == "verified":
+        if card.provenance.get("config") == config and weights_status(card) == SHA256_OK:
             return card
     data = tiny_card_dict(name, mode, modality, spacing)
     card = card_from_dict(data, card_path)

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from TumorSegLib import cards
-from TumorSegLib.cards import card_from_dict, find_card, list_cards, load_card, sha256, weights_status
+from TumorSegLib.cards import (NO_SHA256, OUTSIDE, SHA256_OK, card_from_dict, find_card, list_cards, load_card,
+                               scan_cards, sha256, weights_status)
 from TumorSegLib.cli import main
 from TumorSegLib.errors import TumorSegError
 from TumorSegLib.testing import tiny_card_dict
@@ -71,14 +72,14 @@ def test_user_folders_come_first_and_unknown_names_list_the_known(tmp_path, monk
 
 def test_weights_states(tmp_path):
     card = load_card(write_card(tmp_path, "ok"))
-    assert weights_status(card) == "verified"
+    assert weights_status(card) == SHA256_OK
     card.weights_path.write_bytes(b"other")
     assert weights_status(card) == "sha256 mismatch"
     card.weights_path.unlink()
     assert weights_status(card) == "missing"
     unverified = load_card(write_card(tmp_path, "nosum", weights=None))
     unverified.weights_path.write_bytes(b"w")
-    assert weights_status(unverified) == "unverified"
+    assert weights_status(unverified) == NO_SHA256
 
 
 def test_models_command_lists_modality_mode_and_weights(tmp_path, monkeypatch, capsys):
@@ -91,13 +92,54 @@ def test_models_command_lists_modality_mode_and_weights(tmp_path, monkeypatch, c
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:4] == ["name", "modality", "mode", "weights"]
     assert any(line.split()[:5] == ["broken", "CT", "sliding-window-3d", "sha256", "mismatch"] for line in lines)
-    assert any(line.split()[:4] == ["good", "CT", "sliding-window-3d", "verified"] for line in lines)
+    assert any(line.split()[:5] == ["good", "CT", "sliding-window-3d", "sha256", "ok"] for line in lines)
     assert main(["models", "--models-dir", str(tmp_path), "--json"]) == 0
     assert {row["name"]: row["weights"] for row in json.loads(capsys.readouterr().out)} == {
-        "good": "verified", "broken": "sha256 mismatch"}
+        "good": SHA256_OK, "broken": "sha256 mismatch"}
 
 
 def test_shipped_cards_validate():
     for path in sorted(cards.BUILTIN_DIR.glob("*.json")):
         if not path.name.endswith(".train.json"):
             assert load_card(path).name == path.stem
+
+
+def test_a_broken_card_is_listed_and_hides_no_other(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("TUMORSEG_MODELS", raising=False)
+    write_card(tmp_path, "good")
+    (tmp_path / "broken.json").write_text('{"name": "broken"')
+    found, broken = scan_cards(tmp_path)
+    assert "good" in {card.name for card in found} and "ct-lung-lesion-3d" in {card.name for card in found}
+    assert list(broken) == [tmp_path / "broken.json"] and "cannot read model card" in broken[tmp_path / "broken.json"]
+    assert find_card("good", tmp_path).name == "good"
+    with pytest.raises(TumorSegError, match="cannot read model card"):
+        find_card("broken", tmp_path)
+    assert main(["models", "--models-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "BROKEN: " in out and "ct-lung-lesion-3d" in out and "good" in out
+
+
+@pytest.mark.parametrize("file", ["../outside.pt", "/etc/passwd", "sub/../../x.pt", ""])
+def test_weights_must_be_a_file_in_the_card_folder(file):
+    data = tiny_card_dict("m", "sliding-window-3d", "CT")
+    data["weights"]["file"] = file
+    with pytest.raises(TumorSegError, match="weights.file must be a file name in the card's folder"):
+        card_from_dict(data)
+
+
+def test_weights_symlinked_out_of_the_card_folder_are_refused(tmp_path):
+    (tmp_path / "models").mkdir()
+    card = load_card(write_card(tmp_path / "models", "m", weights=None))
+    (tmp_path / "secret.pt").write_bytes(b"secret")
+    card.weights_path  # inside: fine while the file is absent
+    (tmp_path / "models" / card.weights["file"]).symlink_to(tmp_path / "secret.pt")
+    assert weights_status(card) == OUTSIDE
+    with pytest.raises(TumorSegError, match="outside the card's folder"):
+        cards.verified_weights(card)
+    (tmp_path / "models" / "sub").mkdir()
+    data = json.loads((tmp_path / "models" / "m.json").read_text())
+    data["weights"]["file"] = "sub/w.pt"
+    (tmp_path / "models" / "sub" / "w.pt").write_bytes(b"w")
+    data["weights"]["sha256"] = sha256(tmp_path / "models" / "sub" / "w.pt")
+    (tmp_path / "models" / "m.json").write_text(json.dumps(data))
+    assert weights_status(load_card(tmp_path / "models" / "m.json")) == SHA256_OK  # a subfolder is inside

@@ -141,10 +141,28 @@ def test_evaluate_mismatches_are_named(capsys, tmp_path):
     truth = _write_cases(tmp_path / "truth", {"a": mask, "b": mask, "c": mask}, affine)
     pred = _write_cases(tmp_path / "pred", {"a": mask, "x": mask}, affine)
     code, _, err = _run(capsys, "evaluate", "--pred", pred, "--truth", truth, "--json", tmp_path / "e.json")
-    assert code == 2 and "no prediction for truth case(s) b, c" in err and "no truth for predicted case(s) x" in err
+    assert code == 2 and "2 truth case(s) have no prediction of the same name (e.g. b, c)" in err
+    assert "1 prediction(s) no truth (e.g. x)" in err and "pair by equal file names, or by the number" in err
     moved = _write_cases(tmp_path / "moved", {"a": mask, "b": mask, "c": mask}, grid_affine(shape, (2.0, 1.0, 1.0)))
     code, _, err = _run(capsys, "evaluate", "--pred", moved, "--truth", truth, "--json", tmp_path / "e.json")
     assert code == 2 and "prediction a.nii.gz and truth a.nii.gz are on different grids" in err
     code, _, err = _run(capsys, "evaluate", "--pred", tmp_path / "nowhere", "--truth", truth)
     assert code == 2 and "prediction not found" in err
     assert not (tmp_path / "e.json").exists()
+
+
+def test_evaluate_pairs_dmiai_names_by_their_trailing_number(capsys, tmp_path):
+    """DM i AI images are patient_XXX and their masks segmentation_XXX: predictions named after the images pair."""
+    shape = (8, 8, 8)
+    affine = grid_affine(shape)
+    full, empty = np.ones(shape, dtype=bool), np.zeros(shape, dtype=bool)
+    truth = _write_cases(tmp_path / "truth", {"segmentation_000": full, "segmentation_012": empty}, affine)
+    pred = _write_cases(tmp_path / "pred", {"patient_012": empty, "patient_000": full}, affine)
+    code, _, err = _run(capsys, "evaluate", "--pred", pred, "--truth", truth, "--json", tmp_path / "e.json")
+    assert code == 0, err
+    rows = json.loads((tmp_path / "e.json").read_text())["cases"]
+    assert [(row["case"], row["dice"], row["control"]) for row in rows] == [("patient_000", 1.0, False),
+                                                                            ("patient_012", 1.0, True)]
+    duplicate = _write_cases(tmp_path / "dup", {"a_000": full, "b_000": full}, affine)  # one number twice: no pairing
+    code, _, err = _run(capsys, "evaluate", "--pred", duplicate, "--truth", truth)
+    assert code == 2 and "cannot pair" in err

@@ -98,13 +98,15 @@ def test_3d_pet_to_mip_model_writes_the_mip_mask_as_png(models_dir, tmp_path, ca
                                  oblique_degrees=0.0)
     write_image(tmp_path / "pet.nii.gz", image)
     assert segment(models_dir, tmp_path / "pet.nii.gz", "-o", tmp_path / "mask.nii.gz", "--model",
+                   "tiny-mip-pet-whole-image-2d") == 2  # the mask is 2D: the requested type is never changed silently
+    assert "give an output ending in .png" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pet.nii.gz"]
+    assert segment(models_dir, tmp_path / "pet.nii.gz", "-o", tmp_path / "mask.png", "--model",
                    "tiny-mip-pet-whole-image-2d") == 0
-    assert not (tmp_path / "mask.nii.gz").exists()
     mask = read_image(tmp_path / "mask.png").array == 255
-    assert read_image(tmp_path / "mask_mip.png").shape == mask.shape
+    assert read_image(tmp_path / "mask_mip-image.png").shape == mask.shape
     expected = project_max(truth, mip_geometry(image.affine, image.shape))
     assert dice(mask, expected) >= 0.8
-    assert "written as PNG" in capsys.readouterr().out
 
 
 def test_progress_json_lines(models_dir, tmp_path, capsys):
@@ -157,7 +159,7 @@ def test_bad_requests_fail_cleanly(models_dir, tmp_path, capsys, args, message):
     write_image(tmp_path / "ct.nii.gz", lesion_volume("CT")[0])
     assert segment(models_dir, tmp_path / "ct.nii.gz", "-o", tmp_path / "mask.nii.gz", *args) == 2
     error = capsys.readouterr().err
-    assert error.splitlines()[-1].split("\r")[-1].strip().startswith("tumorseg: error:") and message in error, error
+    assert error.splitlines() == [error.strip()] and error.startswith("tumorseg: error:") and message in error, error
     assert not (tmp_path / "mask.nii.gz").exists()
 
 
@@ -206,7 +208,7 @@ def test_demo_runs_with_a_model_and_fails_clearly_without(models_dir, tmp_path, 
 def test_demo_on_a_mip_model_writes_the_mip(models_dir, tmp_path):
     assert main(["demo", "-o", str(tmp_path), "--models-dir", str(models_dir), "--model",
                  "tiny-mip-pet-whole-image-2d", "--device", "cpu"]) == 0
-    assert {"mask.png", "mask_mip.png", "overlay.png"} <= {p.name for p in tmp_path.iterdir()}
+    assert {"mask.png", "mask_mip-image.png", "overlay.png"} <= {p.name for p in tmp_path.iterdir()}
 
 
 @pytest.fixture(autouse=True)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from TumorSegLib.cards import load_card, weights_status
+from TumorSegLib.cards import SHA256_OK, load_card, weights_status
 from TumorSegLib.cli import main
 from TumorSegLib.commands import train as train_command
 from TumorSegLib.errors import TumorSegError
@@ -219,7 +219,7 @@ def test_train_2d_end_to_end_card_reproduces_validation(tmp_path):
     path = write_config(tmp_path, mip_config())
     assert run_cli(path, root, out, "--publish", str(models)) == 0
     card = load_card(models / "mip-pet-2d.json")
-    assert weights_status(card) == "verified"
+    assert weights_status(card) == SHA256_OK
     assert json.loads((models / "mip-pet-2d.train.json").read_text())["notes"] == mip_config()["notes"]
     provenance = card.provenance
     cases = find_cases(config_from_dict(mip_config(), data_root=root))

@@ -111,11 +111,11 @@ def random_card(folder: Path, ndim: int):
 
 def default_model(kind: str) -> str:
     """The shipped trained card for ``kind`` ("3d"/"2d") when its weights verify, else "random"."""
-    from TumorSegLib.cards import find_card, weights_status
+    from TumorSegLib.cards import SHA256_OK, find_card, weights_status
     from TumorSegLib.errors import TumorSegError
 
     try:
-        return DEFAULT_MODELS[kind] if weights_status(find_card(DEFAULT_MODELS[kind])) == "verified" else "random"
+        return DEFAULT_MODELS[kind] if weights_status(find_card(DEFAULT_MODELS[kind])) == SHA256_OK else "random"
     except TumorSegError:
         return "random"
 

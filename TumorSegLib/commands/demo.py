@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from . import HelpFormatter
 from ..errors import TumorSegError
 from .segment import add_model_arguments, cancel_on_signals, progress_reporter
 
@@ -20,7 +21,7 @@ def register(subparsers) -> None:
         "demo",
         help="segment a built-in PET or CT phantom with an installed model and show the readouts",
         description=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("-o", "--output", default="tumorseg-demo", help="folder for the demo's files")
     add_model_arguments(parser)
@@ -32,14 +33,14 @@ def demo_card(name, extra_dir):
 
     PET models come first: the phantom is a whole body, what they see; CT lesion models expect a
     region around one nodule."""
-    from ..cards import find_card, list_cards, weights_status
+    from ..cards import USABLE, find_card, list_cards, weights_status
 
     if name:
         return find_card(name, extra_dir)
     cards = list_cards(extra_dir)
     for card in sorted(cards, key=lambda card: card.modality == "CT"):
         if card.mode != "whole-image-2d" or card.modality == "MIP-PET":
-            if weights_status(card) in ("verified", "unverified"):
+            if weights_status(card) in USABLE:
                 return card
     found = ", ".join(f"{c.name} ({c.modality}, {c.mode}, weights {weights_status(c)})" for c in cards) or "none"
     raise TumorSegError(
@@ -50,17 +51,20 @@ def demo_card(name, extra_dir):
 
 
 def run(args) -> int:
-    from ..engine import Segmenter, readouts, segment_file
+    from ..engine import Segmenter, mip_image_path, readouts, segment_file
     from ..io import write_image
     from ..metrics import case_metrics
     from ..mip import mip_geometry, project_max
     from ..overlay import overlay_png
     from ..phantoms import ct_phantom, pet_phantom
     from ..progress import Cancel
-    from ..report import format_pairs, readouts_text, require_writable, write_json
+    from ..files import require_writable, write_json
+    from ..report import format_pairs, readouts_text
 
     card = demo_card(args.model, args.models_dir)
     folder = Path(args.output)
+    if folder.exists() and not folder.is_dir():
+        raise TumorSegError(f"demo folder {folder} is a file; give a folder")
     if not folder.is_dir():
         require_writable(folder, "demo folder")
         folder.mkdir()
@@ -87,5 +91,6 @@ def run(args) -> int:
                        {k: agreement[k] for k in ("dice", "sensitivity", "precision") if k in agreement}))
     for note in prediction.notes:
         print(f"note: {note}")
-    print(f"files: {source}, {written}, {folder / 'readouts.json'}, {overlay}")
+    files = [source, written] + ([mip_image_path(written)] if prediction.image.ndim < image.ndim else [])
+    print("files: " + ", ".join(str(f) for f in files + [folder / "readouts.json", overlay]))
     return 0

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
+from . import HelpFormatter
 from ..errors import TumorSegError
 from ..image import binary_mask
 from ..io import SUFFIXES, case_name, read_image
 from ..measure import merged_labels_notes
 from ..metrics import case_metrics, summarize
-from ..report import evaluation_text, require_writable, write_csv, write_json
+from ..files import require_not_input, require_writable, write_json
+from ..report import evaluation_text, write_csv
 
 
 def register(subparsers) -> None:
@@ -18,8 +21,9 @@ def register(subparsers) -> None:
         "evaluate",
         help="compare predicted masks with ground truth (Dice, autoPET FP/FN volume, lesion detection)",
         description="Compare prediction masks with truth masks. P and T are files or folders; in folders, cases "
-        "are matched by file name without the image suffix. Every non-zero voxel is tumour.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "are paired by file name without the image suffix or, where the names differ, by the number that ends "
+        "each name (patient_012 with segmentation_012). Every non-zero voxel is tumour.",
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("--pred", required=True, help="predicted mask file or folder")
     parser.add_argument("--truth", required=True, help="ground-truth mask file or folder")
@@ -33,7 +37,9 @@ def run(args) -> int:
         if path:
             require_writable(path)
     rows, notes = [], []
-    for name, (pred_path, truth_path) in match_cases(args.pred, args.truth).items():
+    cases = match_cases(args.pred, args.truth)
+    require_not_input([args.json, args.csv], [path for pair in cases.values() for path in pair])
+    for name, (pred_path, truth_path) in cases.items():
         rows.append({"case": name, **_evaluate_case(pred_path, truth_path, notes)})
     summary = summarize(rows)
     print(evaluation_text(rows, summary, notes))
@@ -45,21 +51,39 @@ def run(args) -> int:
 
 
 def match_cases(pred, truth) -> dict:
-    """{case name: (prediction path, truth path)}; two files are one case, folders match by name."""
+    """{case name: (prediction path, truth path)}; two files are one case.
+
+    Folders pair cases by file name without the image suffix. Where the names differ, they pair by
+    the number that ends each name (``patient_012`` with ``segmentation_012``), provided every
+    number is unique on each side and both sides have the same numbers.
+    """
     pred, truth = Path(pred), Path(truth)
     if pred.is_file() and truth.is_file():
         return {case_name(pred): (pred, truth)}
     preds, truths = case_files(pred, "prediction"), case_files(truth, "truth")
+    if set(preds) == set(truths):
+        return {name: (preds[name], truths[name]) for name in sorted(preds)}
+    pred_names, truth_names = _by_trailing_number(preds), _by_trailing_number(truths)
+    if pred_names is not None and truth_names is not None and set(pred_names) == set(truth_names):
+        return {pred_names[n]: (preds[pred_names[n]], truths[truth_names[n]]) for n in sorted(pred_names)}
     no_pred = sorted(set(truths) - set(preds))
     no_truth = sorted(set(preds) - set(truths))
-    if no_pred or no_truth:
-        problems = []
-        if no_pred:
-            problems.append(f"no prediction for truth case(s) {', '.join(no_pred)}")
-        if no_truth:
-            problems.append(f"no truth for predicted case(s) {', '.join(no_truth)}")
-        raise TumorSegError("; ".join(problems))
-    return {name: (preds[name], truths[name]) for name in sorted(preds)}
+    raise TumorSegError(
+        f"cannot pair the cases of {pred} and {truth}: {len(no_pred)} truth case(s) have no prediction of the same "
+        f"name (e.g. {', '.join(no_pred[:3]) or '-'}) and {len(no_truth)} prediction(s) no truth (e.g. "
+        f"{', '.join(no_truth[:3]) or '-'}). Cases pair by equal file names, or by the number ending each name "
+        "(patient_012 with segmentation_012) when those numbers are unique and the same on both sides")
+
+
+def _by_trailing_number(files: dict) -> dict | None:
+    """{number ending the case name: case name}, or None when a name has none or two share one."""
+    numbered = {}
+    for name in files:
+        match = re.search(r"(\d+)$", name)
+        if match is None or int(match.group(1)) in numbered:
+            return None
+        numbered[int(match.group(1))] = name
+    return numbered
 
 
 def case_files(path: Path, what: str) -> dict:

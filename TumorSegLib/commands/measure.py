@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
+from . import HelpFormatter
 from ..io import read_image
 from ..measure import MODALITIES, measure_lesions
-from ..report import readouts_text, require_writable, write_csv, write_json
+from ..files import require_not_input, require_writable, write_json
+from ..report import readouts_text, write_csv
 
 
 def register(subparsers) -> None:
@@ -16,7 +18,7 @@ def register(subparsers) -> None:
         description="Measure every lesion (connected component; 18-connectivity in 3D, 8 in 2D) of a mask: "
         "volume, centroid, RECIST long and short axis, 3D maximum diameter and, with --image, PET or CT "
         "statistics. Every non-zero voxel is tumour (several labels are merged).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("mask", help="mask file (.nii, .nii.gz, .nrrd, .png)")
     parser.add_argument("--image", help="image on the same grid, for SUV (PET) or HU (CT) statistics")
@@ -34,6 +36,7 @@ def run(args) -> int:
     for path in (args.json, args.csv):
         if path:
             require_writable(path)
+    require_not_input([args.json, args.csv], [args.mask, args.image])
     mask = read_image(args.mask, "mask")
     image = read_image(args.image, "image") if args.image else None
     readouts = measure_lesions(mask, image, args.modality)

@@ -10,10 +10,12 @@ from ..report import format_table
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "models",
-        help="list the models (cards) found, their modality and mode, and whether their weights are verified",
+        help="list the models (cards) found, their modality and mode, and the state of their weights",
         description="List model cards from --models-dir, the TUMORSEG_MODELS folders and Resources/Models "
-        "(first occurrence of a name wins). Weights: verified (SHA-256 matches the card), missing, "
-        "unverified (card gives no SHA-256) or 'sha256 mismatch' (corrupt or different file).",
+        "(first occurrence of a name wins). Weights: 'sha256 ok' (the file's SHA-256 equals the card's: it is the "
+        "file the card describes, nothing more), 'no sha256' (the card gives none), missing, or 'sha256 mismatch' "
+        "(corrupt or different file) or 'outside the card folder' (refused). Files that are not valid cards are listed as broken, with the reason; the "
+        "other models stay usable.",
     )
     parser.add_argument("--models-dir", help="extra folder of model cards")
     parser.add_argument("--json", action="store_true", help="print the list as JSON")
@@ -21,11 +23,13 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from ..cards import list_cards, model_dirs, weights_status
+    from ..cards import model_dirs, scan_cards, weights_status
 
+    cards, broken = scan_cards(args.models_dir)
     rows = [{"name": card.name, "modality": card.modality, "mode": card.mode, "weights": weights_status(card),
-             "title": card.title, "card": str(card.path), "weights_path": str(card.weights_path)}
-            for card in list_cards(args.models_dir)]
+             "title": card.title, "card": str(card.path)} for card in cards]
+    rows += [{"name": path.stem, "modality": "-", "mode": "-", "weights": "-", "title": f"BROKEN: {error}",
+              "card": str(path)} for path, error in broken.items()]
     if args.json:
         print(json.dumps(rows, indent=2))
     elif rows:

@@ -16,10 +16,12 @@ import sys
 import threading
 from pathlib import Path
 
+from . import HelpFormatter
 from ..errors import TumorSegError
 from ..io import SUFFIXES, case_name, image_suffix, read_image
 from ..progress import Cancel, ProgressBar, json_lines, scaled
-from ..report import readouts_text, require_writable, write_json
+from ..files import require_not_input, require_writable, same_file, write_json
+from ..report import readouts_text
 
 
 def register(subparsers) -> None:
@@ -27,7 +29,7 @@ def register(subparsers) -> None:
         "segment",
         help="segment tumours in a PET, CT or MIP image (or a folder of them) and measure them",
         description=__doc__.split("\n\n", 1)[1],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
     add_model_arguments(parser)
     parser.add_argument("input", help="image file (.nii, .nii.gz, .nrrd, .png) or a folder of them")
@@ -88,6 +90,7 @@ def run(args) -> int:
     inputs, outputs = _pairs(Path(args.input), Path(args.output))
     if args.json:
         require_writable(args.json, "readouts")
+    require_not_input(outputs + [args.json], inputs)
     card = find_card(args.model, args.models_dir) if args.model else default_card(read_image(inputs[0]), args.models_dir)
     overrides = {"overlap": args.overlap, "threshold": args.threshold, "min_lesion_ml": args.min_lesion_ml,
                  "min_lesion_px": args.min_lesion_px, "precision": args.precision, "flip_axes": args.flip_axes}
@@ -96,6 +99,8 @@ def run(args) -> int:
     results, failed = [], []
     with cancel_on_signals(cancel), progress_reporter(args.progress_json, f"segment ({card.name})") as progress:
         segmenter = Segmenter(card, args.device)
+        if len(inputs) > 1 or Path(args.input).is_dir():
+            Path(args.output).mkdir(exist_ok=True)
         for number, (source, target) in enumerate(zip(inputs, outputs)):
             step = scaled(progress, number / len(inputs), (number + 1) / len(inputs))
             try:
@@ -141,7 +146,9 @@ def _pairs(source: Path, target: Path) -> tuple:
         raise TumorSegError(f"no image files (.nii, .nii.gz, .nrrd, .png) in folder {source}")
     if target.exists() and not target.is_dir():
         raise TumorSegError(f"INPUT is a folder, so OUTPUT must be a folder; {target} is a file")
+    if same_file(target, source):
+        raise TumorSegError(f"output folder {target} is the input folder: the masks would replace the images; "
+                            "choose another output folder")
     if not target.exists():
-        require_writable(target, "output folder")
-        target.mkdir()
+        require_writable(target, "output folder")  # made by ``run`` once the model is loaded
     return inputs, [target / f"{case_name(p)}{image_suffix(p)}" for p in inputs]

@@ -8,11 +8,8 @@ code version, validation figures) and ``<name>.train.json`` (the config, kept ne
 
 from __future__ import annotations
 
-import json
-import os
 import shutil
 import subprocess
-import tempfile
 from pathlib import Path
 
 import torch
@@ -20,28 +17,11 @@ import torch
 from .. import __version__
 from ..cards import card_from_dict, sha256
 from ..errors import TumorSegError
-
-
-def atomic_write(path: Path, write) -> Path:
-    """Call ``write(temporary_path)`` and move the result onto ``path`` in one step."""
-    path = Path(path)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+from ..files import atomic_write, write_json
 
 
 def save_torch(obj, path: Path) -> Path:
     return atomic_write(path, lambda temporary: torch.save(obj, temporary))
-
-
-def write_json(data: dict, path: Path) -> Path:
-    return atomic_write(path, lambda temporary: Path(temporary).write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def code_version() -> str:
@@ -66,8 +46,8 @@ def write_model(out_dir: Path, config, state_dict: dict, provenance: dict) -> Pa
             "provenance": provenance}
     card_path = out_dir / f"{config.name}.json"
     card_from_dict(card, card_path)  # the card written must load
-    write_json(config.to_dict(), out_dir / f"{config.name}.train.json")
-    return write_json(card, card_path)
+    write_json(out_dir / f"{config.name}.train.json", config.to_dict())
+    return write_json(card_path, card)
 
 
 def publish(card_path: Path, destination: Path) -> list:

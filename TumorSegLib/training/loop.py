@@ -23,13 +23,14 @@ import torch
 from ..device import autocast
 from ..errors import TumorSegError
 from ..io import read_image
-from ..networks import build_network
+from ..networks import build_network, load_error_reason
 from ..progress import ProgressCallback, no_progress
 from . import distributed
 from .config import TrainConfig
 from .data import (EpochSampler, TrainingDataset, check_cases, data_root, find_cases, manifest_sha256,
                    require_usable, split_cases, training_items)
-from .export import atomic_write, code_version, save_torch, write_model
+from ..files import atomic_write, write_text
+from .export import code_version, save_torch, write_model
 from .losses import build_loss
 from .transforms import augmentation, load_arrays, read_pair
 
@@ -133,35 +134,32 @@ class _Run:
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                 "scaler": self.scaler.state_dict(), "state": self.state, "config": self.config.to_dict()}
 
-    def _resume(self, path) -> None:
-        path = Path(path)
-        if not path.is_file():
-            raise TumorSegError(f"cannot resume: checkpoint {path} not found")
+    def _apply_checkpoint(self, saved: dict, path: Path) -> None:
         try:
-            saved = torch.load(str(path), map_location=self.context.device, weights_only=False)
             distributed.unwrap(self.network).load_state_dict(saved["network"])
             self.optimizer.load_state_dict(saved["optimizer"])
             if self.scheduler is not None and saved["scheduler"] is not None:
                 self.scheduler.load_state_dict(saved["scheduler"])
             self.scaler.load_state_dict(saved["scaler"])
             self.state = saved["state"]
-        except (KeyError, RuntimeError, ValueError) as error:
+        except (KeyError, TypeError, RuntimeError, ValueError) as error:
             raise TumorSegError(f"cannot resume from {path}: {error}") from error
 
     # ---- the run --------------------------------------------------------------------------
     def run(self, resume) -> Optional[Path]:
+        saved = load_checkpoint(resume, self.context.device) if resume else None  # before anything is written
         split = self._data()
         context = self.context
         if context.main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             self.manifest, lines = manifest_sha256(split.cases, data_root(self.config))
-            atomic_write(self.out_dir / "manifest.sha256", lambda t: Path(t).write_text("\n".join(lines) + "\n"))
+            write_text(self.out_dir / "manifest.sha256", "\n".join(lines) + "\n")
         distributed.barrier(context)
         self._model()
         self._loader(split)
         self.state = self._fresh_state()
-        if resume:
-            self._resume(resume)
+        if saved is not None:
+            self._apply_checkpoint(saved, Path(resume))
         epochs = int(self.train_cfg["epochs"])
         reason = "epochs done"
         while self.state["epoch"] < epochs:
@@ -287,6 +285,20 @@ class _Run:
         self.progress(1.0, f"done: best Dice {state['best_dice']:.4f} at epoch {state['best_epoch']} ({reason})")
         distributed.barrier(context)
         return card
+
+
+def load_checkpoint(path, device) -> dict:
+    """A training checkpoint, loaded without running code from it (``weights_only``: tensors and plain data only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise TumorSegError(f"cannot resume: checkpoint {path} not found")
+    try:
+        saved = torch.load(str(path), map_location=device, weights_only=True)
+    except Exception as error:  # pickle, zip and weights-only errors: say what it is, not how to bypass the check
+        raise TumorSegError(f"cannot resume from {path}: {load_error_reason(error)}") from None
+    if not isinstance(saved, dict) or not {"network", "optimizer", "state"} <= set(saved):
+        raise TumorSegError(f"cannot resume from {path}: not a TumorSeg training checkpoint")
+    return saved
 
 
 def validate(network: torch.nn.Module, card, cases: list, device: torch.device) -> dict:
