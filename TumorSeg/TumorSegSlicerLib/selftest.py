@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import slicer
+import vtk
 from scipy import ndimage
 
 from TumorSegLib import testing
@@ -120,7 +121,9 @@ def test_segment_lands_on_lesions(logic: TumorSegLogic, ws: Workspace) -> None:
     check(progress and progress[-1] == 1.0 and progress == sorted(progress), f"progress not monotonic to 1: {progress}")
     segment = segmentation.GetSegmentation().GetSegment(logic.tumorSegmentId(segmentation))
     check(segmentation.GetSegmentation().GetNumberOfSegments() == 1 and segment.GetName() == "Tumor", "one Tumor segment")
-    check("108369006" in segment.GetTerminology(), f"Neoplasm terminology missing: {segment.GetTerminology()}")
+    terminology = vtk.reference("")
+    segment.GetTag(segment.GetTerminologyEntryTagName(), terminology)
+    check("108369006" in str(terminology), f"Neoplasm terminology missing: {terminology}")
     check(not logic.isEdited(segmentation), "a fresh TumorSeg segmentation must not count as edited")
     table = segmentation.GetNodeReference(READOUTS_ROLE)
     check(study_of(logic, segmentation) == study_of(logic, volume) == study_of(logic, table) != 0,
