@@ -32,6 +32,8 @@ EXPECTED_WIDGETS = {
     "overlapSpinBox": "QDoubleSpinBox", "thresholdSpinBox": "QDoubleSpinBox", "minLesionSpinBox": "QDoubleSpinBox",
     "progressBar": "QProgressBar", "readoutsTableView": "qMRMLTableView", "showRecistCheckBox": "QCheckBox",
     "inputsCollapsibleButton": "ctkCollapsibleButton", "advancedCollapsibleButton": "ctkCollapsibleButton",
+    "modelsFolderPathLineEdit": "ctkPathLineEdit", "roiPlaceWidget": "qSlicerMarkupsPlaceWidget",
+    "pointPlaceWidget": "qSlicerMarkupsPlaceWidget",
 }
 
 
@@ -146,7 +148,7 @@ def used_widget_names():
     as strings to ``getattr(self.ui, name)`` (constants ending like widget names)."""
     names = set()
     suffixes = tuple({re.sub(r"^.*?([A-Z][a-z]+)$", r"\1", cls) for cls in EXPECTED_WIDGETS.values()} | {
-        "Selector", "ComboBox", "Label", "Button", "SpinBox", "Bar", "View", "CheckBox"})
+        "Selector", "ComboBox", "Label", "Button", "SpinBox", "Bar", "View", "CheckBox", "LineEdit", "Widget"})
     for path in CODE_USING_UI:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute):

@@ -40,7 +40,6 @@ from TumorSegLib.mip import coronal_mip
 from . import mrml, readouts as readouts_table, recist
 from .process import BackgroundProcess, ProcessFactory, segment_command
 
-MODULE_NAME = "TumorSeg"
 SEGMENT_NAME = "Tumor"
 # The 3D Slicer >= 5.6 terminology entry string (vtkSegment tag "TerminologyEntry").
 TUMOR_TERMINOLOGY = ("Segmentation category and type - DICOM master list"
@@ -169,25 +168,18 @@ class TumorSegLogic:
     def scene(self):
         return self._scene if self._scene is not None else slicer.mrmlScene
 
-    # ---- parameter node and choices -------------------------------------------------------
-    def getParameterNode(self):
-        """The module's singleton parameter node (created on first use)."""
-        node = self.scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
-        if node is None:
-            node = slicer.vtkMRMLScriptedModuleNode()
-            node.SetSingletonTag(MODULE_NAME)
-            node.SetModuleName(MODULE_NAME)
-            node.SetName(MODULE_NAME)
-            for key, value in (("Modality", "auto"), ("Device", "auto"), ("ShowRecist", "false")):
-                node.SetParameter(key, value)
-            node = self.scene.AddNode(node)
-        return node
-
+    # ---- choices ----------------------------------------------------------------------------
     @staticmethod
     def models(modality=None, modelsDir=None) -> list:
         """Model cards (user folders included) for ``modality`` ("PET" also lists MIP-PET models)."""
         cards = list_cards(modelsDir)
         return [c for c in cards if modality in (None, "auto") or _card_modality(c) == modality]
+
+    @staticmethod
+    def needsRegion(card) -> bool:
+        """Whether the model was trained on regions around one lesion (its card gives ``inference.min_roi_mm``):
+        it wants a click point or an ROI, not a whole volume."""
+        return card is not None and "min_roi_mm" in card.inference
 
     def detectModality(self, volumeNode) -> str:
         """"PET" or "CT": the DICOM Modality the volume was loaded with, else from its intensities.
