@@ -122,7 +122,7 @@ def kill_tree(pid: int, force: bool, os_name: str = os.name) -> None:
         return
     try:
         os.killpg(pid, signal.SIGKILL if force else signal.SIGTERM)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):  # the group has ended
         pass
 
 

@@ -27,7 +27,7 @@ from TumorSegLib.io import read_image, write_image
 from TumorSegLib.mip import coronal_mip
 from TumorSegLib.phantoms import ellipsoid
 
-from . import mrml, readouts as readouts_table
+from . import mrml, readouts as readouts_table, recist
 from .logic import INPUT_ROLE, READOUTS_ROLE, EditedSegmentationError, TumorSegLogic
 from .process import BackgroundProcess, python_executable
 
@@ -290,6 +290,17 @@ def test_edit_updates_readouts(logic: TumorSegLogic, ws: Workspace) -> None:
     check(len(lines) == 2 * len(lesions), f"{len(lines)} RECIST lines for {len(lesions)} lesions")
     check(math.isclose(lines[0].GetLineLengthWorld(), lesions[0].recist_long_mm, rel_tol=1e-9), "long-axis line length")
     check(math.isclose(lines[1].GetLineLengthWorld(), lesions[0].recist_short_mm, rel_tol=1e-9), "short-axis line length")
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(logic.scene)
+    folder = shNode.GetItemParent(shNode.GetItemByDataNode(lines[0]))
+    check(folder and shNode.GetItemParent(folder) == shNode.GetItemByDataNode(segmentation),
+          "RECIST lines must sit in a folder under the segmentation")
+    mrml.set_segment_mask(segmentation, logic.tumorSegmentId(segmentation), mask, volume)  # remove the added lesion
+    logic.updatePendingReadouts()
+    kept = [segmentation.GetNthNodeReference(recist.LINE_ROLE, i)
+            for i in range(segmentation.GetNumberOfNodeReferences(recist.LINE_ROLE))]
+    check([n.GetID() for n in kept] == [n.GetID() for n in lines[:len(kept)]] and len(kept) == len(lines) - 2,
+          "RECIST lines must be updated in place, one lesion's pair removed")
+    check(all(logic.scene.GetNodeByID(n.GetID()) is None for n in lines[len(kept):]), "stale RECIST lines left")
 
 
 def test_cancel_leaves_scene_unchanged(logic: TumorSegLogic, ws: Workspace) -> None:
