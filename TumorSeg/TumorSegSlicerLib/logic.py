@@ -110,10 +110,10 @@ class SegmentationRun:
             raise Cancelled("segmentation cancelled; the scene is unchanged")
         if self.process.returncode != 0 or not self.process.done:
             raise TumorSegError(self.process.error_message())
-        self.segmentation = self.logic._importResult(self)
-        self._end()
         if self.progress:
             self.progress(1.0, f"done: {self.process.done.get('lesions', '?')} lesion(s)")
+        self.segmentation = self.logic._importResult(self)
+        self._end()
 
     def _fail(self, error: Exception) -> None:
         if not isinstance(error, TumorSegError):

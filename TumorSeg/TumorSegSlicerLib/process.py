@@ -8,8 +8,9 @@ In the Slicer application ``PythonSlicer`` is a launcher that starts ``python-re
 so stopping the launcher alone leaves inference running. The command therefore starts in a process
 group of its own (POSIX: a new session; Windows: ``CREATE_NEW_PROCESS_GROUP``) and ``cancel()``
 ends the whole tree: SIGTERM to the group (the backend exits 130 and writes nothing), SIGKILL to the
-group if it has not ended ``KILL_AFTER_S`` seconds later (checked by ``poll()``); on Windows
-``taskkill /T /F``. ``cancel()`` never waits: the main thread keeps polling until the process has ended.
+group ``KILL_AFTER_S`` seconds later from a timer thread (a no-op when it has ended); on Windows
+``taskkill /T /F``. ``cancel()`` never waits: the main thread keeps polling until the tree has ended
+(its output pipes close), or at most ``KILL_AFTER_S + PIPE_GRACE_S`` seconds.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from typing import Callable, Optional, Protocol
 from TumorSegLib.errors import TumorSegError
 
 KILL_AFTER_S = 1.0
+PIPE_GRACE_S = 1.0
 # Windows process creation constants (winbase.h), also defined here so the options can be built and tested anywhere.
 STARTF_USESHOWWINDOW = 0x00000001
 SW_HIDE = 0
@@ -170,18 +172,17 @@ class BackgroundProcess:
 
     @property
     def returncode(self):
-        """The exit code once the process and its readers have finished (a cancelled run: once it has ended)."""
+        """The exit code once the process and its readers have finished (the pipes close when the whole tree has
+        ended; a cancelled tree that keeps them open is not waited for beyond its kill time and grace)."""
         if self._process.poll() is None:
             return None
-        if not self.cancelled and any(t.is_alive() for t in self._threads):
+        overdue = self._kill_at is not None and time.monotonic() >= self._kill_at + PIPE_GRACE_S
+        if not overdue and any(t.is_alive() for t in self._threads):
             return None
         return self._process.returncode
 
     def poll(self) -> list:
-        """Events received since the last call (main thread); kills a cancelled tree that outlived its grace time."""
-        if self._kill_at is not None and time.monotonic() >= self._kill_at:
-            self._kill_at = None
-            kill_tree(self._process.pid, force=True)
+        """Events received since the last call (main thread)."""
         events = []
         while True:
             try:
@@ -204,12 +205,16 @@ class BackgroundProcess:
             time.sleep(interval)
 
     def cancel(self) -> None:
-        """Ask the whole process tree to stop (SIGTERM); ``poll()`` kills it after ``KILL_AFTER_S``. Never waits."""
+        """Ask the whole process tree to stop (SIGTERM), SIGKILL it ``KILL_AFTER_S`` later. Never waits."""
         if self.cancelled:
             return
         self.cancelled = True
         kill_tree(self._process.pid, force=os.name == "nt")
         self._kill_at = time.monotonic() + KILL_AFTER_S
+        if os.name != "nt":
+            timer = threading.Timer(KILL_AFTER_S, kill_tree, (self._process.pid, True))
+            timer.daemon = True
+            timer.start()
 
     def error_message(self) -> str:
         """The backend's own error line (``tumorseg: error: ...``) or the end of its stderr."""
