@@ -142,7 +142,7 @@ SLICER_5_6_API = {
 }
 
 OTHER_API = {  # not Slicer's C++ API: Python's standard library, Qt, the PyTorch extension
-    "DictReader": "csv", "DictWriter": "csv", "Popen": "subprocess", "Queue": "queue", "Thread": "threading",
+    "DictReader": "csv", "DictWriter": "csv", "Popen": "subprocess", "Queue": "queue", "Thread": "threading", "Timer": "threading",
     "OpenProcess": "ctypes.windll.kernel32", "GetExitCodeProcess": "ctypes.windll.kernel32",
     "CloseHandle": "ctypes.windll.kernel32", "QIcon": "qt", "QTimer": "qt", "QMessageBox": "qt",
     "QSettings": "qt", "PyTorchUtilsLogic": "PyTorchUtils (extension)",
