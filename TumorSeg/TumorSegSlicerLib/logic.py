@@ -307,6 +307,7 @@ class TumorSegLogic:
         """On any exception: remove the nodes added inside, restore ``segmentationNode`` and its table, re-raise."""
         scene = self.scene
         before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+        items = mrml.subject_hierarchy_items(scene)
         saved = mrml.SavedSegmentation(segmentationNode, (INPUT_ROLE, READOUTS_ROLE)) if segmentationNode is not None else None
         self._writing = True
         try:
@@ -315,6 +316,9 @@ class TumorSegLogic:
             added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
             for node in reversed([n for n in added if n.GetID() not in before]):
                 scene.RemoveNode(node)
+            shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+            for item in reversed([i for i in mrml.subject_hierarchy_items(scene) if i not in items]):
+                shNode.RemoveItem(item, False, False)  # items whose data node went, or folders
             if saved is not None:
                 saved.restore()
             raise

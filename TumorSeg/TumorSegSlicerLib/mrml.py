@@ -197,6 +197,14 @@ def _paste(mask: np.ndarray, image, extent) -> None:
     mask[target] |= values[source] != 0
 
 
+def subject_hierarchy_items(scene) -> list:
+    """Every subject hierarchy item ID of the scene, parents before children."""
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    items = vtk.vtkIdList()
+    shNode.GetItemChildren(shNode.GetSceneItemID(), items, True)
+    return [items.GetId(i) for i in range(items.GetNumberOfIds())]
+
+
 class SavedSegmentation:
     """A segmentation node's segments, attributes, the given node references and their tables' rows, to restore."""
 

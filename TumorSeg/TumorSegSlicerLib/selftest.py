@@ -101,8 +101,10 @@ def scene_state(scene) -> list:
 
 
 def scene_nodes(scene) -> list:
-    """Each node's ID, class and name, and for segmentations the fingerprint of every segment."""
-    state = []
+    """Each node's ID, class and name, for segmentations the fingerprint of their tumour voxels, and the subject
+    hierarchy items."""
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    state = [("subject hierarchy", sorted(shNode.GetItemName(i) for i in mrml.subject_hierarchy_items(scene)))]
     for node in (scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())):
         entry = (node.GetID(), node.GetClassName(), node.GetName())
         if node.IsA("vtkMRMLSegmentationNode") and node.GetNodeReference(INPUT_ROLE) is not None:
