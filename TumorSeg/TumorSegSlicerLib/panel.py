@@ -241,7 +241,6 @@ class TumorSegPanel(VTKObservationMixin):
     def onPoll(self):
         run = self.run
         if not run.poll():  # never raises: any error ends the run with run.error set
-            self.updateButtons()
             return
         self.pollTimer.stop()
         self.run = None
