@@ -155,7 +155,7 @@ OTHER_API = {  # not Slicer's C++ API: Python's standard library, Qt, the PyTorc
 SLICER_UTIL_5_6 = {  # slicer.util functions of Slicer 5.6
     "arrayFromVTKMatrix", "arrayFromVolume", "childWidgetVariables", "confirmYesNoDisplay", "errorDisplay", "loadUI",
     "pip_install", "setSliceViewerLayers", "updateVolumeFromArray", "vtkMatrixFromArray", "warningDisplay",
-    "tryWithErrorDisplay", "VTKObservationMixin", "settingsValue",
+    "tryWithErrorDisplay", "VTKObservationMixin", "settingsValue", "getNodesByClass",
 }
 
 

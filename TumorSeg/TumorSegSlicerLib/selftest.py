@@ -600,6 +600,11 @@ def test_mip_model_segments_the_mip(logic: TumorSegLogic, ws: Workspace) -> None
     filtered = logic.segment(volume, str(card.path), device="cpu", overrides={card.min_size_setting: smallest})
     kept = np.isin(labels, 1 + np.flatnonzero(sizes >= smallest))
     check(np.array_equal(logic.tumorMask(filtered), kept), "the minimum lesion size in pixels did not act on the MIP")
+    mips = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if mrml.affine_2d(n) is not None]
+    again = logic.segment(volume, str(card.path), device="cpu", outputSegmentation=segmentation, overwrite=True)
+    check(again is segmentation and again.GetNodeReference(INPUT_ROLE) is mip, "a re-run must reuse its MIP volume")
+    check(len([n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if mrml.affine_2d(n) is not None])
+          == len(mips) == 2, "a re-run into a MIP segmentation added a MIP volume")
 
 
 TESTS = [(f.__name__, f) for f in (test_modality_detection, test_readouts_match_cli, test_segment_lands_on_lesions,
