@@ -32,6 +32,8 @@ EXPECTED_WIDGETS = {
     "overlapSpinBox": "QDoubleSpinBox", "thresholdSpinBox": "QDoubleSpinBox", "minLesionSpinBox": "QDoubleSpinBox",
     "progressBar": "QProgressBar", "readoutsTableView": "qMRMLTableView", "showRecistCheckBox": "QCheckBox",
     "inputsCollapsibleButton": "ctkCollapsibleButton", "advancedCollapsibleButton": "ctkCollapsibleButton",
+    "modelsFolderPathLineEdit": "ctkPathLineEdit", "roiPlaceWidget": "qSlicerMarkupsPlaceWidget",
+    "pointPlaceWidget": "qSlicerMarkupsPlaceWidget",
 }
 
 
@@ -146,7 +148,7 @@ def used_widget_names():
     as strings to ``getattr(self.ui, name)`` (constants ending like widget names)."""
     names = set()
     suffixes = tuple({re.sub(r"^.*?([A-Z][a-z]+)$", r"\1", cls) for cls in EXPECTED_WIDGETS.values()} | {
-        "Selector", "ComboBox", "Label", "Button", "SpinBox", "Bar", "View", "CheckBox"})
+        "Selector", "ComboBox", "Label", "Button", "SpinBox", "Bar", "View", "CheckBox", "LineEdit", "Widget"})
     for path in CODE_USING_UI:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Attribute):
@@ -188,3 +190,21 @@ def test_headless_modules_do_not_import_qt(path):
             imported.add(node.module.split(".")[0])
     if Path(path) not in {p.relative_to(ROOT) for p in CODE_USING_UI}:
         assert not imported & {"qt", "ctk"}, f"{path} imports {imported & {'qt', 'ctk'}}"
+
+
+def test_extension_catalog_entry_agrees_with_cmake_and_license():
+    """TumorSeg.json (the ExtensionsIndex entry) builds after PyTorch, in the category CMake declares; the
+    LICENSE file is the Apache-2.0 text that pyproject.toml names and CMake packages."""
+    import json
+
+    entry = json.loads((ROOT / "TumorSeg.json").read_text())
+    text = cmake_text(ROOT / "CMakeLists.txt")
+    assert {"$schema", "build_dependencies", "category", "scm_revision", "scm_url", "tier"} <= set(entry)
+    assert entry["build_dependencies"] == ["PyTorch"] and 'set(EXTENSION_DEPENDS "PyTorch")' in text
+    assert f'set(EXTENSION_CATEGORY "{entry["category"]}")' in text
+    assert re.search(r'set\(EXTENSION_HOMEPAGE "https://', text)
+    assert entry["scm_url"].startswith(re.search(r'set\(EXTENSION_HOMEPAGE "([^"]+)"\)', text).group(1))
+    assert "set(EXTENSION_LICENSE_FILE ${CMAKE_CURRENT_SOURCE_DIR}/LICENSE)" in text
+    license_text = (ROOT / "LICENSE").read_text()
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    assert 'license = "Apache-2.0"' in (ROOT / "pyproject.toml").read_text()

@@ -7,12 +7,23 @@ segments in sync, and the readouts always follow the voxels.
 
 Safety: the fingerprint of the labelmap TumorSeg wrote is stored on the segmentation; a later
 run into that segmentation refuses (``EditedSegmentationError``) when the voxels have changed,
-unless ``overwrite=True``. Nothing in the scene changes until a run has succeeded, so a cancelled
-or failed run leaves the scene as it was.
+unless ``overwrite=True``. A segmentation holding another volume's result is never written to.
+Nothing in the scene changes until a run has succeeded; an error while its result is imported (any
+exception) removes what the import added and restores the output segmentation, so a cancelled or
+failed run leaves the scene as it was and ends as one error (``SegmentationRun.error``/``message``).
+
+Parent transforms: the volume is segmented and measured in its own frame (its file's geometry);
+the segmentation, the MIP volume and the RECIST lines go under the volume's parent transform, and
+markups (ROI, click point) are mapped from world into the volume's frame.
+
+The process is made by ``processFactory`` (``ProcessProtocol``): ``BackgroundProcess`` by default,
+a fake in tests of the error and cancel paths.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import shutil
 import tempfile
 import time
@@ -27,10 +38,10 @@ from TumorSegLib.io import read_image
 from TumorSegLib.mip import coronal_mip
 
 from . import mrml, readouts as readouts_table, recist
-from .process import BackgroundProcess, segment_command
+from .process import BackgroundProcess, ProcessFactory, segment_command
 
-MODULE_NAME = "TumorSeg"
 SEGMENT_NAME = "Tumor"
+# The 3D Slicer >= 5.6 terminology entry string (vtkSegment tag "TerminologyEntry").
 TUMOR_TERMINOLOGY = ("Segmentation category and type - DICOM master list"
                      "~SCT^49755003^Morphologically Altered Structure~SCT^108369006^Neoplasm~^^"
                      "~Anatomic codes - DICOM master list~^^~^^")
@@ -41,6 +52,7 @@ MODALITY_ATTRIBUTE = "TumorSeg.Modality"
 MODEL_ATTRIBUTE = "TumorSeg.Model"
 RECIST_ATTRIBUTE = "TumorSeg.ShowRecist"
 INPUT_ROLE = "TumorSegInput"
+SOURCE_ROLE = "TumorSegSource"  # a MIP volume -> the PET volume it was computed from
 READOUTS_ROLE = "TumorSegReadouts"
 MODALITIES = ("PET", "CT")
 CT_AIR_HU = -200.0
@@ -75,36 +87,61 @@ class SegmentationRun:
         self.finished = False
 
     def poll(self) -> bool:
-        """Forward new progress; import the result when the process has ended. True when finished."""
+        """Forward new progress; import the result when the process has ended. True when finished.
+
+        Never raises: any error (the process's, the import's, a progress callback's) ends the run with
+        ``error`` set, its files removed and the scene as it was.
+        """
         if self.finished:
             return True
-        ended = self.process.returncode is not None
-        for event in self.process.poll():
-            if event[0] == "progress" and self.progress:
-                self.progress(event[1], event[2])
-        if ended:
-            self._finish()
+        try:
+            ended = self.process.returncode is not None
+            for event in self.process.poll():
+                if event[0] == "progress" and self.progress:
+                    self.progress(event[1], event[2])
+            if ended:
+                self._finish()
+        except Exception as error:  # noqa: BLE001 - one error for the user, whatever failed
+            self._fail(error)
         return self.finished
 
     def _finish(self) -> None:
-        try:
-            if self.process.cancelled or self.process.returncode == 130:
-                self.error = Cancelled("segmentation cancelled; the scene is unchanged")
-            elif self.process.returncode != 0 or not self.process.done:
-                self.error = TumorSegError(self.process.error_message())
-            else:
-                self.segmentation = self.logic._importResult(self)
-                if self.progress:
-                    self.progress(1.0, f"done: {self.process.done.get('lesions', '?')} lesion(s)")
-        except TumorSegError as error:
-            self.error = error
-        finally:
-            shutil.rmtree(self.temp_dir, ignore_errors=True)
-            self.finished = True
+        if self.process.cancelled or self.process.returncode == 130:
+            raise Cancelled("segmentation cancelled; the scene is unchanged")
+        if self.process.returncode != 0 or not self.process.done:
+            raise TumorSegError(self.process.error_message())
+        if self.progress:
+            self.progress(1.0, f"done: {self.process.done.get('lesions', '?')} lesion(s)")
+        self.segmentation = self.logic._importResult(self)
+        self._end()
+
+    def _fail(self, error: Exception) -> None:
+        if not isinstance(error, TumorSegError):
+            logging.getLogger(__name__).error("TumorSeg run failed", exc_info=error)
+        self.error = error
+        self.segmentation = None
+        if not self.process.cancelled and self.process.returncode is None:
+            self.process.cancel()
+        self._end()
+
+    def _end(self) -> None:
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        self.finished = True
+
+    @property
+    def message(self) -> str:
+        """The run's error as one message for the user ("" when it succeeded or is still running)."""
+        if self.error is None:
+            return ""
+        if isinstance(self.error, TumorSegError):
+            return str(self.error)
+        return f"unexpected error ({type(self.error).__name__}: {self.error}); details are in the Python console"
 
     def cancel(self) -> None:
-        self.process.cancel()
-        self.poll()
+        """Stop the process tree; returns at once. ``poll()`` ends the run (as ``Cancelled``) once the process has ended."""
+        if not self.finished:
+            self.process.cancel()
+            self.poll()
 
     def wait(self):
         """Block until the run ends; the segmentation node, or the run's error raised."""
@@ -118,8 +155,9 @@ class SegmentationRun:
 class TumorSegLogic:
     """Everything the panel does, scriptable: ``segment``, ``computeReadouts``, RECIST lines, edit tracking."""
 
-    def __init__(self, scene=None):
+    def __init__(self, scene=None, processFactory: ProcessFactory = BackgroundProcess):
         self._scene = scene
+        self.processFactory = processFactory
         self.pendingReadouts = set()
         self.readoutsUpdateRequested = None  # called (no arguments) when readouts become stale
         self.readouts = {}  # segmentation node ID -> TumorSegLib.measure.Readouts
@@ -130,25 +168,18 @@ class TumorSegLogic:
     def scene(self):
         return self._scene if self._scene is not None else slicer.mrmlScene
 
-    # ---- parameter node and choices -------------------------------------------------------
-    def getParameterNode(self):
-        """The module's singleton parameter node (created on first use)."""
-        node = self.scene.GetSingletonNode(MODULE_NAME, "vtkMRMLScriptedModuleNode")
-        if node is None:
-            node = slicer.vtkMRMLScriptedModuleNode()
-            node.SetSingletonTag(MODULE_NAME)
-            node.SetModuleName(MODULE_NAME)
-            node.SetName(MODULE_NAME)
-            for key, value in (("Modality", "auto"), ("Device", "auto"), ("ShowRecist", "false")):
-                node.SetParameter(key, value)
-            node = self.scene.AddNode(node)
-        return node
-
+    # ---- choices ----------------------------------------------------------------------------
     @staticmethod
     def models(modality=None, modelsDir=None) -> list:
         """Model cards (user folders included) for ``modality`` ("PET" also lists MIP-PET models)."""
         cards = list_cards(modelsDir)
         return [c for c in cards if modality in (None, "auto") or _card_modality(c) == modality]
+
+    @staticmethod
+    def needsRegion(card) -> bool:
+        """Whether the model was trained on regions around one lesion (its card gives ``inference.min_roi_mm``):
+        it wants a click point or an ROI, not a whole volume."""
+        return card is not None and "min_roi_mm" in card.inference
 
     def detectModality(self, volumeNode) -> str:
         """"PET" or "CT": the DICOM Modality the volume was loaded with, else from its intensities.
@@ -185,7 +216,7 @@ class TumorSegLogic:
             raise TumorSegError("give either a region (ROI) or a click point, not both")
         card = find_card(modelName, modelsDir)
         if outputSegmentation is not None:
-            self.checkOverwrite(outputSegmentation, overwrite)
+            self.checkOutput(outputSegmentation, inputVolume, overwrite)
         temp_dir = Path(tempfile.mkdtemp(prefix="TumorSeg-"))
         try:
             input_path = temp_dir / "input.nii"
@@ -193,9 +224,9 @@ class TumorSegLogic:
             command = segment_command(
                 input_path, temp_dir / self._outputName(card), card.path or card.name, device,
                 roi=self.roiIndexRange(inputVolume, roi) if roi is not None else None,
-                point=self.pointPosition(point) if point is not None else None,
+                point=self.pointPosition(point, inputVolume) if point is not None else None,
                 models_dir=modelsDir, overrides=overrides)
-            process = BackgroundProcess(command)
+            process = self.processFactory(command)
         except BaseException:
             shutil.rmtree(temp_dir, ignore_errors=True)
             raise
@@ -210,7 +241,10 @@ class TumorSegLogic:
 
     @staticmethod
     def roiIndexRange(volumeNode, roiNode) -> list:
-        """The voxels whose centres lie in the ROI's bounding box, as half-open [i0, i1, j0, j1, k0, k1]."""
+        """The voxels whose centres lie in the ROI's bounding box, as half-open [i0, i1, j0, j1, k0, k1].
+
+        The ROI's corners are taken in world coordinates and mapped into the volume's own frame.
+        """
         center, size = np.zeros(3), np.zeros(3)
         roiNode.GetCenterWorld(center)
         roiNode.GetSizeWorld(size)
@@ -220,7 +254,7 @@ class TumorSegLogic:
         roiNode.GetZAxisWorld(axes[2])
         signs = np.array(np.meshgrid([-0.5, 0.5], [-0.5, 0.5], [-0.5, 0.5], indexing="ij")).reshape(3, -1).T
         corners = center + (signs * size) @ np.array(axes)
-        index = mrml.ras_to_ijk(volumeNode, corners)
+        index = mrml.ras_to_ijk(volumeNode, mrml.world_to_local(volumeNode, corners))
         dims = np.array(volumeNode.GetImageData().GetDimensions())
         low = np.clip(np.floor(index.min(axis=0) + 0.5), 0, dims - 1).astype(int)
         high = np.clip(np.ceil(index.max(axis=0) - 0.5), 0, dims - 1).astype(int)
@@ -229,18 +263,22 @@ class TumorSegLogic:
         return [int(v) for pair in zip(low, high + 1) for v in pair]
 
     @staticmethod
-    def pointPosition(point) -> list:
-        """RAS of a markups point list's first point, or of an (R, A, S) triple."""
+    def pointPosition(point, volumeNode=None) -> list:
+        """A markups point list's first point, or a world (R, A, S) triple, in ``volumeNode``'s own frame."""
         if hasattr(point, "GetNthControlPointPositionWorld"):
             if point.GetNumberOfControlPoints() < 1:
                 raise TumorSegError(f"point list {point.GetName()!r} has no points")
             position = np.zeros(3)
             point.GetNthControlPointPositionWorld(0, position)
-            return position.tolist()
-        return [float(v) for v in point]
+        else:
+            position = np.array([float(v) for v in point])
+        return (mrml.world_to_local(volumeNode, position) if volumeNode is not None else position).tolist()
 
     def _importResult(self, run):
-        """Put the run's mask into the output segmentation (main thread), after checking its grid."""
+        """Put the run's mask into the output segmentation (main thread), after checking its grid.
+
+        Any error after the scene was first touched undoes the import (``_undoOnError``).
+        """
         mask_image = read_image(run.temp_dir / self._outputName(run.card), "segmentation result")
         volume = run.input_volume
         target = mrml.image_from_volume(volume)
@@ -249,21 +287,57 @@ class TumorSegLogic:
             mask_image = target.with_array(mask_image.array) if mask_image.shape == target.shape else mask_image
         mask_image.require_same_grid(target, "segmentation result", "input image")
         segmentation = run.output_segmentation
-        if segmentation is not None:
-            self.checkOverwrite(segmentation, run.overwrite)  # it may have been edited during the run
-        if target.ndim == 2 and mrml.affine_2d(volume) is None:
-            volume = self._mipVolume(volume, target)
-        segmentation = segmentation or self._newSegmentation(volume)
-        self._writeTumor(segmentation, volume, mask_image.array != 0)
-        segmentation.SetAttribute(MODALITY_ATTRIBUTE, _card_modality(run.card) if target.ndim == 3 else "")
-        segmentation.SetAttribute(MODEL_ATTRIBUTE, run.card.name)
-        self.computeReadouts(segmentation, volume)
+        if segmentation is not None:  # it may have been edited, or removed, during the run
+            if segmentation.GetScene() is not self.scene:
+                raise TumorSegError(f"the output segmentation {segmentation.GetName()!r} was removed during the run")
+            self.checkOutput(segmentation, volume, run.overwrite)
+        with self._undoOnError(segmentation):
+            if target.ndim == 2 and mrml.affine_2d(volume) is None:
+                volume = self._mipVolume(volume, target, segmentation)
+            segmentation = segmentation or self._newSegmentation(volume)
+            self._writeTumor(segmentation, volume, mask_image.array != 0)
+            segmentation.SetAttribute(MODALITY_ATTRIBUTE, _card_modality(run.card) if target.ndim == 3 else "")
+            segmentation.SetAttribute(MODEL_ATTRIBUTE, run.card.name)
+            self.computeReadouts(segmentation, volume)
         self.observeSegmentation(segmentation)
         return segmentation
 
-    def _mipVolume(self, volumeNode, mip):
-        """The MIP the model segmented, as a single-slice volume beside the PET volume."""
-        node = mrml.add_volume_from_image(self.scene, mip, f"{volumeNode.GetName()} MIP")
+    @contextlib.contextmanager
+    def _undoOnError(self, segmentationNode=None):
+        """On any exception: remove the nodes added inside, restore ``segmentationNode`` and its table, re-raise."""
+        scene = self.scene
+        before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+        items = mrml.subject_hierarchy_items(scene)
+        saved = mrml.SavedSegmentation(segmentationNode, (INPUT_ROLE, READOUTS_ROLE)) if segmentationNode is not None else None
+        self._writing = True
+        try:
+            yield
+        except BaseException:
+            added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+            for node in reversed([n for n in added if n.GetID() not in before]):
+                scene.RemoveNode(node)
+            shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+            for item in reversed([i for i in mrml.subject_hierarchy_items(scene) if i not in items]):
+                shNode.RemoveItem(item, False, False)  # items whose data node went, or folders
+            if saved is not None:
+                saved.restore()
+            raise
+        finally:
+            self._writing = False
+
+    def _mipVolume(self, volumeNode, mip, segmentationNode=None):
+        """The MIP the model segmented, as a single-slice volume beside the PET volume (under its transform).
+
+        The output segmentation's MIP volume is reused when it shows this same MIP.
+        """
+        current = segmentationNode.GetNodeReference(INPUT_ROLE) if segmentationNode is not None else None
+        if current is not None and current.GetNodeReference(SOURCE_ROLE) is volumeNode:
+            shown = mrml.image_from_volume(current)
+            if shown.shape == mip.shape and np.allclose(shown.affine, mip.affine) and np.array_equal(shown.array, mip.array):
+                return current
+        node = mrml.add_volume_from_image(self.scene, mip, self.scene.GenerateUniqueName(f"{volumeNode.GetName()} MIP"))
+        node.SetNodeReferenceID(SOURCE_ROLE, volumeNode.GetID())
+        node.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
         self._placeBeside(node, volumeNode)
         return node
 
@@ -282,7 +356,8 @@ class TumorSegLogic:
 
     def _newSegmentation(self, volumeNode):
         """An empty segmentation on the volume's geometry, beside it in the subject hierarchy."""
-        segmentation = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", f"{volumeNode.GetName()} tumor")
+        name = self.scene.GenerateUniqueName(f"{volumeNode.GetName()} tumor")
+        segmentation = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name)
         segmentation.CreateDefaultDisplayNodes()
         segmentation.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
         segmentation.SetAndObserveTransformNodeID(volumeNode.GetTransformNodeID())
@@ -297,20 +372,18 @@ class TumorSegLogic:
         if segment_id and segmentation.GetSegment(segment_id):
             return segment_id
         segment_id = segmentation.AddEmptySegment("", SEGMENT_NAME, list(TUMOR_COLOR))
-        segmentation.GetSegment(segment_id).SetTerminology(TUMOR_TERMINOLOGY)
+        segment = segmentation.GetSegment(segment_id)
+        segment.SetTag(segment.GetTerminologyEntryTagName(), TUMOR_TERMINOLOGY)
         segmentationNode.SetAttribute(SEGMENT_ATTRIBUTE, segment_id)
         return segment_id
 
     def _writeTumor(self, segmentationNode, volumeNode, mask) -> None:
-        self._writing = True
-        try:
-            if segmentationNode.GetNodeReference(INPUT_ROLE) is not volumeNode:
-                segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
-                segmentationNode.SetNodeReferenceID(INPUT_ROLE, volumeNode.GetID())
-            mrml.set_segment_mask(segmentationNode, self.tumorSegmentId(segmentationNode), mask, volumeNode)
-            segmentationNode.SetAttribute(FINGERPRINT_ATTRIBUTE, mrml.fingerprint(mask))
-        finally:
-            self._writing = False
+        """Write the mask (``checkOutput`` has made sure the segmentation holds no other volume's result)."""
+        if segmentationNode.GetNodeReference(INPUT_ROLE) is not volumeNode:
+            segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
+            segmentationNode.SetNodeReferenceID(INPUT_ROLE, volumeNode.GetID())
+        mrml.set_segment_mask(segmentationNode, self.tumorSegmentId(segmentationNode), mask, volumeNode)
+        segmentationNode.SetAttribute(FINGERPRINT_ATTRIBUTE, mrml.fingerprint(mask))
 
     # ---- edit tracking --------------------------------------------------------------------
     def tumorMask(self, segmentationNode, volumeNode=None) -> np.ndarray:
@@ -339,6 +412,22 @@ class TumorSegLogic:
         if not written or segmentationNode.GetNodeReference(INPUT_ROLE) is None:
             return True
         return mrml.fingerprint(self.tumorMask(segmentationNode)) != written
+
+    def resultVolume(self, segmentationNode):
+        """The volume whose result the segmentation holds (a MIP's PET volume), or None for an empty one."""
+        volume = segmentationNode.GetNodeReference(INPUT_ROLE)
+        if volume is None:
+            return None
+        return volume.GetNodeReference(SOURCE_ROLE) or volume
+
+    def checkOutput(self, segmentationNode, inputVolume, overwrite=False) -> None:
+        """Refuse an output segmentation holding another volume's result (always) or edits (unless ``overwrite``)."""
+        owner = self.resultVolume(segmentationNode)
+        if owner is not None and owner is not inputVolume:
+            raise TumorSegError(
+                f"segmentation {segmentationNode.GetName()!r} holds the result of volume {owner.GetName()!r}; "
+                f"segment {inputVolume.GetName()!r} into a new segmentation")
+        self.checkOverwrite(segmentationNode, overwrite)
 
     def checkOverwrite(self, segmentationNode, overwrite=False) -> None:
         """Refuse to overwrite an edited segmentation unless ``overwrite`` is True."""

@@ -5,6 +5,10 @@ Arrays here are in file voxel order (i, j, k), like ``TumorSegLib.image.Image``;
 ``vtkOrientedImageData`` on the volume's own grid, so no helper nodes are left in the scene.
 A single-slice volume made from a 2D image (a MIP) carries the 2D image's 3x3 affine in an
 attribute and is read back as that 2D image.
+
+Parent transforms: everything here works in the volume's own frame (its IJK-to-RAS, what its file
+holds). A segmentation under the same parent transform stores labelmaps in that same frame; world
+positions (markups) are mapped into the volume's frame through the transform (``world_to_local``).
 """
 
 from __future__ import annotations
@@ -106,9 +110,45 @@ def _as_volume_mask(volumeNode, mask: np.ndarray) -> np.ndarray:
 def set_segment_mask(segmentationNode, segmentId: str, mask: np.ndarray, volumeNode) -> None:
     """Replace the segment's voxels by ``mask`` (i, j, k on the volume grid; 2D for MIP volumes)."""
     image = _oriented_from_mask(volumeNode, np.asarray(mask) != 0)
+    to_segmentation = linear_between(volumeNode, segmentationNode)
+    if to_segmentation is None:
+        raise TumorSegError(f"segmentation {segmentationNode.GetName()!r} is under a non-linear transform that "
+                            f"volume {volumeNode.GetName()!r} is not under; segment into a new segmentation")
+    matrix = vtk.vtkMatrix4x4()
+    image.GetImageToWorldMatrix(matrix)
+    image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(to_segmentation @ slicer.util.arrayFromVTKMatrix(matrix)))
     logic = slicer.vtkSlicerSegmentationsModuleLogic
     if not logic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentId, logic.MODE_REPLACE, image.GetExtent()):
         raise TumorSegError(f"could not write segment {segmentId!r} of {segmentationNode.GetName()!r}")
+
+
+def _frame_transform(source, target) -> "vtk.vtkGeneralTransform":
+    """The transform from ``source``'s own frame to ``target``'s (nodes under parent transforms, or None: world)."""
+    transform = vtk.vtkGeneralTransform()
+    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(
+        source.GetParentTransformNode() if source is not None else None,
+        target.GetParentTransformNode() if target is not None else None, transform)
+    return transform
+
+
+def linear_between(source, target):
+    """The 4x4 matrix from ``source``'s frame to ``target``'s (identity under the same transform), None if non-linear."""
+    if source.GetParentTransformNode() is target.GetParentTransformNode():
+        return np.eye(4)
+    linear = vtk.vtkTransform()
+    if not slicer.vtkMRMLTransformNode.IsGeneralTransformLinear(_frame_transform(source, target), linear):
+        return None
+    return slicer.util.arrayFromVTKMatrix(linear.GetMatrix())
+
+
+def world_to_local(node, points) -> np.ndarray:
+    """Positions (..., 3) in world RAS mapped into ``node``'s own frame (through its parent transforms)."""
+    points = np.asarray(points, dtype=np.float64)
+    if node.GetParentTransformNode() is None:
+        return points
+    transform = _frame_transform(None, node)
+    flat = [transform.TransformPoint(*map(float, p)) for p in points.reshape(-1, 3)]
+    return np.array(flat, dtype=np.float64).reshape(points.shape)
 
 
 def grid_shape(volumeNode) -> tuple:
@@ -124,19 +164,78 @@ def affine_2d(volumeNode):
 
 
 def segment_mask(segmentationNode, segmentId: str, volumeNode) -> np.ndarray:
-    """The segment as a bool array (i, j, k) on the volume's grid (2D for a MIP volume)."""
+    """The segment as a bool array (i, j, k) on the volume's grid (2D for a MIP volume).
+
+    The labelmap is read in the segmentation's own frame and resampled onto the volume's grid in the
+    volume's frame (through the transform between them when their parent transforms differ).
+    """
     labelmap = slicer.vtkOrientedImageData()
-    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(segmentationNode, segmentId, labelmap)
-    dims = volumeNode.GetImageData().GetDimensions()
-    if labelmap.GetPointData().GetScalars() is None or labelmap.IsEmpty():
-        return np.zeros(grid_shape(volumeNode), dtype=bool)
-    else:
+    slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
+        segmentationNode, segmentId, labelmap, False)
+    mask = np.zeros(tuple(volumeNode.GetImageData().GetDimensions()), dtype=bool)
+    if labelmap.GetPointData().GetScalars() is not None and not labelmap.IsEmpty():
         resampled = slicer.vtkOrientedImageData()
+        same_frame = segmentationNode.GetParentTransformNode() is volumeNode.GetParentTransformNode()
+        transform = None if same_frame else _frame_transform(segmentationNode, volumeNode)
         slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-            labelmap, _oriented_geometry(volumeNode), resampled, False, True)
-        values = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars())
-        mask = values.reshape(dims[::-1]).transpose(2, 1, 0) != 0
+            labelmap, _oriented_geometry(volumeNode), resampled, False, False, transform)
+        _paste(mask, resampled, volumeNode.GetImageData().GetExtent())
     return mask[:, :, 0] if volumeNode.GetAttribute(AFFINE_2D_ATTRIBUTE) else mask
+
+
+def _paste(mask: np.ndarray, image, extent) -> None:
+    """Set ``mask`` (i, j, k over ``extent``) where ``image`` (any extent on the same grid) is non-zero."""
+    own = image.GetExtent()
+    low = [max(own[2 * a], extent[2 * a]) for a in range(3)]
+    high = [min(own[2 * a + 1], extent[2 * a + 1]) for a in range(3)]
+    if any(h < lo for lo, h in zip(low, high)) or image.GetPointData().GetScalars() is None:
+        return
+    shape = [own[2 * a + 1] - own[2 * a] + 1 for a in range(3)]
+    values = numpy_support.vtk_to_numpy(image.GetPointData().GetScalars()).reshape(shape[::-1]).transpose(2, 1, 0)
+    source = tuple(slice(lo - own[2 * a], h - own[2 * a] + 1) for a, (lo, h) in enumerate(zip(low, high)))
+    target = tuple(slice(lo - extent[2 * a], h - extent[2 * a] + 1) for a, (lo, h) in enumerate(zip(low, high)))
+    mask[target] |= values[source] != 0
+
+
+def subject_hierarchy_items(scene) -> list:
+    """Every subject hierarchy item ID of the scene, parents before children."""
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    items = vtk.vtkIdList()
+    shNode.GetItemChildren(shNode.GetSceneItemID(), items, True)
+    return [items.GetId(i) for i in range(items.GetNumberOfIds())]
+
+
+class SavedSegmentation:
+    """A segmentation node's segments, attributes, the given node references and their tables' rows, to restore."""
+
+    def __init__(self, node, roles):
+        self.node = node
+        self.segmentation = slicer.vtkSegmentation()
+        self.segmentation.DeepCopy(node.GetSegmentation())
+        self.attributes = {name: node.GetAttribute(name) for name in node.GetAttributeNames()}
+        self.references = {role: node.GetNodeReferenceID(role) for role in roles}
+        self.tables = []
+        for role in roles:
+            table = node.GetNodeReference(role)
+            if table is not None and table.IsA("vtkMRMLTableNode") and table.GetTable() is not None:
+                rows = vtk.vtkTable()
+                rows.DeepCopy(table.GetTable())
+                self.tables.append((table, rows))
+
+    def restore(self) -> None:
+        node = self.node
+        node.GetSegmentation().DeepCopy(self.segmentation)
+        for name in node.GetAttributeNames():
+            if name not in self.attributes:
+                node.RemoveAttribute(name)
+        for name, value in self.attributes.items():
+            node.SetAttribute(name, value)
+        for role, node_id in self.references.items():
+            node.SetNodeReferenceID(role, node_id)
+        for table, rows in self.tables:
+            if table.GetScene() is not None:
+                table.GetTable().DeepCopy(rows)
+                table.Modified()
 
 
 def fingerprint(mask: np.ndarray) -> str:
@@ -157,7 +256,7 @@ def write_volume(volumeNode, path) -> None:
 
 
 def ras_to_ijk(volumeNode, points) -> np.ndarray:
-    """Continuous IJK index of RAS point(s) (..., 3)."""
+    """Continuous IJK index of point(s) (..., 3) given in the volume's own frame (its IJK-to-RAS)."""
     inverse = np.linalg.inv(ijk_to_ras(volumeNode))
     points = np.asarray(points, dtype=np.float64)
     return points @ inverse[:3, :3].T + inverse[:3, 3]

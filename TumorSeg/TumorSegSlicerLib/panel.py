@@ -3,8 +3,11 @@
 Only this file and TumorSeg.py import qt; everything it does to the scene goes through the logic.
 A run polls its background process from a QTimer, so the UI never freezes; readouts are
 recomputed on a single-shot QTimer after the user stops editing (the logic keeps the bookkeeping).
+Every error reaches the user as one message (``showErrors``); nothing is re-raised into Qt.
 """
 
+import contextlib
+import logging
 import re
 
 import qt
@@ -21,6 +24,18 @@ READOUTS_DEBOUNCE_MS = 400
 DETAIL_COLUMNS = re.compile(r"^(centroid_|bbox_)|_p[12]_")
 OVERRIDES = (("overlap", "overlapSpinBox"), ("threshold", "thresholdSpinBox"))
 MIN_SIZE_UNITS = {"min_lesion_ml": " mL", "min_lesion_px": " px"}  # card.min_size_setting -> spin box suffix
+MODELS_FOLDER_SETTING = "TumorSeg/ModelsFolder"
+
+
+@contextlib.contextmanager
+def showErrors(title):
+    """Show any exception raised inside as one error dialog (details in the Python console); never re-raise."""
+    try:
+        yield
+    except Exception as error:  # noqa: BLE001 - a Qt slot must not raise; the user gets one message
+        if not isinstance(error, TumorSegError):
+            logging.getLogger(__name__).error(title, exc_info=error)
+        slicer.util.errorDisplay(f"{title}\n{error}")
 
 
 class TumorSegPanel(VTKObservationMixin):
@@ -30,6 +45,7 @@ class TumorSegPanel(VTKObservationMixin):
         self.logic = logic
         self.run = None
         self.cards = []
+        self.advancedModel = None  # the model whose defaults the Advanced settings were last reset to
         self.pollTimer = qt.QTimer()
         self.pollTimer.setInterval(POLL_MS)
         self.pollTimer.connect("timeout()", self.onPoll)
@@ -39,11 +55,17 @@ class TumorSegPanel(VTKObservationMixin):
         self.readoutsTimer.connect("timeout()", self.onReadoutsTimer)
         logic.readoutsUpdateRequested = self.readoutsTimer.start
 
+        ui.modelsFolderPathLineEdit.currentPath = slicer.util.settingsValue(MODELS_FOLDER_SETTING, "")
+        for placeWidget in (ui.roiPlaceWidget, ui.pointPlaceWidget):
+            placeWidget.setMRMLScene(slicer.mrmlScene)
         ui.inputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onInputChanged)
         ui.modalityComboBox.connect("currentIndexChanged(int)", lambda _: self.updateModels())
         ui.modelComboBox.connect("currentIndexChanged(int)", lambda _: self.onModelChanged())
+        ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", self.onModelsFolderChanged)
+        ui.roiSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRegionChanged)
+        ui.pointSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onRegionChanged)
         ui.outputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onOutputChanged)
-        ui.resetAdvancedButton.connect("clicked()", self.onModelChanged)
+        ui.resetAdvancedButton.connect("clicked()", lambda: self.onModelChanged(reset=True))
         ui.segmentButton.connect("clicked()", self.onSegmentButton)
         ui.installButton.connect("clicked()", self.onInstall)
         ui.showRecistCheckBox.connect("toggled(bool)", self.onShowRecist)
@@ -51,6 +73,7 @@ class TumorSegPanel(VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, lambda *_: self.onSceneClosed())
         self.updateDependencies()
         self.onInputChanged(ui.inputSelector.currentNode())
+        self.onRegionChanged()
 
     # ---- choices ----------------------------------------------------------------------
     def enter(self):
@@ -65,17 +88,24 @@ class TumorSegPanel(VTKObservationMixin):
         self.removeObservers()
 
     def updateDependencies(self):
+        """Which backend packages are missing (found without importing them: torch loads at the first run)."""
         missing = dependencies.missing_packages()
         self.ui.dependenciesLabel.text = dependencies.describe_missing(missing)
         self.ui.dependenciesLabel.visible = self.ui.installButton.visible = bool(missing)
-        devices, description = dependencies.device_description()
-        self.ui.deviceLabel.text = description
+        self.ui.deviceLabel.text = "torch not installed" if "torch" in missing else "GPU check at the first run"
         self.updateButtons()
 
     def onInstall(self):
-        with slicer.util.tryWithErrorDisplay("Failed to install TumorSeg's dependencies.", waitCursor=True):
+        with showErrors("Failed to install TumorSeg's dependencies."):
             dependencies.install(dependencies.missing_packages())
         self.updateDependencies()
+
+    def modelsFolder(self):
+        return self.ui.modelsFolderPathLineEdit.currentPath or None
+
+    def onModelsFolderChanged(self, path):
+        qt.QSettings().setValue(MODELS_FOLDER_SETTING, path)
+        self.updateModels()
 
     def modality(self):
         chosen = self.ui.modalityComboBox.currentText
@@ -87,15 +117,16 @@ class TumorSegPanel(VTKObservationMixin):
     def onInputChanged(self, volume):
         modality = self.modality() if volume else None
         self.ui.modalityLabel.text = f"Detected: {modality}" if volume and self.ui.modalityComboBox.currentText == "auto" else ""
+        output = self.ui.outputSelector.currentNode()
+        if output is not None and self.logic.resultVolume(output) not in (None, volume):
+            self.ui.outputSelector.setCurrentNode(None)  # a new input gets a new segmentation
         self.updateModels()
 
     def updateModels(self):
         current = self.ui.modelComboBox.currentData
-        try:
-            self.cards = self.logic.models(self.modality())
-        except TumorSegError as error:
-            self.cards = []
-            self.ui.statusLabel.text = str(error)
+        self.cards = []
+        with showErrors("Could not list the models."):
+            self.cards = self.logic.models(self.modality(), self.modelsFolder())
         blocked = self.ui.modelComboBox.blockSignals(True)
         self.ui.modelComboBox.clear()
         for card in self.cards:
@@ -109,17 +140,30 @@ class TumorSegPanel(VTKObservationMixin):
         name = self.ui.modelComboBox.currentData
         return next((c for c in self.cards if c.name == name), None)
 
-    def onModelChanged(self):
+    def onModelChanged(self, reset=False):
+        """Describe the model; reset the Advanced settings to its defaults only when the model changed (or on Reset)."""
         card = self.card()
         self.ui.modelDescriptionLabel.text = f"{card.description} ({card.modality}, {card.mode})" if card else \
-            "No model for this modality: add a model card folder to TUMORSEG_MODELS."
-        if card:
+            "No model for this modality: choose a model folder below (or set TUMORSEG_MODELS)."
+        if card and (reset or card.name != self.advancedModel):
+            self.advancedModel = card.name
             self.ui.overlapSpinBox.value = float(card.inference.get("overlap", 0.25))
             self.ui.thresholdSpinBox.value = card.threshold
             self.ui.minLesionSpinBox.suffix = MIN_SIZE_UNITS[card.min_size_setting]
             self.ui.minLesionSpinBox.decimals = 0 if card.min_size_setting == "min_lesion_px" else 2
             self.ui.minLesionSpinBox.value = float(card.postprocessing.get(card.min_size_setting, 0.0))
+        self.onRegionChanged()
+
+    def onRegionChanged(self, *_):
+        self.ui.roiPlaceWidget.setCurrentNode(self.ui.roiSelector.currentNode())
+        self.ui.pointPlaceWidget.setCurrentNode(self.ui.pointSelector.currentNode())
+        card = self.card()
+        if self.run is None and card and self.logic.needsRegion(card) and not self.region():
+            self.ui.statusLabel.text = "This model segments around a lesion: place a click point or an ROI on it."
         self.updateButtons()
+
+    def region(self):
+        return self.ui.roiSelector.currentNode() or self.ui.pointSelector.currentNode()
 
     def overrides(self):
         """The settings the user changed from the card's: overlap, threshold, the smallest lesion kept."""
@@ -136,35 +180,59 @@ class TumorSegPanel(VTKObservationMixin):
 
     def updateButtons(self):
         running = self.run is not None
-        self.ui.segmentButton.text = "Cancel" if running else "Segment"
+        cancelling = running and self.run.process.cancelled
+        self.ui.segmentButton.text = "Cancelling..." if cancelling else "Cancel" if running else "Segment"
         ready = bool(self.ui.inputSelector.currentNode() and self.card() and not dependencies.missing_packages())
-        self.ui.segmentButton.enabled = running or ready
+        self.ui.segmentButton.enabled = (running and not cancelling) or (not running and ready)
         for name in ("inputsCollapsibleButton", "advancedCollapsibleButton"):
             getattr(self.ui, name).enabled = not running
 
     # ---- running ----------------------------------------------------------------------
     def onSegmentButton(self):
         if self.run:
-            self.run.cancel()
+            self.run.cancel()  # returns at once; onPoll ends the run when the process tree has gone
+            self.updateButtons()
             return
-        output = self.ui.outputSelector.currentNode()
-        overwrite = False
-        if output is not None and self.logic.isEdited(output):
-            if not slicer.util.confirmYesNoDisplay(
-                    f"'{output.GetName()}' was edited after TumorSeg made it (or was not made by TumorSeg).\n"
-                    "Replace it with the new result? (No: choose 'Create new segmentation' to keep it.)"):
-                return
-            overwrite = True
-        with slicer.util.tryWithErrorDisplay("TumorSeg could not start.", waitCursor=True):
+        volume, card = self.ui.inputSelector.currentNode(), self.card()
+        if self.logic.needsRegion(card) and not self.region() and not slicer.util.confirmYesNoDisplay(
+                f"'{card.title or card.name}' was trained on regions around one lesion; on a whole volume it finds "
+                "many false lesions. Segment the whole volume anyway?"):
+            return
+        output = self.chooseOutput(volume)
+        if output is False:
+            return
+        with showErrors("TumorSeg could not start."):
             self.ui.progressBar.value = 0
+            self.ui.deviceLabel.text = dependencies.device_description()[1]
             self.run = self.logic.segment(
-                self.ui.inputSelector.currentNode(), self.card().name, self.ui.deviceComboBox.currentText,
-                roi=self.ui.roiSelector.currentNode(), point=self.ui.pointSelector.currentNode(),
-                outputSegmentation=output, progressCallback=self.onProgress, waitForCompletion=False,
-                overrides=self.overrides(), overwrite=overwrite)
+                volume, card.name, self.ui.deviceComboBox.currentText, roi=self.ui.roiSelector.currentNode(),
+                point=self.ui.pointSelector.currentNode(), outputSegmentation=output, progressCallback=self.onProgress,
+                waitForCompletion=False, overrides=self.overrides(), overwrite=output is not None,
+                modelsDir=self.modelsFolder())
             self.ui.statusLabel.text = "Starting..."
             self.pollTimer.start()
         self.updateButtons()
+
+    def chooseOutput(self, volume):
+        """The segmentation to write into (None: a new one), or False when the user cancels.
+
+        A segmentation that already holds a result is replaced only when the user says so.
+        """
+        output = self.ui.outputSelector.currentNode()
+        if output is None or output.GetSegmentation().GetNumberOfSegments() == 0:
+            return output
+        if self.logic.resultVolume(output) not in (None, volume):
+            return None  # another volume's result: never written to
+        edited = self.logic.isEdited(output)
+        box = qt.QMessageBox(qt.QMessageBox.Question, "TumorSeg",
+                             f"'{output.GetName()}' already holds a result" + (" that was edited" if edited else "")
+                             + ". Replace it, or put the new result into a new segmentation?")
+        replace = box.addButton("Replace", qt.QMessageBox.DestructiveRole)
+        new = box.addButton("New segmentation", qt.QMessageBox.AcceptRole)
+        box.addButton(qt.QMessageBox.Cancel)
+        box.setDefaultButton(new)
+        box.exec_()
+        return output if box.clickedButton() == replace else None if box.clickedButton() == new else False
 
     def onProgress(self, fraction, message):
         self.ui.progressBar.value = int(round(1000 * fraction))
@@ -172,11 +240,8 @@ class TumorSegPanel(VTKObservationMixin):
 
     def onPoll(self):
         run = self.run
-        try:
-            if not run.poll():
-                return
-        except TumorSegError as error:  # errors while importing the result
-            run.error = run.error or error
+        if not run.poll():  # never raises: any error ends the run with run.error set
+            return
         self.pollTimer.stop()
         self.run = None
         self.updateButtons()
@@ -184,14 +249,15 @@ class TumorSegPanel(VTKObservationMixin):
             self.ui.statusLabel.text = "Cancelled: nothing was changed."
             self.ui.progressBar.value = 0
         elif isinstance(run.error, EditedSegmentationError):
-            self.ui.statusLabel.text = str(run.error)
-            slicer.util.warningDisplay(str(run.error))
+            self.ui.statusLabel.text = run.message
+            slicer.util.warningDisplay(run.message)
         elif run.error:
-            self.ui.statusLabel.text = "Failed: " + str(run.error).splitlines()[0]
-            slicer.util.errorDisplay(f"Segmentation failed:\n{run.error}")
+            self.ui.statusLabel.text = "Failed: " + run.message.splitlines()[0]
+            slicer.util.errorDisplay(f"Segmentation failed; nothing was changed.\n{run.message}")
         else:
             self.ui.outputSelector.setCurrentNode(run.segmentation)
-            self.showResult(run.segmentation)
+            with showErrors("Could not show the result."):
+                self.showResult(run.segmentation)
 
     def showResult(self, segmentation):
         table = segmentation.GetNodeReference(READOUTS_ROLE)
@@ -207,20 +273,20 @@ class TumorSegPanel(VTKObservationMixin):
     def onOutputChanged(self, segmentation):
         if segmentation is not None and segmentation.GetNodeReference(INPUT_ROLE) is not None:
             self.logic.observeSegmentation(segmentation)
-            with slicer.util.tryWithErrorDisplay("Could not measure the segmentation."):
+            with showErrors("Could not measure the segmentation."):
                 self.logic.computeReadouts(segmentation)
-            self.showResult(segmentation)
+                self.showResult(segmentation)
         else:
             self.ui.readoutsTableView.setMRMLTableNode(None)
 
     def onReadoutsTimer(self):
-        with slicer.util.tryWithErrorDisplay("Could not update the readouts."):
+        with showErrors("Could not update the readouts."):
             self.logic.updatePendingReadouts()
 
     def onShowRecist(self, checked):
         segmentation = self.ui.outputSelector.currentNode()
         if segmentation is not None:
-            with slicer.util.tryWithErrorDisplay("Could not show the RECIST lines."):
+            with showErrors("Could not show the RECIST lines."):
                 self.logic.setRecistLinesVisible(segmentation, checked)
 
     def onExport(self):
@@ -229,7 +295,7 @@ class TumorSegPanel(VTKObservationMixin):
             return
         path = qt.QFileDialog.getSaveFileName(None, "Export readouts", f"{segmentation.GetName()}.csv", "CSV (*.csv)")
         if path:
-            with slicer.util.tryWithErrorDisplay("Could not export the readouts."):
+            with showErrors("Could not export the readouts."):
                 self.logic.exportReadouts(segmentation, path)
 
     def onSceneClosed(self):

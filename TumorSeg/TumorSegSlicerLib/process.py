@@ -2,8 +2,15 @@
 
 The child runs with Slicer's own Python (``PythonSlicer -m TumorSegLib segment ... --progress-json``);
 a reader thread turns its JSON lines into events that the main thread collects with ``poll()``
-(MRML must only be touched from the main thread). ``cancel()`` terminates the child, which exits
-130 and writes nothing. The GPU memory goes with the process.
+(MRML must only be touched from the main thread). The GPU memory goes with the process.
+
+In the Slicer application ``PythonSlicer`` is a launcher that starts ``python-real`` as its child,
+so stopping the launcher alone leaves inference running. The command therefore starts in a process
+group of its own (POSIX: a new session; Windows: ``CREATE_NEW_PROCESS_GROUP``) and ``cancel()``
+ends the whole tree: SIGTERM to the group (the backend exits 130 and writes nothing), SIGKILL to the
+group ``KILL_AFTER_S`` seconds later from a timer thread (a no-op when it has ended); on Windows
+``taskkill /T /F``. ``cancel()`` never waits: the main thread keeps polling until the tree has ended
+(its output pipes close), or at most ``KILL_AFTER_S + PIPE_GRACE_S`` seconds.
 """
 
 from __future__ import annotations
@@ -12,14 +19,46 @@ import json
 import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import Callable, Optional, Protocol
 
 from TumorSegLib.errors import TumorSegError
+
+KILL_AFTER_S = 1.0
+PIPE_GRACE_S = 1.0
+# Windows process creation constants (winbase.h), also defined here so the options can be built and tested anywhere.
+STARTF_USESHOWWINDOW = 0x00000001
+SW_HIDE = 0
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+
+
+class ProcessProtocol(Protocol):
+    """What the logic needs from a running ``tumorseg`` command (``BackgroundProcess``, or a test's fake)."""
+
+    cancelled: bool
+    done: Optional[dict]
+
+    @property
+    def returncode(self) -> Optional[int]:
+        """The exit code once the process has ended (and its output has been read), else None."""
+
+    def poll(self) -> list:
+        """Events since the last call: ``("progress", fraction, message)`` and ``("done", info)``."""
+
+    def cancel(self) -> None:
+        """Stop the process and everything it started; returns at once."""
+
+    def error_message(self) -> str:
+        """A one-line explanation of a failed run."""
+
+
+ProcessFactory = Callable[[list], ProcessProtocol]
 
 
 def python_executable() -> str:
@@ -61,8 +100,36 @@ def segment_command(input_path, output_path, model: str, device: str = "auto", r
     return command
 
 
+def popen_options(os_name: str = os.name, startupinfo_class=None) -> dict:
+    """``Popen`` keyword arguments: a process group of its own, and on Windows no console window.
+
+    Windows gets what Slicer's ``launchConsoleProcess`` passes (STARTUPINFO with STARTF_USESHOWWINDOW
+    and SW_HIDE) plus ``CREATE_NEW_PROCESS_GROUP``; ``startupinfo_class`` defaults to ``subprocess.STARTUPINFO``.
+    """
+    if os_name != "nt":
+        return {"start_new_session": True}
+    info = (startupinfo_class or subprocess.STARTUPINFO)()
+    info.dwFlags |= STARTF_USESHOWWINDOW
+    info.wShowWindow = SW_HIDE
+    return {"startupinfo": info, "creationflags": CREATE_NEW_PROCESS_GROUP}
+
+
+def kill_tree(pid: int, force: bool, os_name: str = os.name) -> None:
+    """Signal the process group led by ``pid`` (POSIX; SIGKILL when ``force``), or end the tree on Windows."""
+    if os_name == "nt":
+        command = ["taskkill", "/T", "/F", "/PID", str(pid)]
+        threading.Thread(target=subprocess.run, args=(command,), daemon=True,
+                         kwargs={"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
+                                 **popen_options(os_name)}).start()
+        return
+    try:
+        os.killpg(pid, signal.SIGKILL if force else signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):  # the group has ended
+        pass
+
+
 class BackgroundProcess:
-    """One running command; events are ``("progress", fraction, message)`` and ``("done", info)``."""
+    """One running command in its own process group (implements ``ProcessProtocol``)."""
 
     def __init__(self, command, env=None):
         environment = dict(os.environ if env is None else env)
@@ -74,12 +141,18 @@ class BackgroundProcess:
         self.done = None
         self.stderr_tail = deque(maxlen=40)
         self.cancelled = False
+        self._kill_at = None
         self._process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         stdin=subprocess.DEVNULL, text=True, bufsize=1, env=environment)
+                                         stdin=subprocess.DEVNULL, text=True, bufsize=1, env=environment,
+                                         **popen_options())
         self._threads = [threading.Thread(target=self._read_stdout, daemon=True),
                          threading.Thread(target=self._read_stderr, daemon=True)]
         for thread in self._threads:
             thread.start()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
 
     def _read_stdout(self):
         for line in self._process.stdout:
@@ -99,8 +172,12 @@ class BackgroundProcess:
 
     @property
     def returncode(self):
-        """The exit code once the process and its readers have finished, else None."""
-        if self._process.poll() is None or any(t.is_alive() for t in self._threads):
+        """The exit code once the process and its readers have finished (the pipes close when the whole tree has
+        ended; a cancelled tree that keeps them open is not waited for beyond its kill time and grace)."""
+        if self._process.poll() is None:
+            return None
+        overdue = self._kill_at is not None and time.monotonic() >= self._kill_at + PIPE_GRACE_S
+        if not overdue and any(t.is_alive() for t in self._threads):
             return None
         return self._process.returncode
 
@@ -127,23 +204,22 @@ class BackgroundProcess:
                 return self.returncode
             time.sleep(interval)
 
-    def cancel(self, timeout: float = 10.0) -> None:
-        """Ask the process to stop (SIGTERM), and kill it if it does not within ``timeout`` seconds."""
+    def cancel(self) -> None:
+        """Ask the whole process tree to stop (SIGTERM), SIGKILL it ``KILL_AFTER_S`` later. Never waits."""
+        if self.cancelled:
+            return
         self.cancelled = True
-        if self._process.poll() is None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-        for thread in self._threads:
-            thread.join(timeout)
+        kill_tree(self._process.pid, force=os.name == "nt")
+        self._kill_at = time.monotonic() + KILL_AFTER_S
+        if os.name != "nt":
+            timer = threading.Timer(KILL_AFTER_S, kill_tree, (self._process.pid, True))
+            timer.daemon = True
+            timer.start()
 
     def error_message(self) -> str:
         """The backend's own error line (``tumorseg: error: ...``) or the end of its stderr."""
         for line in reversed(self.stderr_tail):
             if line.startswith("tumorseg: "):
-                return line[len("tumorseg: "):]
+                return line[len("tumorseg: "):].removeprefix("error: ")
         tail = "\n".join(list(self.stderr_tail)[-10:])
         return f"tumorseg process failed with exit code {self._process.returncode}" + (f":\n{tail}" if tail else "")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import os
 import shutil
 import tempfile
 import time
@@ -17,15 +18,16 @@ from pathlib import Path
 
 import numpy as np
 import slicer
+import vtk
 from scipy import ndimage
 
 from TumorSegLib import testing
-from TumorSegLib.errors import Cancelled
+from TumorSegLib.errors import Cancelled, TumorSegError
 from TumorSegLib.io import read_image, write_image
 from TumorSegLib.mip import coronal_mip
 from TumorSegLib.phantoms import ellipsoid
 
-from . import mrml, readouts as readouts_table
+from . import mrml, readouts as readouts_table, recist
 from .logic import INPUT_ROLE, READOUTS_ROLE, EditedSegmentationError, TumorSegLogic
 from .process import BackgroundProcess, python_executable
 
@@ -98,6 +100,105 @@ def scene_state(scene) -> list:
             (scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes()))]
 
 
+def scene_nodes(scene) -> list:
+    """Each node's ID, class and name, for segmentations the fingerprint of their tumour voxels, and the subject
+    hierarchy items."""
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    state = [("subject hierarchy", sorted(shNode.GetItemName(i) for i in mrml.subject_hierarchy_items(scene)))]
+    for node in (scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())):
+        entry = (node.GetID(), node.GetClassName(), node.GetName())
+        if node.IsA("vtkMRMLSegmentationNode") and node.GetNodeReference(INPUT_ROLE) is not None:
+            entry += (mrml.fingerprint(TumorSegLogic(scene).tumorMask(node)),)
+        state.append(entry)
+    return state
+
+
+def wait_until(condition, seconds, message) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        check(time.monotonic() < deadline, message)
+        time.sleep(0.02)
+
+
+def process_alive(pid) -> bool:
+    """Whether process ``pid`` is running (a zombie counts as ended)."""
+    if os.name == "nt":
+        import ctypes
+
+        handle = ctypes.windll.kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+        if not handle:
+            return False
+        code = ctypes.c_ulong()
+        ctypes.windll.kernel32.GetExitCodeProcess(handle, ctypes.byref(code))
+        ctypes.windll.kernel32.CloseHandle(handle)
+        return code.value == 259  # STILL_ACTIVE
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+
+class FakeProcess:
+    """A ``tumorseg segment`` stand-in (``ProcessProtocol``) that has already ended as told.
+
+    ``write(output_path)`` makes its output file; ``stderr`` is its error line.
+    """
+
+    def __init__(self, command, returncode=0, stderr="", write=None):
+        self.command = command
+        self.cancelled = False
+        self.done = None
+        self.returncode = returncode
+        self.stderr = stderr
+        self.events = [("progress", 0.5, "halfway")]
+        if write is not None:
+            write(Path(command[command.index("-o") + 1]))
+        if returncode == 0:
+            self.events.append(("done", {"done": True, "lesions": 2}))
+
+    def poll(self) -> list:
+        events, self.events = self.events, []
+        for event in events:
+            if event[0] == "done":
+                self.done = event[1]
+        return events
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def error_message(self) -> str:
+        return self.stderr or f"tumorseg process failed with exit code {self.returncode}"
+
+
+def fake_factory(commands=None, **behaviour):
+    """A process factory making ``FakeProcess(command, **behaviour)``; the commands are recorded in ``commands``."""
+    def make(command):
+        if commands is not None:
+            commands.append(command)
+        return FakeProcess(command, **behaviour)
+    return make
+
+
+def mask_writer(image, mask):
+    """``write`` for a FakeProcess: ``mask`` on ``image``'s grid."""
+    return lambda path: write_image(path, image.with_array(np.asarray(mask, dtype=np.uint8)))
+
+
+def same_rows(a, b, rel_tol=1e-9) -> bool:
+    """Readouts table rows equal (numbers to ``rel_tol``, NaN equal to NaN)."""
+    def same(x, y):
+        if isinstance(x, float) and isinstance(y, float):
+            return (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=rel_tol, abs_tol=1e-9)
+        return x == y
+    return len(a) == len(b) and all(r.keys() == q.keys() and all(same(r[k], q[k]) for k in r) for r, q in zip(a, b))
+
+
 def dice(a, b) -> float:
     return 2.0 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1)
 
@@ -120,7 +221,9 @@ def test_segment_lands_on_lesions(logic: TumorSegLogic, ws: Workspace) -> None:
     check(progress and progress[-1] == 1.0 and progress == sorted(progress), f"progress not monotonic to 1: {progress}")
     segment = segmentation.GetSegmentation().GetSegment(logic.tumorSegmentId(segmentation))
     check(segmentation.GetSegmentation().GetNumberOfSegments() == 1 and segment.GetName() == "Tumor", "one Tumor segment")
-    check("108369006" in segment.GetTerminology(), f"Neoplasm terminology missing: {segment.GetTerminology()}")
+    terminology = vtk.reference("")
+    segment.GetTag(segment.GetTerminologyEntryTagName(), terminology)
+    check("108369006" in str(terminology), f"Neoplasm terminology missing: {terminology}")
     check(not logic.isEdited(segmentation), "a fresh TumorSeg segmentation must not count as edited")
     table = segmentation.GetNodeReference(READOUTS_ROLE)
     check(study_of(logic, segmentation) == study_of(logic, volume) == study_of(logic, table) != 0,
@@ -189,6 +292,17 @@ def test_edit_updates_readouts(logic: TumorSegLogic, ws: Workspace) -> None:
     check(len(lines) == 2 * len(lesions), f"{len(lines)} RECIST lines for {len(lesions)} lesions")
     check(math.isclose(lines[0].GetLineLengthWorld(), lesions[0].recist_long_mm, rel_tol=1e-9), "long-axis line length")
     check(math.isclose(lines[1].GetLineLengthWorld(), lesions[0].recist_short_mm, rel_tol=1e-9), "short-axis line length")
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(logic.scene)
+    folder = shNode.GetItemParent(shNode.GetItemByDataNode(lines[0]))
+    check(folder and shNode.GetItemParent(folder) == shNode.GetItemByDataNode(segmentation),
+          "RECIST lines must sit in a folder under the segmentation")
+    mrml.set_segment_mask(segmentation, logic.tumorSegmentId(segmentation), mask, volume)  # remove the added lesion
+    logic.updatePendingReadouts()
+    kept = [segmentation.GetNthNodeReference(recist.LINE_ROLE, i)
+            for i in range(segmentation.GetNumberOfNodeReferences(recist.LINE_ROLE))]
+    check([n.GetID() for n in kept] == [n.GetID() for n in lines[:len(kept)]] and len(kept) == len(lines) - 2,
+          "RECIST lines must be updated in place, one lesion's pair removed")
+    check(all(logic.scene.GetNodeByID(n.GetID()) is None for n in lines[len(kept):]), "stale RECIST lines left")
 
 
 def test_cancel_leaves_scene_unchanged(logic: TumorSegLogic, ws: Workspace) -> None:
@@ -203,10 +317,211 @@ def test_cancel_leaves_scene_unchanged(logic: TumorSegLogic, ws: Workspace) -> N
         time.sleep(0.01)
     check(not run.finished, "the run ended before it could be cancelled")
     run.cancel()
-    check(run.finished and isinstance(run.error, Cancelled), f"cancel must end the run as cancelled, got {run.error!r}")
+    wait_until(run.poll, 10.0, "the cancelled run did not end")
+    check(isinstance(run.error, Cancelled), f"cancel must end the run as cancelled, got {run.error!r}")
     check(run.process.returncode is not None, "the process must have ended")
     check(not run.temp_dir.exists(), "temporary files must be removed")
     check(scene_state(logic.scene) == before, "the scene changed after a cancelled run")
+
+
+LAUNCHER = """import subprocess, sys
+child = subprocess.Popen(sys.argv[2:])
+open(sys.argv[1], "w").write(str(child.pid))
+sys.exit(child.wait())
+"""
+
+
+def test_cancel_stops_the_launched_process_tree(logic: TumorSegLogic, ws: Workspace) -> None:
+    """Like PythonSlicer, a launcher starts the real ``tumorseg segment`` as its child: Cancel returns at once and
+    ends the grandchild within 2 s (stopping only the launcher would leave it running)."""
+    folder = ws.folder("launcher")
+    launcher, pid_file = folder / "launcher.py", folder / "child.pid"
+    launcher.write_text(LAUNCHER)
+    logic.processFactory = lambda command: BackgroundProcess([python_executable(), str(launcher), str(pid_file), *command])
+    volume, image, truth = add_case(logic)
+    before = scene_state(logic.scene)
+    run = logic.segment(volume, str(ws.model().path), device="cpu", waitForCompletion=False)
+    wait_until(lambda: pid_file.is_file() and pid_file.read_text().strip() or run.poll(), 60.0, "no child started")
+    check(not run.finished, f"the run ended before it could be cancelled: {run.error}")
+    child = int(pid_file.read_text())
+    check(process_alive(child), "the launched child is not running")
+    started = time.monotonic()
+    run.cancel()
+    check(time.monotonic() - started < 0.5, f"cancel() blocked the caller for {time.monotonic() - started:.2f} s")
+    wait_until(lambda: (run.poll() or True) and not process_alive(child), 2.0, "the launched child outlived Cancel by 2 s")
+    wait_until(run.poll, 5.0, "the cancelled run did not end")
+    check(isinstance(run.error, Cancelled), f"cancel must end the run as cancelled, got {run.error!r}")
+    check(not run.temp_dir.exists() and scene_state(logic.scene) == before, "a cancelled run changed the scene or left files")
+
+
+def expect_failure(run, kind, text) -> str:
+    """The run's one error: of type ``kind``, its message containing ``text`` and on one line."""
+    check(run.finished and isinstance(run.error, kind), f"expected a {kind.__name__}, got {run.error!r}")
+    check(text in run.message and "\n" not in run.message, f"message {run.message!r} lacks {text!r} or spans lines")
+    return run.message
+
+
+def test_errors_end_as_one_message_scene_unchanged(logic: TumorSegLogic, ws: Workspace) -> None:
+    """Every failure of a run, inside the process or while its result is imported, of any exception type, ends as
+    one error message; no node is added, the output segmentation keeps its voxels and readouts, no files remain."""
+    card = str(ws.model().path)
+    volume, image, truth = add_case(logic)
+    leftovers = set(Path(tempfile.gettempdir()).glob("TumorSeg-*"))
+
+    def attempt(factory, output=None, progress=None):
+        logic.processFactory = factory
+        before = scene_nodes(logic.scene)
+        rows = readouts_table.table_rows(output.GetNodeReference(READOUTS_ROLE)) if output is not None else None
+        run = logic.segment(volume, card, device="cpu", waitForCompletion=False, outputSegmentation=output,
+                            progressCallback=progress)
+        wait_until(run.poll, 10.0, "the run did not end")
+        check(scene_nodes(logic.scene) == before, f"the scene changed after a failed run ({run.error!r})")
+        if output is not None:
+            check(same_rows(readouts_table.table_rows(output.GetNodeReference(READOUTS_ROLE)), rows, 0.0),
+                  "the readouts changed")
+        check(not run.temp_dir.exists(), "temporary files left behind")
+        return run
+
+    expect_failure(attempt(fake_factory(returncode=2, stderr="the weights do not match the card")),
+                   TumorSegError, "the weights do not match the card")
+    expect_failure(attempt(fake_factory(returncode=-9)), TumorSegError, "exit code -9")
+    expect_failure(attempt(fake_factory()), TumorSegError, "segmentation result")  # exit 0 and no output file
+    wrong_grid = testing.lesion_volume("CT", shape=(12, 10, 8))[0]
+    expect_failure(attempt(fake_factory(write=mask_writer(wrong_grid, np.ones(wrong_grid.shape)))),
+                   TumorSegError, "segmentation result")
+    good = fake_factory(write=mask_writer(image, truth))
+
+    def fail_progress(fraction, message):
+        raise RuntimeError("progress display broke")
+    expect_failure(attempt(good, progress=fail_progress), RuntimeError, "progress display broke")
+    original = logic.tumorSegmentId
+    logic.tumorSegmentId = lambda node: (_ for _ in ()).throw(AttributeError("'vtkSegment' has no 'SetTerminology'"))
+    try:  # the failure Slicer 5.8 showed: after the new segmentation was added to the scene
+        expect_failure(attempt(good), AttributeError, "SetTerminology")
+    finally:
+        logic.tumorSegmentId = original
+    logic.processFactory = good
+    output = logic.segment(volume, card, device="cpu")
+    edited_before = logic.isEdited(output)
+    measure = logic.computeReadouts
+    logic.computeReadouts = lambda *args: (_ for _ in ()).throw(ValueError("cannot reshape array"))
+    try:  # into an existing segmentation: its voxels, attributes and readouts come back
+        half = truth.copy()
+        half[: truth.shape[0] // 2] = False
+        expect_failure(attempt(fake_factory(write=mask_writer(image, half)), output=output), ValueError, "reshape")
+    finally:
+        logic.computeReadouts = measure
+    check(np.array_equal(logic.tumorMask(output), truth) and logic.isEdited(output) == edited_before is False,
+          "the output segmentation was not restored")
+
+    def cannot_start(command):
+        raise FileNotFoundError("PythonSlicer")
+    logic.processFactory = cannot_start
+    before = scene_nodes(logic.scene)
+    try:
+        logic.segment(volume, card, device="cpu", waitForCompletion=False)
+    except FileNotFoundError:
+        pass
+    else:
+        raise AssertionError("a process that cannot start must raise")
+    check(scene_nodes(logic.scene) == before, "the scene changed when the process could not start")
+    check(set(Path(tempfile.gettempdir()).glob("TumorSeg-*")) <= leftovers, "temporary folders left behind")
+
+
+def test_results_of_other_volumes_untouched(logic: TumorSegLogic, ws: Workspace) -> None:
+    """A second Segment and a new input each get a new segmentation; another volume's result is never written to,
+    not even with overwrite=True."""
+    card = str(ws.model().path)
+    baseline, image, truth = add_case(logic)
+    followup, _, _ = add_case(logic)
+    logic.processFactory = fake_factory(write=mask_writer(image, truth))
+    first = logic.segment(baseline, card, device="cpu")
+    rows = readouts_table.table_rows(first.GetNodeReference(READOUTS_ROLE))
+    smaller = truth.copy()
+    smaller[: truth.shape[0] // 2] = False
+    logic.processFactory = fake_factory(write=mask_writer(image, smaller))
+    for overwrite in (False, True):
+        try:
+            logic.segment(followup, card, device="cpu", outputSegmentation=first, overwrite=overwrite)
+        except TumorSegError as error:
+            check("new segmentation" in str(error), f"unclear refusal: {error}")
+        else:
+            raise AssertionError("a follow-up scan was segmented into the baseline's segmentation")
+    second = logic.segment(followup, card, device="cpu")
+    again = logic.segment(baseline, card, device="cpu")
+    nodes = {first.GetID(), second.GetID(), again.GetID()}
+    check(len(nodes) == 3, "each Segment without an output must make a new segmentation")
+    check(len({first.GetName(), second.GetName(), again.GetName()}) == 3, "segmentation names must differ")
+    check(first.GetNodeReference(INPUT_ROLE) is baseline and np.array_equal(logic.tumorMask(first), truth),
+          "the baseline's result changed")
+    check(same_rows(readouts_table.table_rows(first.GetNodeReference(READOUTS_ROLE)), rows, 0.0),
+          "the baseline's readouts changed")
+    check(np.array_equal(logic.tumorMask(second), smaller) and second.GetNodeReference(INPUT_ROLE) is followup,
+          "the follow-up's result is wrong")
+
+
+def load_volume(logic, path, name):
+    """A volume read from a file by Slicer's own storage node (ITK readers), as a user's volume is."""
+    volume = logic.scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", name)
+    storage = logic.scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    check(storage.ReadData(volume), f"could not read {path}")
+    volume.SetAndObserveStorageNodeID(storage.GetID())
+    volume.CreateDefaultDisplayNodes()
+    return volume
+
+
+def rigid_matrix(degrees, axis, translation) -> np.ndarray:
+    axis = np.asarray(axis, dtype=np.float64) / np.linalg.norm(axis)
+    angle = math.radians(degrees)
+    cross = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    matrix = np.eye(4)
+    matrix[:3, :3] = np.eye(3) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross
+    matrix[:3, 3] = translation
+    return matrix
+
+
+def test_parent_transforms_change_nothing(logic: TumorSegLogic, ws: Workspace) -> None:
+    """A volume loaded from its file and put under a translated or rotated parent transform gives the same mask and
+    readouts as without; it is not "edited" after Segment; the ROI, click point and RECIST lines follow the transform."""
+    card = str(ws.model().path)
+    folder = ws.folder("transforms")
+    image, truth = testing.lesion_volume("CT")
+    write_image(folder / "ct.nii.gz", image)
+    plain = load_volume(logic, folder / "ct.nii.gz", "plain")
+    reference = logic.segment(plain, card, device="cpu")
+    mask = logic.tumorMask(reference)
+    rows = readouts_table.table_rows(reference.GetNodeReference(READOUTS_ROLE))
+    check(mask.any(), "the tiny model found nothing")
+    lesion_center = np.array([-6.0, 6.0, 14.0])  # first lesion of testing.lesion_volume, in the volume's frame
+    for name, matrix in (("translated", rigid_matrix(0.0, (0, 0, 1), (10.0, 0.0, 0.0))),
+                         ("rotated", rigid_matrix(30.0, (1, 1, 0), (10.0, -5.0, 3.0)))):
+        transform = logic.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
+        transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(matrix))
+        volume = load_volume(logic, folder / "ct.nii.gz", name)
+        volume.SetAndObserveTransformNodeID(transform.GetID())
+        segmentation = logic.segment(volume, card, device="cpu")
+        check(np.array_equal(logic.tumorMask(segmentation), mask), f"{name}: the mask differs from the untransformed one")
+        check(not logic.isEdited(segmentation), f"{name}: a fresh result counts as edited")
+        got = readouts_table.table_rows(segmentation.GetNodeReference(READOUTS_ROLE))
+        check(same_rows(got, rows), f"{name}: readouts differ")
+        roi = logic.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", f"{name} roi")
+        roi.SetAndObserveTransformNodeID(transform.GetID())
+        roi.SetCenter(*lesion_center)
+        roi.SetSize(22.0, 22.0, 24.0)
+        plain_roi = logic.scene.AddNewNodeByClass("vtkMRMLMarkupsROINode", "plain roi")
+        plain_roi.SetCenter(*lesion_center)
+        plain_roi.SetSize(22.0, 22.0, 24.0)
+        check(logic.roiIndexRange(volume, roi) == logic.roiIndexRange(plain, plain_roi), f"{name}: ROI voxels differ")
+        click = logic.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"{name} click")
+        click.AddControlPoint((matrix @ np.append(lesion_center, 1.0))[:3].tolist())
+        check(np.allclose(logic.pointPosition(click, volume), lesion_center, atol=1e-6), f"{name}: click point not mapped")
+        lines = logic.setRecistLinesVisible(segmentation, True)
+        lesion = logic.readouts[segmentation.GetID()].lesions[0]
+        world = np.array([lines[0].GetNthControlPointPositionWorld(i) for i in range(2)])
+        local = np.asarray(lesion.recist_long_endpoints_world, dtype=np.float64)
+        check(np.allclose(world, local @ matrix[:3, :3].T + matrix[:3, 3], atol=1e-6), f"{name}: RECIST line not under the transform")
+        check(math.isclose(lines[0].GetLineLengthWorld(), lesion.recist_long_mm, rel_tol=1e-9), f"{name}: RECIST length")
 
 
 def test_rerun_keeps_edited_segmentation(logic: TumorSegLogic, ws: Workspace) -> None:
@@ -285,9 +600,17 @@ def test_mip_model_segments_the_mip(logic: TumorSegLogic, ws: Workspace) -> None
     filtered = logic.segment(volume, str(card.path), device="cpu", overrides={card.min_size_setting: smallest})
     kept = np.isin(labels, 1 + np.flatnonzero(sizes >= smallest))
     check(np.array_equal(logic.tumorMask(filtered), kept), "the minimum lesion size in pixels did not act on the MIP")
+    mips = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if mrml.affine_2d(n) is not None]
+    again = logic.segment(volume, str(card.path), device="cpu", outputSegmentation=segmentation, overwrite=True)
+    check(again is segmentation and again.GetNodeReference(INPUT_ROLE) is mip, "a re-run must reuse its MIP volume")
+    check(len([n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if mrml.affine_2d(n) is not None])
+          == len(mips) == 2, "a re-run into a MIP segmentation added a MIP volume")
 
 
 TESTS = [(f.__name__, f) for f in (test_modality_detection, test_readouts_match_cli, test_segment_lands_on_lesions,
                                    test_edit_updates_readouts, test_rerun_keeps_edited_segmentation,
                                    test_roi_restricts_inference, test_cancel_leaves_scene_unchanged,
+                                   test_cancel_stops_the_launched_process_tree,
+                                   test_errors_end_as_one_message_scene_unchanged,
+                                   test_results_of_other_volumes_untouched, test_parent_transforms_change_nothing,
                                    test_mip_model_segments_the_mip)]
