@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import slicer
 
-from TumorSegLib.cards import find_card, list_cards
+from TumorSegLib.cards import find_card, list_cards, scan_cards
 from TumorSegLib.errors import Cancelled, TumorSegError
 from TumorSegLib.io import read_image
 from TumorSegLib.mip import coronal_mip
@@ -174,6 +174,11 @@ class TumorSegLogic:
         """Model cards (user folders included) for ``modality`` ("PET" also lists MIP-PET models)."""
         cards = list_cards(modelsDir)
         return [c for c in cards if modality in (None, "auto") or _card_modality(c) == modality]
+
+    @staticmethod
+    def brokenModels(modelsDir=None) -> dict:
+        """{card file: why it is not a valid card} for the folders ``models`` lists; the other models stay usable."""
+        return scan_cards(modelsDir)[1]
 
     @staticmethod
     def needsRegion(card) -> bool:

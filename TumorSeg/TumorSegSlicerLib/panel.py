@@ -127,6 +127,10 @@ class TumorSegPanel(VTKObservationMixin):
         self.cards = []
         with showErrors("Could not list the models."):
             self.cards = self.logic.models(self.modality(), self.modelsFolder())
+            broken = self.logic.brokenModels(self.modelsFolder())
+            if broken:
+                self.ui.statusLabel.text = "Model cards that could not be read (not listed): " + "; ".join(
+                    f"{path.name}: {error}" for path, error in broken.items())
         blocked = self.ui.modelComboBox.blockSignals(True)
         self.ui.modelComboBox.clear()
         for card in self.cards:

@@ -573,6 +573,20 @@ def test_modality_detection(logic: TumorSegLogic, ws: Workspace) -> None:
     check(logic.detectModality(ct) == "PET", "the DICOM Modality must win over intensities")
 
 
+def test_a_broken_card_hides_no_model(logic: TumorSegLogic, ws: Workspace) -> None:
+    """A malformed card in a model folder is reported by itself; every valid model stays listed and usable."""
+    card = ws.model()
+    folder = ws.folder("broken-cards")
+    shutil.copy(card.path, folder / card.path.name)
+    shutil.copy(card.weights_path, folder / card.weights_path.name)
+    (folder / "broken.json").write_text('{"name": "broken"')
+    names = {c.name for c in logic.models(None, str(folder))}
+    check(card.name in names and "ct-lung-lesion-3d" in names, f"valid models missing from the list: {names}")
+    broken = logic.brokenModels(str(folder))
+    check(list(broken) == [folder / "broken.json"] and "cannot read model card" in broken[folder / "broken.json"],
+          f"the broken card must be reported with its error: {broken}")
+
+
 def test_mip_model_segments_the_mip(logic: TumorSegLogic, ws: Workspace) -> None:
     """A MIP-PET model on a 3D PET volume: a single-slice MIP volume (MIP pixel spacing) and its segmentation."""
     card = ws.model("whole-image-2d", "MIP-PET")
@@ -613,4 +627,4 @@ TESTS = [(f.__name__, f) for f in (test_modality_detection, test_readouts_match_
                                    test_cancel_stops_the_launched_process_tree,
                                    test_errors_end_as_one_message_scene_unchanged,
                                    test_results_of_other_volumes_untouched, test_parent_transforms_change_nothing,
-                                   test_mip_model_segments_the_mip)]
+                                   test_mip_model_segments_the_mip, test_a_broken_card_hides_no_model)]
