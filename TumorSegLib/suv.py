@@ -133,8 +133,9 @@ def lean_body_mass_kg(weight_kg: float, height_cm: float, sex: str) -> float:
 
 def _decayed_dose_bq(datasets: list, notes: list) -> float:
     corrected = {str(v).upper() for d in datasets for v in (d.get("CorrectedImage") or [])}
-    if not {"ATTN", "DECY"} <= corrected:
-        raise _Unavailable(f"Corrected Image {sorted(corrected)} lacks ATTN and DECY")
+    missing = {"ATTN", "DECY"} - corrected
+    if missing:
+        raise _Unavailable(f"Corrected Image {sorted(corrected)} lacks {' and '.join(sorted(missing))}")
     dose = _positive(_common(datasets, "RadionuclideTotalDose", float, _radiopharmaceutical), "Radionuclide Total Dose")
     decay = _common(datasets, "DecayCorrection", str).upper()
     if decay == "ADMIN":
@@ -210,8 +211,7 @@ def require_suv(image, what: str = "PET image") -> None:
     meta = image.meta
     if meta.get("dicom_modality") == "PT" and not str(meta.get("units", "")).startswith("SUV"):
         reason = meta.get("suv_unavailable") or f"its values are in {meta.get('units', 'stored units')}"
-        raise TumorSegError(f"{what} is not in SUV ({reason}); give --suv-factor to convert it, or use the "
-                            "header's SUV tags")
+        raise TumorSegError(f"{what} is not in SUV ({reason}); give --suv-factor F (SUV = stored value x F)")
 
 
 def apply_suv_factor(image, factor: float):
