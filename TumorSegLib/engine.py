@@ -392,15 +392,16 @@ def output_path_for(input_image: Image, prediction_image: Image, output) -> tupl
 
 
 def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, point=None, progress=no_progress,
-                 cancel=None, overrides=None) -> tuple:
+                 cancel=None, overrides=None, image: Image | None = None) -> tuple:
     """Segment one file and write its mask; returns (Prediction, written mask path).
 
     For a MIP-PET model given a 3D PET volume the mask is the 2D MIP mask (PNG) and the MIP itself
     is written beside it as ``<name>_mip.png``. Nothing is written when the run fails or is cancelled.
+    ``image``: the input already read (e.g. a DICOM series converted to SUV), else it is read here.
     """
     image_suffix(output_path)
     require_writable(output_path, "mask")
-    image = read_image(input_path, "input image")
+    image = read_image(input_path, "input image") if image is None else image
     if image.ndim == 3 and Path(output_path).suffix.lower() == ".png" and segmenter.card.modality != "MIP-PET":
         raise TumorSegError(f"cannot write the mask of a 3D volume as PNG ({output_path}); use .nii.gz or .nrrd")
     prediction = segmenter.predict(image, roi=roi, point=point, progress=progress, cancel=cancel, overrides=overrides)

@@ -32,12 +32,17 @@ def require_writable(path, what: str = "output") -> Path:
 
 
 def write_text(path, text: str) -> Path:
-    """Write ``text`` atomically (a temporary file in the same folder, then renamed)."""
+    """Write ``text`` (UTF-8) atomically."""
+    return write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path, data: bytes) -> Path:
+    """Write ``data`` atomically (a temporary file in the same folder, then renamed)."""
     path = require_writable(path)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(data)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)

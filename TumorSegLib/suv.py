@@ -214,9 +214,26 @@ def require_suv(image, what: str = "PET image") -> None:
         raise TumorSegError(f"{what} is not in SUV ({reason}); give --suv-factor F (SUV = stored value x F)")
 
 
+def read_input(path, what: str = "image", series_uid: str | None = None, suv_factor: float | None = None):
+    """Read an image or a DICOM series (``series_uid`` picks one); with ``suv_factor`` its stored values times it."""
+    from .io import is_dicom, read_image
+
+    if is_dicom(path):
+        from .dicom import read_series
+
+        image = read_series(path, series_uid, suv="none" if suv_factor is not None else "bw")
+    elif series_uid is not None:
+        raise TumorSegError(f"--series applies to a DICOM folder; {path} is not DICOM")
+    else:
+        image = read_image(path, what)
+    return image if suv_factor is None else apply_suv_factor(image, suv_factor)
+
+
 def apply_suv_factor(image, factor: float):
     """``image`` (in stored units, e.g. Bq/mL) times a user-given SUV factor."""
     if not factor > 0:
         raise TumorSegError(f"--suv-factor must be positive, got {factor}")
+    if image.meta.get("modality") == "CT":
+        raise TumorSegError("--suv-factor applies to PET images, not CT")
     return image.with_array((image.array * factor).astype("float32"), units="SUVbw", suv_factor=factor,
                             suv_notes=[f"SUV factor {factor:g} given by the user"], suv_unavailable=None)
