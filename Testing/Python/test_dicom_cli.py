@@ -85,7 +85,7 @@ def test_nema_phantom_refused_without_suv_then_segmented_with_suv_factor(models_
     assert "not in SUV (no SUV from the DICOM header: Units is absent" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
     assert run(models_dir, "segment", folder, "-o", tmp_path / "m.nii.gz", "--model", "tiny-pet-slice-2d",
-               "--suv-factor", "4e-4", "--json", tmp_path / "r.json") == 0
+               "--suv-factor", "4e-4", "--roi", 60, 140, 50, 140, 30, 55, "--json", tmp_path / "r.json") == 0
     readouts = json.loads((tmp_path / "r.json").read_text())
     assert "SUV factor 0.0004 given by the user" in readouts["notes"]
     mask = read_image(tmp_path / "m.nii.gz")
