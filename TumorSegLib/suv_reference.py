@@ -27,7 +27,7 @@ class BqmlHeader:
 
     weight_kg: float = 72.5
     dose_bq: float = 3.7e8
-    injection: datetime.datetime | None = datetime.datetime(2024, 3, 5, 9, 41, 30)
+    injection: datetime.datetime | None = datetime.datetime(2024, 3, 5, 9, 41, 10)
     series: datetime.datetime = datetime.datetime(2024, 3, 5, 10, 43, 10)
     decay_correction: str = "START"
     half_life_s: float = F18_HALF_LIFE_S
