@@ -7,6 +7,7 @@ import pydicom
 import pytest
 from conftest import shared_data
 from dicom_series import write_series
+from pydicom.pixels.decoders import JPEG2000LosslessDecoder
 from pydicom.uid import generate_uid
 
 from TumorSegLib.dicom import read_series
@@ -82,7 +83,8 @@ def test_nema_phantom_is_read_in_its_own_units(recon):
 
 def test_ct_jpeg2000_series():
     folder = shared_data("totalseg-example-ct") / "example_ct_dicom"
-    pytest.importorskip("openjpeg", reason="the JPEG 2000 decoder (extra dicom-jpeg2000) is not installed")
+    if not JPEG2000LosslessDecoder.is_available:
+        pytest.skip("no JPEG 2000 decoder for pydicom (install the extra dicom-jpeg2000)")
     image = read_image(folder)
     assert image.shape == (512, 512, 20) and image.array.dtype == np.int16
     assert image.meta["modality"] == "CT" and image.meta["units"] == "HU"
@@ -90,6 +92,13 @@ def test_ct_jpeg2000_series():
     assert image.array.min() == -1024 and 1000 < image.array.max() < 3000
     # LPS (-249.51, -437.51, -804.5) of the lowest slice, in RAS
     np.testing.assert_allclose(image.affine[:3, 3], [249.51171875, 437.51171875, -804.5])
+
+
+def test_ct_jpeg2000_without_a_decoder_names_the_extra(monkeypatch):
+    folder = shared_data("totalseg-example-ct") / "example_ct_dicom"
+    monkeypatch.setattr(JPEG2000LosslessDecoder, "_available", {})
+    with pytest.raises(TumorSegError, match=r'JPEG 2000 compressed DICOM needs a decoder: pip install "TumorSegLib\[dicom-jpeg2000\]"'):
+        read_image(folder)
 
 
 def test_synthetic_oblique_series_round_trip(tmp_path):
