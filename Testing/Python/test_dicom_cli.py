@@ -120,3 +120,22 @@ def test_mixed_folder_needs_series(models_dir, ct_series, tmp_path, capsys):
     uid = read_series(folder).meta["series_uid"]
     assert run(models_dir, "segment", tmp_path / "mixed", "-o", tmp_path / "m.nii.gz", "--model",
                "tiny-ct-sliding-window-3d", "--series", uid) == 0
+
+
+def test_empty_mask_and_bad_sources_for_dicom_seg(ct_series, tmp_path):
+    from TumorSegLib.dicom_seg import write_dicom_seg
+    from TumorSegLib.errors import TumorSegError
+
+    folder, image, _ = ct_series
+    series = read_series(folder)
+    empty = np.zeros(series.shape, dtype=bool)
+    write_dicom_seg(tmp_path / "empty.dcm", empty, series, "m", "1")
+    assert not read_dicom_seg(tmp_path / "empty.dcm", series).any()
+    with pytest.raises(TumorSegError, match="needs a DICOM series as input"):
+        write_dicom_seg(tmp_path / "x.dcm", empty, image, "m", "1")
+    with pytest.raises(TumorSegError, match="does not match the series grid"):
+        write_dicom_seg(tmp_path / "x.dcm", empty[:-1], series, "m", "1")
+    anonymous = series.with_array(series.array, sop_instance_uids=[""] * series.shape[2])
+    with pytest.raises(TumorSegError, match="no SOP Instance or Series Instance UIDs"):
+        write_dicom_seg(tmp_path / "x.dcm", empty, anonymous, "m", "1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.dcm"]
