@@ -61,6 +61,9 @@ def suv_factor_for(datasets: list, kind: str = "bw") -> SuvFactor:
             raise _Unavailable(f"Units is {units or 'absent'} (SUV needs BQML or GML)")
         mass_g = _body_mass_g(datasets, kind)
         if units == "GML":
+            suv_type = str(datasets[0].get("SUVType", "") or "BW").upper()
+            if suv_type != "BW":
+                raise _Unavailable(f"Units GML with SUV Type {suv_type}: only body-weight SUV (BW) is read as SUV")
             weight_g = _common(datasets, "PatientWeight", float) * 1000.0 if kind == "lbm" else mass_g
             notes.append("stored in SUV already (Units GML): not converted again")
             return SuvFactor(mass_g / weight_g, SUV_UNITS[kind], notes=notes)

@@ -164,38 +164,22 @@ def test_missing_slice(tmp_path):
         read_image(folder)
 
 
-def test_inconsistent_spacing(tmp_path):
+BAD_SLICES = {
+    "inconsistent slice spacing": (2, {"ImagePositionPatient": ["0", "0", "4.7"]}),
+    "two slices at the same position": (2, {"ImagePositionPatient": ["0", "0", "2"]}),
+    "mixes image orientations": (1, {"ImageOrientationPatient": ["1", "0", "0", "0", "0", "-1"]}),
+    "a localizer": (0, {"ImageType": ["ORIGINAL", "PRIMARY", "LOCALIZER"]}),
+    "multi-frame DICOM images .2 frames. are not supported": (0, {"NumberOfFrames": 2}),
+    "mixes slice sizes or pixel spacings": (3, {"PixelSpacing": ["1", "1.5"]}),
+}
+
+
+@pytest.mark.parametrize("problem", BAD_SLICES)
+def test_bad_slice(problem, tmp_path):
     folder = series(tmp_path)
-    edit_slice(folder, 2, ImagePositionPatient=["0", "0", "4.7"])
-    with pytest.raises(TumorSegError, match="inconsistent slice spacing"):
-        read_image(folder)
-
-
-def test_duplicate_position(tmp_path):
-    folder = series(tmp_path)
-    edit_slice(folder, 2, ImagePositionPatient=["0", "0", "2"])
-    with pytest.raises(TumorSegError, match="two slices at the same position"):
-        read_image(folder)
-
-
-def test_mixed_orientations(tmp_path):
-    folder = series(tmp_path)
-    edit_slice(folder, 1, ImageOrientationPatient=["1", "0", "0", "0", "0", "-1"])
-    with pytest.raises(TumorSegError, match="mixes image orientations"):
-        read_image(folder)
-
-
-def test_localizer(tmp_path):
-    folder = series(tmp_path)
-    edit_slice(folder, 0, ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"])
-    with pytest.raises(TumorSegError, match="a localizer"):
-        read_image(folder)
-
-
-def test_multi_frame(tmp_path):
-    folder = series(tmp_path)
-    edit_slice(folder, 0, NumberOfFrames=2)
-    with pytest.raises(TumorSegError, match="multi-frame DICOM images .2 frames. are not supported"):
+    k, changes = BAD_SLICES[problem]
+    edit_slice(folder, k, **changes)
+    with pytest.raises(TumorSegError, match=problem):
         read_image(folder)
 
 

@@ -121,6 +121,7 @@ BAD_HEADERS = {
     "Decay Correction is NONE": set_to("DecayCorrection", "NONE"),
     "Units is CNTS": set_to("Units", "CNTS"),
     "Radiopharmaceutical Start DateTime .* and Start Time .* disagree": set_to("RadiopharmaceuticalStartTime", "080000", sequence=True),
+    "Units GML with SUV Type LBM": lambda ds: (set_to("Units", "GML")(ds), set_to("SUVType", "LBM")(ds)),
     "Corrected Image .* lacks DECY": set_to("CorrectedImage", ["ATTN", "SCAT"]),
 }
 
