@@ -104,10 +104,13 @@ def run(args) -> int:
     for path in [args.json, *seg_paths]:
         if path:
             require_writable(path, "output")
-    first = read_input(inputs[0], "input image", args.series, args.suv_factor)
+    first = read_input(inputs[0], "input image", args.series, args.suv_factor) if len(inputs) == 1 or not args.model \
+        else None
     card = find_card(args.model, args.models_dir) if args.model else default_card(first, args.models_dir)
-    if card.modality in ("PET", "MIP-PET"):
-        require_suv(first, "the PET input")
+    if seg_paths and card.modality == "MIP-PET":
+        raise TumorSegError(f"model {card.name!r} gives a 2D MIP mask, which a DICOM SEG of the series cannot hold")
+    if first is not None:
+        _require_units(first, card, inputs[0])
     overrides = {"overlap": args.overlap, "threshold": args.threshold, "min_lesion_ml": args.min_lesion_ml,
                  "min_lesion_px": args.min_lesion_px, "precision": args.precision, "flip_axes": args.flip_axes}
     cancel = Cancel()
@@ -118,9 +121,9 @@ def run(args) -> int:
         for number, (source, target) in enumerate(zip(inputs, outputs)):
             step = scaled(progress, number / len(inputs), (number + 1) / len(inputs))
             try:
-                image = first if number == 0 else read_input(source, "input image", args.series, args.suv_factor)
-                if card.modality in ("PET", "MIP-PET"):
-                    require_suv(image, f"the PET input {source}")
+                image = first if number == 0 and first is not None else \
+                    read_input(source, "input image", args.series, args.suv_factor)
+                _require_units(image, card, source)
                 results.append(_segment_one(segmenter, source, target, image, args, step, cancel, overrides))
             except TumorSegError as error:
                 if len(inputs) == 1 or cancel.is_set():
@@ -164,6 +167,12 @@ def _segment_one(segmenter, source: Path, target: Path, image, args, progress, c
     notes = [*image.meta.get("suv_notes", []), *prediction.notes]
     return {"input": str(source), "output": str(written), "model": segmenter.card.name, "device": prediction.device,
             "notes": notes, "readouts": values.to_dict(), "text": readouts_text(values)}
+
+
+def _require_units(image, card, source) -> None:
+    """PET models take SUV: a PT series whose header gave none is refused with the reason."""
+    if card.modality in ("PET", "MIP-PET"):
+        require_suv(image, f"the PET input {source}")
 
 
 def _dicom_seg_paths(args, inputs: list) -> list:
