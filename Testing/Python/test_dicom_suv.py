@@ -161,3 +161,16 @@ def test_slicer_backend_factor_from_files():
     assert factor.value == 1.0 and factor.units == "SUVbw"
     nema = sorted((shared_data("nema-iec-pet") / "data" / "pet_recon_1").iterdir())
     assert suv_factor_from_files(nema).value is None
+
+
+def test_series_time_after_the_acquisition_uses_the_acquisition(tmp_path):
+    """QIBA: a series time reset by post-processing (later than the acquisition) is not the scan time."""
+    files, reference = ibsi("STS_036")
+    header = BqmlHeader()
+    for file in rewrite_as_bqml(files, tmp_path, header):
+        ds = pydicom.dcmread(file)
+        ds.SeriesTime = "113000"
+        ds.save_as(file)
+    image = read_series(tmp_path)
+    assert_suv_within_1_percent(image, reference, header)
+    assert any("earliest Acquisition Time" in note for note in image.meta["suv_notes"])
