@@ -424,17 +424,18 @@ def planned_outputs(image: Image, card: ModelCard, output_path) -> list:
 
 
 def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, point=None, progress=no_progress,
-                 cancel=None, overrides=None) -> tuple:
+                 cancel=None, overrides=None, image: Image | None = None) -> tuple:
     """Segment one file and write its mask; returns (Prediction, written mask path).
 
     For a MIP-PET model given a 3D PET volume the mask is the 2D MIP mask (PNG) and the MIP image
     itself is written beside it (``mip_image_path``). Nothing is written when the run fails or is
-    cancelled, and no output may be the input file.
+    cancelled, and no output may be the input file. ``image``: the input already read (e.g. a DICOM
+    series converted to SUV), else it is read here.
     """
     image_suffix(output_path)
     require_writable(output_path, "mask")
     require_not_input([output_path], [input_path])
-    image = read_image(input_path, "input image")
+    image = read_image(input_path, "input image") if image is None else image
     check_input(image, segmenter.card)
     outputs = planned_outputs(image, segmenter.card, output_path)
     require_not_input(outputs, [input_path])

@@ -98,6 +98,11 @@ def glob_escape(name: str) -> str:
     return re.sub(r"([*?\[])", r"[\1]", name)
 
 
+def write_bytes(path, data: bytes, what: str = "output") -> Path:
+    """Write ``data`` atomically."""
+    return atomic_write(path, lambda temporary: temporary.write_bytes(data), what)
+
+
 def write_text(path, text: str, what: str = "output") -> Path:
     """Write ``text`` (UTF-8) atomically."""
     return atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8", newline=""), what)

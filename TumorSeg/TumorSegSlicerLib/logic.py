@@ -37,7 +37,7 @@ from TumorSegLib.errors import Cancelled, TumorSegError
 from TumorSegLib.io import read_image
 from TumorSegLib.mip import coronal_mip
 
-from . import mrml, readouts as readouts_table, recist
+from . import dicomsuv, mrml, readouts as readouts_table, recist
 from .process import BackgroundProcess, ProcessFactory, segment_command
 
 SEGMENT_NAME = "Tumor"
@@ -452,7 +452,11 @@ class TumorSegLogic:
         modality = segmentationNode.GetAttribute(MODALITY_ATTRIBUTE)
         if modality is None:
             modality = self.detectModality(volumeNode) if image.ndim == 3 else ""
+        suv_note = None
+        if modality == "PET" and image.ndim == 3:
+            image, suv_note = dicomsuv.suv_image(image, volumeNode)
         result = measure_lesions(mask, image, modality or None)
+        result.notes.extend([suv_note] if suv_note else [])
         self.readouts[segmentationNode.GetID()] = result
         table = segmentationNode.GetNodeReference(READOUTS_ROLE)
         if table is None:
@@ -460,6 +464,7 @@ class TumorSegLogic:
             segmentationNode.SetNodeReferenceID(READOUTS_ROLE, table.GetID())
             self._placeBeside(table, segmentationNode)
         readouts_table.update_table(table, result)
+        table.SetAttribute(dicomsuv.NOTE_ATTRIBUTE, suv_note or "")
         if segmentationNode.GetAttribute(RECIST_ATTRIBUTE) == "true":
             recist.show_lines(segmentationNode, volumeNode, result)
         return table

@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 
 from . import HelpFormatter
+from ..dicom_seg import is_dicom_seg_path, read_dicom_seg
+from ..errors import TumorSegError
+from ..files import require_not_input, require_writable, write_json
 from ..io import read_image
 from ..measure import MODALITIES, measure_lesions
-from ..files import require_not_input, require_writable, write_json
 from ..report import readouts_text, write_csv
+from ..suv import read_input, require_suv
+from .segment import add_dicom_arguments
 
 
 def register(subparsers) -> None:
@@ -20,8 +24,9 @@ def register(subparsers) -> None:
         "statistics. Every non-zero voxel is tumour (several labels are merged).",
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("mask", help="mask file (.nii, .nii.gz, .nrrd, .png)")
-    parser.add_argument("--image", help="image on the same grid, for SUV (PET) or HU (CT) statistics")
+    parser.add_argument("mask", help="mask file (.nii, .nii.gz, .nrrd, .png) or a DICOM SEG (.dcm) of --image")
+    parser.add_argument("--image", help="image on the same grid, or a DICOM series, for SUV (PET) or HU (CT) statistics")
+    add_dicom_arguments(parser)
     parser.add_argument(
         "--modality", type=str.upper, choices=MODALITIES,
         help="how to read --image; default: the image's own modality, else PET for a 3D floating-point image "
@@ -37,8 +42,10 @@ def run(args) -> int:
         if path:
             require_writable(path)
     require_not_input([args.json, args.csv], [args.mask, args.image])
-    mask = read_image(args.mask, "mask")
-    image = read_image(args.image, "image") if args.image else None
+    image = read_input(args.image, "image", args.series, args.suv_factor) if args.image else None
+    if image is not None and args.modality != "CT":
+        require_suv(image, "--image")
+    mask = read_mask(args.mask, image)
     readouts = measure_lesions(mask, image, args.modality)
     print(readouts_text(readouts))
     if args.json:
@@ -46,3 +53,12 @@ def run(args) -> int:
     if args.csv:
         write_csv(args.csv, readouts.table_rows())
     return 0
+
+
+def read_mask(path, image):
+    """The mask file, or a DICOM SEG placed on the grid of the DICOM series ``image`` it references."""
+    if not is_dicom_seg_path(path):
+        return read_image(path, "mask")
+    if image is None or not image.meta.get("sop_instance_uids"):
+        raise TumorSegError("a DICOM SEG mask needs its source DICOM series as --image")
+    return image.with_array(read_dicom_seg(path, image).astype("uint8"))

@@ -1,8 +1,11 @@
 """``tumorseg segment INPUT -o OUTPUT [--model NAME] [--device auto|cpu|cuda] [--roi ...] [--point R A S] ...``.
 
 INPUT is a NIfTI, NRRD or PNG file, or a folder of them (OUTPUT is then a folder; the network
-is loaded once). The mask lands on INPUT's grid in the same kind of file (PNG masks 0/255); a
-MIP-PET model given a 3D PET volume writes the 2D MIP mask as PNG, with the MIP beside it.
+is loaded once), or a DICOM series (its folder or one of its files; one input; --series picks a
+series in a folder of several). The mask lands on INPUT's grid in the same kind of file (PNG masks
+0/255; a DICOM series gives .nii.gz/.nrrd, or a DICOM SEG with -o NAME.dcm or --dicom-seg); a
+MIP-PET model given a 3D PET volume writes the 2D MIP mask as PNG, with the MIP beside it. PET
+models need SUV: a PT series converts from its header (Units BQML or GML), else --suv-factor.
 SIGINT/SIGTERM cancel the run: exit 130 and no output file for the case in progress.
 """
 
@@ -18,10 +21,12 @@ from pathlib import Path
 
 from . import HelpFormatter
 from ..errors import TumorSegError
-from ..io import SUFFIXES, case_name, image_suffix, read_image
-from ..progress import Cancel, ProgressBar, json_lines, scaled
+from ..dicom_seg import card_version, is_dicom_seg_path, write_dicom_seg
 from ..files import require_not_input, require_writable, same_file, write_json
+from ..io import SUFFIXES, case_name, image_suffix, is_dicom
+from ..progress import Cancel, ProgressBar, check_cancel, json_lines, scaled
 from ..report import readouts_text
+from ..suv import read_input, require_suv
 
 
 def register(subparsers) -> None:
@@ -32,8 +37,11 @@ def register(subparsers) -> None:
         formatter_class=HelpFormatter,
     )
     add_model_arguments(parser)
-    parser.add_argument("input", help="image file (.nii, .nii.gz, .nrrd, .png) or a folder of them")
-    parser.add_argument("-o", "--output", required=True, help="mask file (same kind as INPUT) or folder")
+    parser.add_argument("input", help="image file (.nii, .nii.gz, .nrrd, .png) or a folder of them, or a DICOM series")
+    parser.add_argument("-o", "--output", required=True,
+                        help="mask file (same kind as INPUT; .dcm: DICOM SEG of a DICOM series) or folder")
+    add_dicom_arguments(parser)
+    parser.add_argument("--dicom-seg", metavar="SEG.dcm", help="also write the mask as a DICOM SEG (DICOM input)")
     parser.add_argument("--roi", type=int, nargs="+", metavar="I0 I1",
                         help="restrict to a voxel box I0 I1 J0 J1 [K0 K1], half-open (I0 <= i < I1), "
                         "in the indices of the grid the mask is written on")
@@ -52,6 +60,12 @@ def register(subparsers) -> None:
                         "of the network input (none given: no flips; default: the card's)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="network precision (default: card)")
     parser.set_defaults(func=run)
+
+
+def add_dicom_arguments(parser) -> None:
+    parser.add_argument("--series", metavar="UID", help="the Series Instance UID to read from a DICOM folder of several")
+    parser.add_argument("--suv-factor", type=float, metavar="F",
+                        help="PET: SUV = stored value x F (instead of the DICOM header's SUV; for Bq/mL input)")
 
 
 def add_model_arguments(parser) -> None:
@@ -88,10 +102,18 @@ def run(args) -> int:
     from ..engine import Segmenter, default_card
 
     inputs, outputs = _pairs(Path(args.input), Path(args.output))
-    if args.json:
-        require_writable(args.json, "readouts")
-    require_not_input(outputs + [args.json], inputs)
-    card = find_card(args.model, args.models_dir) if args.model else default_card(read_image(inputs[0]), args.models_dir)
+    seg_paths = _dicom_seg_paths(args, inputs)
+    for path in [args.json, *seg_paths]:
+        if path:
+            require_writable(path, "output")
+    require_not_input(outputs + [args.json, *seg_paths], inputs)
+    first = read_input(inputs[0], "input image", args.series, args.suv_factor) if len(inputs) == 1 or not args.model \
+        else None
+    card = find_card(args.model, args.models_dir) if args.model else default_card(first, args.models_dir)
+    if seg_paths and card.modality == "MIP-PET":
+        raise TumorSegError(f"model {card.name!r} gives a 2D MIP mask, which a DICOM SEG of the series cannot hold")
+    if first is not None:
+        _require_units(first, card, inputs[0])
     overrides = {"overlap": args.overlap, "threshold": args.threshold, "min_lesion_ml": args.min_lesion_ml,
                  "min_lesion_px": args.min_lesion_px, "precision": args.precision, "flip_axes": args.flip_axes}
     cancel = Cancel()
@@ -99,12 +121,15 @@ def run(args) -> int:
     results, failed = [], []
     with cancel_on_signals(cancel), progress_reporter(args.progress_json, f"segment ({card.name})") as progress:
         segmenter = Segmenter(card, args.device)
-        if len(inputs) > 1 or Path(args.input).is_dir():
+        if Path(args.input).is_dir() and not is_dicom(Path(args.input)):  # folder mode
             Path(args.output).mkdir(exist_ok=True)
         for number, (source, target) in enumerate(zip(inputs, outputs)):
             step = scaled(progress, number / len(inputs), (number + 1) / len(inputs))
             try:
-                results.append(_segment_one(segmenter, source, target, args, step, cancel, overrides))
+                image = first if number == 0 and first is not None else \
+                    read_input(source, "input image", args.series, args.suv_factor)
+                _require_units(image, card, source)
+                results.append(_segment_one(segmenter, source, target, image, args, step, cancel, overrides))
             except TumorSegError as error:
                 if len(inputs) == 1 or cancel.is_set():
                     raise
@@ -126,19 +151,54 @@ def run(args) -> int:
     return 0
 
 
-def _segment_one(segmenter, source: Path, target: Path, args, progress, cancel, overrides) -> dict:
+def _segment_one(segmenter, source: Path, target: Path, image, args, progress, cancel, overrides) -> dict:
     from ..engine import readouts, segment_file
 
-    prediction, written = segment_file(source, target, segmenter, roi=args.roi, point=args.point, progress=progress,
-                                       cancel=cancel, overrides=overrides)
+    if is_dicom_seg_path(target):
+        prediction = segmenter.predict(image, roi=args.roi, point=args.point, progress=progress, cancel=cancel,
+                                       overrides=overrides)
+        check_cancel(cancel)
+        written = _write_seg(target, prediction, segmenter.card)
+    else:
+        prediction, written = segment_file(source, target, segmenter, roi=args.roi, point=args.point,
+                                           progress=progress, cancel=cancel, overrides=overrides, image=image)
+        if args.dicom_seg:
+            try:
+                _write_seg(args.dicom_seg, prediction, segmenter.card)
+            except BaseException:
+                Path(written).unlink(missing_ok=True)
+                raise
     values = readouts(prediction, segmenter.card)
+    notes = [*image.meta.get("suv_notes", []), *prediction.notes]
     return {"input": str(source), "output": str(written), "model": segmenter.card.name, "device": prediction.device,
-            "notes": prediction.notes, "readouts": values.to_dict(), "text": readouts_text(values)}
+            "notes": notes, "readouts": values.to_dict(), "text": readouts_text(values)}
+
+
+def _require_units(image, card, source) -> None:
+    """PET models take SUV: a PT series whose header gave none is refused with the reason."""
+    if card.modality in ("PET", "MIP-PET"):
+        require_suv(image, f"the PET input {source}")
+
+
+def _dicom_seg_paths(args, inputs: list) -> list:
+    """The DICOM SEG files asked for (-o NAME.dcm and/or --dicom-seg), checked before any work."""
+    paths = [p for p in (args.output, args.dicom_seg) if p and is_dicom_seg_path(p)]
+    if args.dicom_seg and not is_dicom_seg_path(args.dicom_seg):
+        raise TumorSegError(f"--dicom-seg needs a .dcm file name, got {args.dicom_seg}")
+    if paths and (len(inputs) > 1 or not is_dicom(inputs[0])):
+        raise TumorSegError("a DICOM SEG output needs one DICOM series as INPUT")
+    return paths
+
+
+def _write_seg(path, prediction, card) -> Path:
+    if prediction.image.ndim != 3:
+        raise TumorSegError(f"model {card.name!r} gives a 2D MIP mask, which a DICOM SEG of the series cannot hold")
+    return write_dicom_seg(path, prediction.mask, prediction.image, card.name, card_version(card))
 
 
 def _pairs(source: Path, target: Path) -> tuple:
-    """(inputs, outputs): one file, or every image file of a folder into a folder of the same names."""
-    if not source.is_dir():
+    """(inputs, outputs): one file or DICOM series, or every image file of a folder into a folder of the same names."""
+    if not source.is_dir() or is_dicom(source):
         return [source], [target]
     inputs = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith(".")
                     and str(p).lower().endswith(SUFFIXES))
