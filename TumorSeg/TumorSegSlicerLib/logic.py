@@ -158,6 +158,7 @@ class TumorSegLogic:
     def __init__(self, scene=None, processFactory: ProcessFactory = BackgroundProcess):
         self._scene = scene
         self.processFactory = processFactory
+        self.tempRoot = None  # where each run's temporary folder goes (None: the system's temporary folder)
         self.pendingReadouts = set()
         self.readoutsUpdateRequested = None  # called (no arguments) when readouts become stale
         self.readouts = {}  # segmentation node ID -> TumorSegLib.measure.Readouts
@@ -222,7 +223,7 @@ class TumorSegLogic:
         card = find_card(modelName, modelsDir)
         if outputSegmentation is not None:
             self.checkOutput(outputSegmentation, inputVolume, overwrite)
-        temp_dir = Path(tempfile.mkdtemp(prefix="TumorSeg-"))
+        temp_dir = Path(tempfile.mkdtemp(prefix="TumorSeg-", dir=self.tempRoot))
         try:
             input_path = temp_dir / "input.nii"
             mrml.write_volume(inputVolume, input_path)

@@ -208,7 +208,7 @@ def test_segment_lands_on_lesions(logic: TumorSegLogic, ws: Workspace) -> None:
     card = ws.model()
     volume, image, truth = add_case(logic)
     progress = []
-    leftovers = set(Path(tempfile.gettempdir()).glob("TumorSeg-*"))
+    logic.tempRoot = ws.folder("runs")  # this test's runs only, whatever else uses the system's temporary folder
     segmentation = logic.segment(volume, str(card.path), device="cpu", progressCallback=lambda f, m: progress.append(f))
     mask = logic.tumorMask(segmentation)
     folder = ws.folder("cli")
@@ -228,7 +228,7 @@ def test_segment_lands_on_lesions(logic: TumorSegLogic, ws: Workspace) -> None:
     table = segmentation.GetNodeReference(READOUTS_ROLE)
     check(study_of(logic, segmentation) == study_of(logic, volume) == study_of(logic, table) != 0,
           "segmentation and readouts must be placed in the input volume's study")
-    check(set(Path(tempfile.gettempdir()).glob("TumorSeg-*")) <= leftovers, "temporary folders left behind")
+    check(not any(logic.tempRoot.iterdir()), "temporary folders left behind")
 
 
 def test_readouts_match_cli(logic: TumorSegLogic, ws: Workspace) -> None:
@@ -366,7 +366,7 @@ def test_errors_end_as_one_message_scene_unchanged(logic: TumorSegLogic, ws: Wor
     one error message; no node is added, the output segmentation keeps its voxels and readouts, no files remain."""
     card = str(ws.model().path)
     volume, image, truth = add_case(logic)
-    leftovers = set(Path(tempfile.gettempdir()).glob("TumorSeg-*"))
+    logic.tempRoot = ws.folder("runs")  # this test's runs only, whatever else uses the system's temporary folder
 
     def attempt(factory, output=None, progress=None):
         logic.processFactory = factory
@@ -425,7 +425,7 @@ def test_errors_end_as_one_message_scene_unchanged(logic: TumorSegLogic, ws: Wor
     else:
         raise AssertionError("a process that cannot start must raise")
     check(scene_nodes(logic.scene) == before, "the scene changed when the process could not start")
-    check(set(Path(tempfile.gettempdir()).glob("TumorSeg-*")) <= leftovers, "temporary folders left behind")
+    check(not any(logic.tempRoot.iterdir()), "temporary folders left behind")
 
 
 def test_results_of_other_volumes_untouched(logic: TumorSegLogic, ws: Workspace) -> None:
