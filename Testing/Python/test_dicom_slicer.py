@@ -73,3 +73,26 @@ def test_header_without_suv_says_why():
 def test_volume_without_dicom_is_left_alone():
     node = slicer.vtkMRMLScalarVolumeNode()
     assert dicomsuv.suv_factor(node) is None
+
+
+def test_a_pet_model_gets_suv_from_a_bq_per_ml_volume(tmp_path, monkeypatch):
+    """The module's model input for a PET model is in SUV (the same header rule as the CLI), not in Bq/mL."""
+    from TumorSegSlicerLib import mrml
+    from TumorSegSlicerLib.logic import TumorSegLogic
+
+    from TumorSegLib.cards import find_card
+
+    data = shared_data("ibsi-sts-pet")
+    rewrite_as_bqml(sorted((data / "dicom" / "STS_021" / "PET" / "image").glob("*.dcm")), tmp_path / "bq", BqmlHeader())
+    _, stored = pet_volume(tmp_path / "bq")
+    scene = slicer.vtkMRMLScene()
+    node = mrml.add_volume_from_image(scene, stored, "pet")
+    node.SetAttribute(dicomsuv.INSTANCE_UIDS_ATTRIBUTE, " ".join(stored.meta["sop_instance_uids"]))
+    monkeypatch.setattr(slicer, "dicomDatabase", DicomDatabase(tmp_path / "bq"), raising=False)
+    TumorSegLogic._writeInput(node, find_card("mip-pet-2d"), tmp_path / "input.nii")
+    written = read_image(tmp_path / "input.nii")
+    reference = read_image(data / "nifti" / "STS_021" / "PET_image.nii.gz").array
+    tissue = reference >= 1
+    np.testing.assert_allclose(written.array[tissue], reference[tissue], rtol=0.01)
+    TumorSegLogic._writeInput(node, find_card("ct-lung-lesion-3d"), tmp_path / "ct-input.nii")  # not a PET model
+    np.testing.assert_array_equal(read_image(tmp_path / "ct-input.nii").array, stored.array)

@@ -34,7 +34,7 @@ import slicer
 
 from TumorSegLib.cards import find_card, list_cards, scan_cards
 from TumorSegLib.errors import Cancelled, TumorSegError
-from TumorSegLib.io import read_image
+from TumorSegLib.io import read_image, write_image
 from TumorSegLib.mip import coronal_mip
 
 from . import dicomsuv, mrml, readouts as readouts_table, recist
@@ -226,7 +226,7 @@ class TumorSegLogic:
         temp_dir = Path(tempfile.mkdtemp(prefix="TumorSeg-", dir=self.tempRoot))
         try:
             input_path = temp_dir / "input.nii"
-            mrml.write_volume(inputVolume, input_path)
+            self._writeInput(inputVolume, card, input_path)
             command = segment_command(
                 input_path, temp_dir / self._outputName(card), card.path or card.name, device,
                 roi=self.roiIndexRange(inputVolume, roi) if roi is not None else None,
@@ -239,6 +239,18 @@ class TumorSegLogic:
         run = SegmentationRun(self, process, temp_dir, inputVolume, card, outputSegmentation, overwrite,
                              progressCallback)
         return run.wait() if waitForCompletion else run
+
+    @staticmethod
+    def _writeInput(volumeNode, card, path) -> None:
+        """The volume as the model's input file: a PET volume stored in Bq/mL is converted to SUV from its
+        DICOM header first (``dicomsuv``, the CLI's rule); every other volume is written as it is."""
+        if card.modality in ("PET", "MIP-PET"):
+            image = mrml.image_from_volume(volumeNode)
+            converted, _ = dicomsuv.suv_image(image, volumeNode)
+            if converted is not image:
+                write_image(path, converted)
+                return
+        mrml.write_volume(volumeNode, path)
 
     @staticmethod
     def _outputName(card) -> str:
