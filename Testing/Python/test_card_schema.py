@@ -1,0 +1,61 @@
+"""The model card JSON Schema (Resources/ModelCard.schema.json) agrees with the loader (``cards.card_from_dict``)."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from TumorSegLib import cards
+from TumorSegLib.errors import TumorSegError
+from TumorSegLib.testing import tiny_card_dict
+
+jsonschema = pytest.importorskip("jsonschema", reason="needs jsonschema (the test extra installs it)")
+
+SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "Resources" / "ModelCard.schema.json").read_text())
+VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
+
+
+def shipped_cards() -> list:
+    return [path for path in sorted(cards.BUILTIN_DIR.glob("*.json")) if not path.name.endswith(".train.json")]
+
+
+def test_the_schema_is_valid():
+    jsonschema.Draft202012Validator.check_schema(SCHEMA)
+
+
+@pytest.mark.parametrize("path", shipped_cards(), ids=lambda path: path.stem)
+def test_every_shipped_card_validates(path):
+    VALIDATOR.validate(json.loads(path.read_text()))
+
+
+@pytest.mark.parametrize("mode, modality", [("sliding-window-3d", "CT"), ("slice-2d", "PET"), ("whole-image-2d", "MIP-PET")])
+def test_test_cards_validate(mode, modality):
+    VALIDATOR.validate(tiny_card_dict("tiny", mode, modality))
+
+
+BROKEN = [
+    ("modality MRI", {"modality": "MRI"}),
+    ("unknown mode", {"mode": "3d"}),
+    ("unknown field", {"colour": "red"}),
+    ("weights without file", {"weights": {"sha256": "0" * 64}}),
+    ("weights outside the folder", {"weights": {"file": "../x.pt"}}),
+    ("weights at an absolute path", {"weights": {"file": "/etc/passwd"}}),
+    ("threshold 1.5", {"output": {"threshold": 1.5}}),
+    ("activation relu", {"output": {"activation": "relu"}}),
+    ("orientation RAX", {"preprocessing": {"orientation": "RAX"}}),
+    ("negative spacing", {"preprocessing": {"spacing": [1.0, -1.0, 1.0]}}),
+    ("overlap as text", {"inference": {"overlap": "half"}}),
+    ("overlap 1", {"inference": {"overlap": 1.0}}),
+    ("precision fp8", {"inference": {"precision": "fp8"}}),
+    ("sw_batch_size 0", {"inference": {"sw_batch_size": 0}}),
+    ("blending linear", {"inference": {"blending": "linear"}}),
+    ("weights format onnx", {"weights": {"file": "m.pt", "format": "onnx"}}),
+]
+
+
+@pytest.mark.parametrize("change", [change for _, change in BROKEN], ids=[name for name, _ in BROKEN])
+def test_broken_cards_are_rejected_by_the_schema_and_the_loader(change):
+    data = {**tiny_card_dict("m", "sliding-window-3d", "CT"), **change}
+    assert list(VALIDATOR.iter_errors(data)), f"the schema accepts {change}"
+    with pytest.raises(TumorSegError, match="not a valid model card"):
+        cards.card_from_dict(data)
