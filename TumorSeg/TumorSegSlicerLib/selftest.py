@@ -24,6 +24,7 @@ from scipy import ndimage
 from TumorSegLib import testing
 from TumorSegLib.errors import Cancelled, TumorSegError
 from TumorSegLib.io import read_image, write_image
+from TumorSegLib.metrics import dice
 from TumorSegLib.mip import coronal_mip
 from TumorSegLib.phantoms import ellipsoid
 
@@ -197,10 +198,6 @@ def same_rows(a, b, rel_tol=1e-9) -> bool:
             return (math.isnan(x) and math.isnan(y)) or math.isclose(x, y, rel_tol=rel_tol, abs_tol=1e-9)
         return x == y
     return len(a) == len(b) and all(r.keys() == q.keys() and all(same(r[k], q[k]) for k in r) for r, q in zip(a, b))
-
-
-def dice(a, b) -> float:
-    return 2.0 * np.count_nonzero(a & b) / max(np.count_nonzero(a) + np.count_nonzero(b), 1)
 
 
 def test_segment_lands_on_lesions(logic: TumorSegLogic, ws: Workspace) -> None:
