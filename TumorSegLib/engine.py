@@ -1,7 +1,8 @@
 """The inference engine: an image and a model card in, a probability map and a mask out.
 
 ``Segmenter(card).predict(image)`` returns a ``Prediction`` whose mask lies exactly on the
-input's own grid (for a MIP-PET card given a 3D PET volume: on the computed coronal MIP). Steps:
+input's own grid (for a MIP-PET card given a 3D PET volume: on the computed coronal MIP, which
+``mip3d.segment_traced`` traces back into the volume). Steps:
 
 1. input checks (dimensionality and modality, see ``check_input``); 3D PET -> MIP when the card
    works on MIPs (``mip.coronal_mip``);
@@ -36,7 +37,7 @@ from scipy import ndimage
 from .cards import ModelCard, flip_axes_problem, list_cards, weights_status
 from .errors import Cancelled, TumorSegError
 from .image import Image, superior_axis
-from .io import image_suffix, read_image, write_image, write_mask, PNG_SUFFIXES
+from .io import image_suffix, read_image, write_image, write_mask
 from .progress import check_cancel, no_progress, scaled
 from .report import require_writable
 
@@ -380,38 +381,43 @@ def default_card(image: Image, extra_dir=None) -> ModelCard:
     raise TumorSegError(f"several models fit this image ({names}); choose one with --model")
 
 
-def output_path_for(input_image: Image, prediction_image: Image, output) -> tuple:
-    """Where the mask goes: ``output``, or with .png when a 3D input was segmented on its MIP."""
-    output = Path(output)
-    notes = []
-    if input_image.ndim == 3 and prediction_image.ndim == 2 and image_suffix(output) not in PNG_SUFFIXES:
-        suffix = image_suffix(output)
-        output = output.with_name(output.name[: len(output.name) - len(suffix)] + ".png")
-        notes.append(f"the mask is a 2D MIP mask, written as PNG: {output}")
-    return output, notes
-
-
 def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, point=None, progress=no_progress,
-                 cancel=None, overrides=None) -> tuple:
+                 cancel=None, overrides=None, mip_mask=None) -> tuple:
     """Segment one file and write its mask; returns (Prediction, written mask path).
 
-    For a MIP-PET model given a 3D PET volume the mask is the 2D MIP mask (PNG) and the MIP itself
-    is written beside it as ``<name>_mip.png``. Nothing is written when the run fails or is cancelled.
+    For a MIP-PET model given a 3D PET volume the mask is 3D, on the volume's grid: each MIP lesion
+    traced back into the volume (``mip3d``); ``mip_mask`` (a PNG path) also writes the 2D MIP mask,
+    with the MIP itself beside it as ``<name>_mip.png``. Nothing is written when the run fails or
+    is cancelled.
     """
     image_suffix(output_path)
     require_writable(output_path, "mask")
     image = read_image(input_path, "input image")
-    if image.ndim == 3 and Path(output_path).suffix.lower() == ".png" and segmenter.card.modality != "MIP-PET":
-        raise TumorSegError(f"cannot write the mask of a 3D volume as PNG ({output_path}); use .nii.gz or .nrrd")
-    prediction = segmenter.predict(image, roi=roi, point=point, progress=progress, cancel=cancel, overrides=overrides)
-    output, notes = output_path_for(image, prediction.image, output_path)
-    prediction.notes.extend(notes)
+    if image.ndim == 3 and Path(output_path).suffix.lower() == ".png":
+        raise TumorSegError(f"cannot write the mask of a 3D volume as PNG ({output_path}); use .nii.gz or .nrrd"
+                            + (" (--mip-mask PATH writes the 2D MIP mask)" if segmenter.card.modality == "MIP-PET" else ""))
+    traced = segmenter.card.modality == "MIP-PET" and image.ndim == 3
+    if mip_mask is not None:
+        if not traced:
+            raise TumorSegError("a MIP mask is written only for a MIP-PET model given a 3D PET volume")
+        if Path(mip_mask).suffix.lower() != ".png":
+            raise TumorSegError(f"the MIP mask is a 2D image: give a .png path, got {mip_mask}")
+        require_writable(mip_mask, "MIP mask")
+    if traced:
+        from .mip3d import segment_traced
+
+        prediction, flat = segment_traced(segmenter, image, roi=roi, point=point, progress=progress, cancel=cancel,
+                                          overrides=overrides)
+    else:
+        prediction = segmenter.predict(image, roi=roi, point=point, progress=progress, cancel=cancel,
+                                       overrides=overrides)
     check_cancel(cancel)
-    written = [write_mask(output, prediction.mask, prediction.image)]
+    written = [write_mask(output_path, prediction.mask, prediction.image)]
     try:
-        if prediction.image is not image:
-            mip_path = output.with_name(output.name[: -len(".png")] + "_mip.png")
-            written.append(write_image(mip_path, prediction.image))
+        if mip_mask is not None:
+            written.append(write_mask(mip_mask, flat.mask, flat.image))
+            written.append(write_image(Path(mip_mask).with_name(Path(mip_mask).name[: -len(".png")] + "_mip.png"),
+                                       flat.image))
         check_cancel(cancel)
     except (Cancelled, TumorSegError, KeyboardInterrupt):
         for path in written:
@@ -421,10 +427,12 @@ def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, point=
 
 
 def readouts(prediction: Prediction, card: ModelCard):
-    """Lesion readouts of a prediction (``measure.measure_lesions``); MIP grey levels are not SUV."""
+    """Lesion readouts of a prediction (``measure.measure_lesions``); MIP grey levels are not SUV (a traced 3D
+    MIP-PET result is measured on the SUV volume)."""
     from .measure import measure_lesions
 
-    modality = card.modality if card.modality in ("PET", "CT") else None
+    modality = "PET" if card.modality == "MIP-PET" and prediction.image.ndim == 3 else card.modality
+    modality = modality if modality in ("PET", "CT") else None
     image = prediction.image if modality else None
     mask = prediction.image.with_array(prediction.mask.astype(np.uint8))
     return measure_lesions(mask, image, modality)

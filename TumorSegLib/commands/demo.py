@@ -53,7 +53,6 @@ def run(args) -> int:
     from ..engine import Segmenter, readouts, segment_file
     from ..io import write_image
     from ..metrics import case_metrics
-    from ..mip import mip_geometry, project_max
     from ..overlay import overlay_png
     from ..phantoms import ct_phantom, pet_phantom
     from ..progress import Cancel
@@ -69,16 +68,13 @@ def run(args) -> int:
     cancel = Cancel()
     with cancel_on_signals(cancel), progress_reporter(False, f"demo ({card.name})") as progress:
         segmenter = Segmenter(card, args.device)
-        mask_name = "mask.png" if card.modality == "MIP-PET" else "mask.nii.gz"
-        prediction, written = segment_file(source, folder / mask_name, segmenter, progress=progress, cancel=cancel)
-    if prediction.image.ndim == 2:
-        truth = project_max(truth, mip_geometry(image.affine, image.shape))
+        prediction, written = segment_file(source, folder / "mask.nii.gz", segmenter, progress=progress, cancel=cancel)
     values = readouts(prediction, card)
     agreement = case_metrics(prediction.mask, truth, prediction.image)
     write_json(folder / "readouts.json", {"model": card.name, "input": str(source), "mask": str(written),
                                           "notes": prediction.notes, "readouts": values.to_dict(),
                                           "agreement_with_phantom_truth": agreement})
-    window = card.preprocessing.get("intensity", {}).get("window")
+    window = card.preprocessing.get("mip" if card.modality == "MIP-PET" else "intensity", {}).get("window")
     overlay = overlay_png(folder / "overlay.png", prediction.image, prediction.mask, window)
     print(f"demo: model {card.name} ({card.modality}, {card.mode}) on the built-in "
           f"{'CT' if card.modality == 'CT' else 'PET'} phantom, device {prediction.device}")

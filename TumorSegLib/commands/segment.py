@@ -2,7 +2,8 @@
 
 INPUT is a NIfTI, NRRD or PNG file, or a folder of them (OUTPUT is then a folder; the network
 is loaded once). The mask lands on INPUT's grid in the same kind of file (PNG masks 0/255); a
-MIP-PET model given a 3D PET volume writes the 2D MIP mask as PNG, with the MIP beside it.
+MIP-PET model given a 3D PET volume writes a 3D mask (each MIP lesion traced back to the depth of
+its maximum and delineated in 3D) and, with --mip-mask, the 2D MIP mask as PNG with the MIP beside it.
 SIGINT/SIGTERM cancel the run: exit 130 and no output file for the case in progress.
 """
 
@@ -38,6 +39,8 @@ def register(subparsers) -> None:
     parser.add_argument("--point", type=float, nargs="+", metavar="R A S",
                         help="segment around this world point (RAS mm; 2D: row col mm), in a box of the model's "
                         "inference.context_mm")
+    parser.add_argument("--mip-mask", metavar="PATH.png",
+                        help="MIP-PET model on a 3D PET volume: also write the 2D MIP mask here (and the MIP beside it)")
     parser.add_argument("--json", metavar="READOUTS.json", help="write the lesion readouts as JSON")
     parser.add_argument("--progress-json", action="store_true",
                         help="print one JSON object per progress step on stdout (for a calling process)")
@@ -125,7 +128,7 @@ def _segment_one(segmenter, source: Path, target: Path, args, progress, cancel, 
     from ..engine import readouts, segment_file
 
     prediction, written = segment_file(source, target, segmenter, roi=args.roi, point=args.point, progress=progress,
-                                       cancel=cancel, overrides=overrides)
+                                       cancel=cancel, overrides=overrides, mip_mask=args.mip_mask)
     values = readouts(prediction, segmenter.card)
     return {"input": str(source), "output": str(written), "model": segmenter.card.name, "device": prediction.device,
             "notes": prediction.notes, "readouts": values.to_dict(), "text": readouts_text(values)}
