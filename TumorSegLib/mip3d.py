@@ -6,9 +6,11 @@
 1. its footprint (MIP pixels) is a bundle of projection rays; the prism of voxels on those rays
    is where the lesion may lie;
 2. the hottest voxel of the prism is the lesion's seed: the depth of its maximum along the rays;
-3. around the seed, in a box of ``BOX_MM`` edge, the lesion is delineated by the background-
-   adapted threshold rule (``pet_thresholds``, method ``adaptive``: B + 41 % (SUVmax - B), B the
-   median SUV on the box border, the component holding the seed), kept inside the prism.
+3. around the seed, in a box of ``BOX_MM`` edge, the lesion is delineated by the EANM rule for
+   metabolic tumour volume (``pet_thresholds``, method ``max41``: voxels >= 41 % of the seed's
+   SUV, the 26-connected component holding the seed), kept inside the prism. (The background-
+   adapted rule over-segments small blurred lesions; the network ``pet-lesion-3d`` was trained on
+   large sarcomas only, so neither is used here.)
 
 The result is a 3D mask on the volume's own grid (any flips, obliquity, spacing: the geometry is
 the MIP's own, ``mip.MipGeometry``). Its probability map is the MIP probability of each voxel's
@@ -77,7 +79,7 @@ def trace_lesions(volume: Image, mip_mask: np.ndarray, geometry: MipGeometry, de
             continue
         seed = np.array(np.unravel_index(int(np.argmax(np.where(rays, suv, -np.inf))), suv.shape))
         box = tuple(slice(max(s - h, 0), min(s + h + 1, n)) for s, h, n in zip(seed, half, suv.shape))
-        local = threshold_mask(suv[box], "adaptive", seed - [b.start for b in box], within=rays[box])
+        local = threshold_mask(suv[box], "max41", seed - [b.start for b in box], within=rays[box])
         mask[box] |= local
         seeds.append(seed)
     return mask, seeds
@@ -100,6 +102,6 @@ def segment_traced(segmenter, volume: Image, roi=None, point=None, progress=None
     mask, seeds = trace_lesions(volume, flat.mask, geometry, depth)
     probability = np.where(mask, prism(flat.probability, geometry), 0.0).astype(np.float32)
     notes = [n for n in flat.notes if "lies on the MIP" not in n]
-    notes.append(f"{len(seeds)} MIP lesion(s) traced into 3D: seed at the ray maximum, background-adapted 41 % "
-                 f"threshold in a {BOX_MM:g} mm box, kept inside the MIP footprint")
+    notes.append(f"{len(seeds)} MIP lesion(s) traced into 3D: seed at the ray maximum, 41 % of its SUV "
+                 f"in a {BOX_MM:g} mm box, kept inside the MIP footprint")
     return Prediction(probability, mask, volume, flat.device, notes), flat

@@ -4,10 +4,11 @@ Three rules, measured side by side with the networks (docs/pet-lesion-report.md,
 
 - ``suv25``: every voxel with SUV >= 2.5 (all components: the fixed clinical cut-off);
 - ``max41``: voxels >= 41 % of SUVmax, the 26-connected component holding the maximum;
-- ``adaptive``: background-adapted, voxels >= B + 0.41 (SUVmax - B) where B is the median SUV on
-  the border of the box (one voxel thick), the component holding the maximum. The border lies in
-  background when the box reaches beyond the lesion (the IBSI crops reach 5 cm beyond the GTV;
-  the MIP trace and the NEMA clicks use a box of several lesion radii).
+- ``adaptive``: background-adapted (contrast-oriented, Nestle et al., J Nucl Med 2005;46:1342),
+  voxels >= 0.15 SUVmean70 + B, the component holding the maximum; SUVmean70 is the mean SUV of
+  the voxels >= 70 % of SUVmax, B the median SUV on the border of the box (one voxel thick). The
+  border lies in background when the box reaches beyond the lesion (the IBSI crops reach 5 cm
+  beyond the GTV; the MIP trace and the NEMA clicks use a box of several lesion radii).
 
 The "maximum" is the seed when one is given (a click, a traced MIP maximum), else the hottest
 voxel of the array. ``within`` restricts every rule to a region (e.g. a MIP footprint).
@@ -23,9 +24,11 @@ from scipy import ndimage
 from .errors import TumorSegError
 
 METHODS = ("suv25", "max41", "adaptive")
-LABELS = {"suv25": "SUV >= 2.5", "max41": "41 % SUVmax", "adaptive": "background-adapted 41 %"}
+LABELS = {"suv25": "SUV >= 2.5", "max41": "41 % SUVmax", "adaptive": "background-adapted (Nestle)"}
 FIXED_SUV = 2.5
 FRACTION = 0.41
+NESTLE_BETA = 0.15
+NESTLE_CORE = 0.70
 
 
 def component_at(mask: np.ndarray, index) -> np.ndarray:
@@ -57,6 +60,9 @@ def threshold_mask(suv: np.ndarray, method: str, seed=None, within: Optional[np.
     if seed is None:
         seed = np.unravel_index(int(np.argmax(np.where(region, suv, -np.inf))), suv.shape)
     peak = float(suv[tuple(int(i) for i in seed)])
-    background = border_median(suv) if method == "adaptive" else 0.0
-    cut = background + FRACTION * (peak - background)
+    if method == "max41":
+        cut = FRACTION * peak
+    else:
+        core = component_at(region & (suv >= NESTLE_CORE * peak), seed)
+        cut = NESTLE_BETA * float(suv[core].mean()) + border_median(suv)
     return component_at(region & (suv >= cut), seed)

@@ -71,7 +71,7 @@ def test_traced_lesions_land_at_their_true_3d_position(name, permute):
         traced = labels == number
         centroid = image.to_world(np.argwhere(traced).mean(axis=0))
         assert np.linalg.norm(centroid - center) <= 0.5 * diagonal
-        assert dice(traced, truth) >= 0.85
+        assert dice(traced, truth) >= 0.8
 
 
 def test_depth_range_and_mip_box_of_a_3d_roi():
@@ -88,4 +88,4 @@ def test_depth_range_and_mip_box_of_a_3d_roi():
     # the MIP box of the 3D box is exactly the projection of the box
     assert np.array_equal(flat, project_max(inside, geometry))
     mask, seeds = trace_lesions(image, footprint & flat, geometry, depth=box[geometry.projection_axis])
-    assert len(seeds) == 1 and dice(mask, truth) >= 0.85
+    assert len(seeds) == 1 and dice(mask, truth) >= 0.8
