@@ -1,9 +1,10 @@
-"""Reading and writing images with their exact geometry: NIfTI, NRRD and PNG.
+"""Reading and writing images with their exact geometry: NIfTI, NRRD and PNG; DICOM series read.
 
 - NIfTI: voxel order and affine as in the file. When sform and qform disagree the affine is
   chosen the way ITK and 3D Slicer choose it (sform if its code is 1 (scanner), else qform if
   set, else sform), so a file measures here exactly as it does in Slicer.
 - NRRD: ``space directions``/``space origin`` converted from the file's space (LPS or RAS) to RAS.
+- DICOM: a series folder or one file of a series, read by ``TumorSegLib.dicom.read_series``.
 - PNG: one channel. Gray, gray+alpha, RGB and RGBA with R=G=B keep that gray channel; true colour
   is reduced to ITU-R 601 luma; alpha is ignored. Pixel spacing is unknown (identity affine).
 
@@ -43,15 +44,35 @@ def image_suffix(path) -> str:
     raise TumorSegError(f"unsupported file type: {path} (use .nii, .nii.gz, .nrrd or .png)")
 
 
+def is_dicom(path) -> bool:
+    """True for a DICOM series folder or a DICOM file (not a file with a NIfTI, NRRD or PNG suffix)."""
+    from .dicom import is_dicom_input
+
+    path = Path(path)
+    if path.is_file() and str(path).lower().endswith(SUFFIXES):
+        return False
+    return is_dicom_input(path)
+
+
 def case_name(path) -> str:
     """File name without its image suffix: how cases are matched between folders."""
     name = Path(path).name
     return name[: len(name) - len(image_suffix(name))]
 
 
-def read_image(path, what: str = "image") -> Image:
-    """Read a 2D or 3D image. 4D data (other than a trailing singleton axis) is refused."""
+def read_image(path, what: str = "image", *, series_uid: str | None = None) -> Image:
+    """Read a 2D or 3D image. 4D data (other than a trailing singleton axis) is refused.
+
+    A DICOM series folder (or a file of one: .dcm or no image suffix) is read as one volume;
+    ``series_uid`` picks the series when the folder holds several.
+    """
     path = Path(path)
+    if is_dicom(path):
+        from .dicom import read_series
+
+        return read_series(path, series_uid)
+    if path.is_dir():
+        raise TumorSegError(f"{what} {path} is a folder without DICOM files (give an image file or a DICOM series folder)")
     if not path.is_file():
         raise TumorSegError(f"{what} not found: {path}")
     suffix = image_suffix(path)
