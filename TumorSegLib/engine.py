@@ -45,6 +45,7 @@ OVERRIDES = ("overlap", "threshold", "min_lesion_ml", "min_lesion_px", "precisio
              "batch_size", "flip_axes")
 GPU_BATCH_VOXELS = 2**22  # input voxels per window batch on a GPU (halved on out-of-memory; not yet tuned on a GPU)
 CT_MIN_BELOW = -100.0  # a CT in HU has air or fat below this; PET (SUV) never reaches it
+SUV_P99_MAX = 50.0  # 99th percentile of a PET in SUV stays far below this; in Bq/mL it is ~1000x larger
 
 
 @dataclass
@@ -113,12 +114,18 @@ def looks_like_ct(image: Image) -> bool:
     return bool(np.min(image.array) < CT_MIN_BELOW)
 
 
+def looks_like_activity(image: Image) -> bool:
+    """A PET volume whose 99th percentile exceeds ``SUV_P99_MAX``: activity concentration (Bq/mL), not SUV."""
+    return bool(np.percentile(image.array, 99) > SUV_P99_MAX)
+
+
 def check_input(image: Image, card: ModelCard) -> None:
     """Refuse an input of the wrong dimensionality or modality for ``card`` (clear error).
 
     Rule: a CT card needs values below -100 (HU: air, fat); a PET or MIP-PET card given a 3D
-    volume refuses one with such values (that is CT, not SUV); a MIP-PET card given a 2D image
-    needs values in 0..255 (the MIP PNG representation).
+    volume refuses one with such values (that is CT, not SUV) or with a 99th percentile above
+    ``SUV_P99_MAX`` (activity concentration, not SUV); a MIP-PET card given a 2D image needs
+    values in 0..255 (the MIP PNG representation).
     """
     image.require_finite("input image")
     what = f"model {card.name!r} ({card.modality}, {card.mode})"
@@ -138,6 +145,12 @@ def check_input(image: Image, card: ModelCard) -> None:
         if card.modality in ("PET", "MIP-PET") and looks_like_ct(image):
             raise TumorSegError(f"{what}: the input looks like CT in HU (values down to {np.min(image.array):g}), "
                                 "not PET in SUV")
+        if card.modality in ("PET", "MIP-PET") and looks_like_activity(image):
+            reason = image.meta.get("suv_unavailable")
+            raise TumorSegError(f"{what}: the input is not in SUV (99th percentile {np.percentile(image.array, 99):g}; "
+                                f"a PET in SUV stays below {SUV_P99_MAX:g}): activity concentration (Bq/mL) is about "
+                                "1000x SUV" + (f"; {reason}" if reason else "") + ". Convert it to SUV first (a PT "
+                                "DICOM series with dose, weight and times is converted when it is read)")
 
 
 def parse_box(roi, shape) -> tuple:
