@@ -69,3 +69,18 @@ def test_nema_sphere_volumes_do_not_get_worse():
     for method, bound in {"max41": 0.185, "adaptive": 0.41}.items():
         errors = [abs(r["volume_error"]) for r in rows if r["method"] == method and r["nominal_mm"] >= 17]
         assert len(errors) == 4 and np.mean(errors) <= bound, (method, errors)
+
+
+def test_shipped_model_on_held_out_crops():
+    """The shipped card on two patients its fold never trained on, each crop segmented as given."""
+    root = shared_data("ibsi-sts-pet")
+    from TumorSegLib.cards import find_card
+    from TumorSegLib.metrics import dice
+    from TumorSegLib.training.data import card_validation_cases
+    from TumorSegLib.training.transforms import read_pair
+
+    card = find_card("pet-lesion-3d")
+    segmenter = Segmenter(card, "cpu")
+    for case in card_validation_cases(card, root)[:2]:
+        image, truth = read_pair(case)
+        assert dice(segmenter.predict(image, overrides={"precision": "fp32"}).mask, truth) >= 0.6, case.patient

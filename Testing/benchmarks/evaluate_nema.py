@@ -13,7 +13,7 @@ click is each sphere's centre of mass (voxels >= 50 % of its smoothed peak). Eac
 segments around the click:
 
 - pet-lesion-3d: ``Segmenter.predict(point=click)`` (the card's context box), then the component
-  holding the click (the box holds several spheres);
+  holding the click voxel (the box holds several spheres; none when the click voxel is not segmented);
 - the rules of ``TumorSegLib.pet_thresholds`` in a ``BOX_MM`` box centred on the click.
 
 Measured volume (mL) and equivalent-sphere diameter (6 V / pi)^(1/3) against the nominal sphere.
@@ -76,13 +76,10 @@ def scaled_volume(path: Path):
 
 
 def clicked_component(mask: np.ndarray, index) -> np.ndarray:
-    """The 26-connected component of ``mask`` nearest the click voxel (empty mask: empty)."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), dtype=bool))
-    if count == 0:
-        return mask
-    voxels = np.argwhere(labels)
-    nearest = voxels[int(np.argmin(np.linalg.norm(voxels - np.asarray(index), axis=1)))]
-    return labels == labels[tuple(nearest)]
+    """The 26-connected component of ``mask`` holding the click voxel (empty when the click is off the mask)."""
+    from TumorSegLib.pet_thresholds import component_at
+
+    return component_at(mask, np.rint(index).astype(int))
 
 
 def threshold_in_box(image, index, method: str) -> np.ndarray:
