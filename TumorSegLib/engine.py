@@ -399,38 +399,38 @@ def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, point=
     """Segment one file and write its mask; returns (Prediction, written mask path).
 
     For a MIP-PET model given a 3D PET volume the mask is 3D, on the volume's grid: each MIP lesion
-    traced back into the volume (``mip3d``); ``mip_mask`` (a PNG path) also writes the 2D MIP mask,
-    with the MIP itself beside it as ``<name>_mip.png``. Nothing is written when the run fails or
-    is cancelled.
+    traced back into the volume (``mip3d``). An ``output_path`` ending in .png gets the 2D MIP mask
+    instead, and ``mip_mask`` (a .png path) gets it as well; each 2D mask has the MIP itself beside
+    it as ``<name>_mip.png``. Nothing is written when the run fails or is cancelled.
     """
     image_suffix(output_path)
     require_writable(output_path, "mask")
     image = read_image(input_path, "input image")
-    if image.ndim == 3 and Path(output_path).suffix.lower() == ".png":
-        raise TumorSegError(f"cannot write the mask of a 3D volume as PNG ({output_path}); use .nii.gz or .nrrd"
-                            + (" (--mip-mask PATH writes the 2D MIP mask)" if segmenter.card.modality == "MIP-PET" else ""))
-    traced = segmenter.card.modality == "MIP-PET" and image.ndim == 3
+    on_mip = segmenter.card.modality == "MIP-PET" and image.ndim == 3
+    flat_output = Path(output_path).suffix.lower() == ".png"
+    if image.ndim == 3 and flat_output and not on_mip:
+        raise TumorSegError(f"cannot write the mask of a 3D volume as PNG ({output_path}); use .nii.gz or .nrrd")
     if mip_mask is not None:
-        if not traced:
+        if not on_mip:
             raise TumorSegError("a MIP mask is written only for a MIP-PET model given a 3D PET volume")
         if Path(mip_mask).suffix.lower() != ".png":
             raise TumorSegError(f"the MIP mask is a 2D image: give a .png path, got {mip_mask}")
         require_writable(mip_mask, "MIP mask")
-    if traced:
+    if on_mip and not flat_output:
         from .mip3d import segment_traced
 
         prediction, flat = segment_traced(segmenter, image, roi=roi, point=point, progress=progress, cancel=cancel,
                                           overrides=overrides)
     else:
-        prediction = segmenter.predict(image, roi=roi, point=point, progress=progress, cancel=cancel,
-                                       overrides=overrides)
+        prediction = flat = segmenter.predict(image, roi=roi, point=point, progress=progress, cancel=cancel,
+                                              overrides=overrides)
     check_cancel(cancel)
     written = [write_mask(output_path, prediction.mask, prediction.image)]
     try:
-        if mip_mask is not None:
-            written.append(write_mask(mip_mask, flat.mask, flat.image))
-            written.append(write_image(Path(mip_mask).with_name(Path(mip_mask).name[: -len(".png")] + "_mip.png"),
-                                       flat.image))
+        for path in ([output_path] if on_mip and flat_output else []) + ([mip_mask] if mip_mask is not None else []):
+            if Path(path) != Path(output_path):
+                written.append(write_mask(path, flat.mask, flat.image))
+            written.append(write_image(Path(path).with_name(Path(path).name[: -len(".png")] + "_mip.png"), flat.image))
         check_cancel(cancel)
     except (Cancelled, TumorSegError, KeyboardInterrupt):
         for path in written:

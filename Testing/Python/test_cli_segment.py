@@ -109,10 +109,11 @@ def test_3d_pet_to_mip_model_writes_a_3d_mask_and_the_mip_mask_on_request(models
     assert readouts["totals"]["lesion_count"] == 2
     assert all("volume_ml" in lesion and "suv_max" in lesion for lesion in readouts["lesions"])
     assert "traced into 3D" in capsys.readouterr().out
-    # a 3D mask cannot be a PNG, and a MIP mask needs a MIP model on a 3D volume
+    # a .png output asks for the 2D MIP mask alone (with the MIP beside it)
     assert segment(models_dir, tmp_path / "pet.nii.gz", "-o", tmp_path / "m.png", "--model",
-                   "tiny-mip-pet-whole-image-2d") == 2
-    assert "--mip-mask" in capsys.readouterr().err and not (tmp_path / "m.png").exists()
+                   "tiny-mip-pet-whole-image-2d") == 0
+    assert np.array_equal(read_image(tmp_path / "m.png").array == 255, flat)
+    assert (tmp_path / "m_mip.png").exists()
 
 
 def test_progress_json_lines(models_dir, tmp_path, capsys):

@@ -3,7 +3,8 @@
 INPUT is a NIfTI, NRRD or PNG file, or a folder of them (OUTPUT is then a folder; the network
 is loaded once). The mask lands on INPUT's grid in the same kind of file (PNG masks 0/255); a
 MIP-PET model given a 3D PET volume writes a 3D mask (each MIP lesion traced back to the depth of
-its maximum and delineated in 3D) and, with --mip-mask, the 2D MIP mask as PNG with the MIP beside it.
+its maximum and delineated in 3D) and, with --mip-mask (or an OUTPUT ending in .png instead), the 2D
+MIP mask as PNG with the MIP beside it.
 SIGINT/SIGTERM cancel the run: exit 130 and no output file for the case in progress.
 """
 
