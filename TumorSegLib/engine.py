@@ -1,7 +1,8 @@
 """The inference engine: an image and a model card in, a probability map and a mask out.
 
 ``Segmenter(card).predict(image)`` returns a ``Prediction`` whose mask lies exactly on the
-input's own grid (for a MIP-PET card given a 3D PET volume: on the computed coronal MIP). Steps:
+input's own grid (for a MIP-PET card given a 3D PET volume: on the computed coronal MIP, which
+``mip3d.segment_traced`` traces back into the volume). Steps:
 
 1. input checks (dimensionality and modality, see ``check_input``); 3D PET -> MIP when the card
    works on MIPs (``mip.coronal_mip``);
@@ -36,7 +37,7 @@ from scipy import ndimage
 from .cards import USABLE, ModelCard, flip_axes_problem, list_cards, weights_status
 from .errors import TumorSegError
 from .image import Image, superior_axis
-from .io import image_suffix, read_image, write_image, write_mask, PNG_SUFFIXES
+from .io import PNG_SUFFIXES, image_suffix, read_image, write_image, write_mask
 from .progress import check_cancel, no_progress, scaled
 from .files import require_not_input, require_writable
 
@@ -45,6 +46,7 @@ OVERRIDES = ("overlap", "threshold", "min_lesion_ml", "min_lesion_px", "precisio
 GPU_BATCH_VOXELS = 2**22  # input voxels per window batch on a GPU (halved on out-of-memory; not yet tuned on a GPU)
 CT_MIN_BELOW = -100.0  # a CT in HU has air or fat below this; PET (SUV) never reaches it
 MIN_INPUT_VOXELS = 8  # per in-plane axis (any number of slices): less is no image to segment
+SUV_P99_MAX = 50.0  # 99th percentile of a PET in SUV stays far below this; in Bq/mL it is ~1000x larger
 
 
 @dataclass
@@ -113,12 +115,18 @@ def looks_like_ct(image: Image) -> bool:
     return bool(np.min(image.array) < CT_MIN_BELOW)
 
 
+def looks_like_activity(image: Image) -> bool:
+    """A PET volume whose 99th percentile exceeds ``SUV_P99_MAX``: activity concentration (Bq/mL), not SUV."""
+    return bool(np.percentile(image.array, 99) > SUV_P99_MAX)
+
+
 def check_input(image: Image, card: ModelCard) -> None:
     """Refuse an input of the wrong dimensionality or modality for ``card`` (clear error).
 
     Rule: a CT card needs values below -100 (HU: air, fat); a PET or MIP-PET card given a 3D
-    volume refuses one with such values (that is CT, not SUV); a MIP-PET card given a 2D image
-    needs values in 0..255 (the MIP PNG representation).
+    volume refuses one with such values (that is CT, not SUV) or with a 99th percentile above
+    ``SUV_P99_MAX`` (activity concentration, not SUV); a MIP-PET card given a 2D image needs
+    values in 0..255 (the MIP PNG representation).
     """
     image.require_finite("input image")
     what = f"model {card.name!r} ({card.modality}, {card.mode})"
@@ -145,6 +153,12 @@ def check_input(image: Image, card: ModelCard) -> None:
         if card.modality in ("PET", "MIP-PET") and looks_like_ct(image):
             raise TumorSegError(f"{what}: the input looks like CT in HU (values down to {np.min(image.array):g}), "
                                 "not PET in SUV")
+        if card.modality in ("PET", "MIP-PET") and looks_like_activity(image):
+            reason = image.meta.get("suv_unavailable")
+            raise TumorSegError(f"{what}: the input is not in SUV (99th percentile {np.percentile(image.array, 99):g}; "
+                                f"a PET in SUV stays below {SUV_P99_MAX:g}): activity concentration (Bq/mL) is about "
+                                "1000x SUV" + (f"; {reason}" if reason else "") + ". Convert it to SUV first (a PT "
+                                "DICOM series with dose, weight and times is converted when it is read)")
 
 
 def parse_box(roi, shape) -> tuple:
@@ -397,55 +411,71 @@ def default_card(image: Image, extra_dir=None) -> ModelCard:
 
 
 def mip_image_path(mask_path) -> Path:
-    """Where the MIP image goes beside the 2D MIP mask of a 3D PET input: ``<mask>_mip-image.png``."""
+    """Where the MIP image goes beside a 2D MIP mask of a 3D PET input: ``<mask>_mip-image.png``."""
     mask_path = Path(mask_path)
     return mask_path.with_name(mask_path.name[: -len(image_suffix(mask_path))] + "_mip-image.png")
 
 
-def planned_outputs(image: Image, card: ModelCard, output_path) -> list:
-    """The files ``segment_file`` will write for ``image``: checked (type, writable) before any work.
+def planned_flat_masks(image: Image, card: ModelCard, output_path, mip_mask=None) -> list:
+    """The 2D MIP masks ``segment_file`` will write (each with its ``mip_image_path``), after checking
+    that every requested file type suits its mask; a type is never changed silently.
 
-    The mask's file type must suit the mask (PNG for a 2D mask, NIfTI or NRRD for a 3D one); it is
-    never changed silently.
+    A 2D input gives a 2D mask (PNG). A 3D input gives a 3D mask (NIfTI or NRRD); with a MIP-PET
+    model, an output ending in .png asks for the 2D MIP mask instead, and ``mip_mask`` for it as well.
     """
     output_path = Path(output_path)
-    mask_ndim = 2 if card.modality == "MIP-PET" else image.ndim
     is_png = image_suffix(output_path) in PNG_SUFFIXES
-    if mask_ndim == 2 and not is_png:
-        why = "segments the coronal MIP of this 3D volume" if image.ndim == 3 else "segments 2D images"
-        raise TumorSegError(f"model {card.name!r} {why}, so its mask is a 2D image: give an output ending in .png, "
-                            f"not {output_path.name}")
-    if mask_ndim == 3 and is_png:
+    on_mip = card.modality == "MIP-PET" and image.ndim == 3
+    if image.ndim == 2 and not is_png:
+        raise TumorSegError(f"model {card.name!r} segments 2D images, so its mask is a 2D image: give an output "
+                            f"ending in .png, not {output_path.name}")
+    if image.ndim == 3 and is_png and not on_mip:
         raise TumorSegError(f"cannot write the mask of a 3D volume as PNG ({output_path}); use .nii.gz or .nrrd")
-    outputs = [output_path] + ([mip_image_path(output_path)] if mask_ndim < image.ndim else [])
-    for path in outputs:
-        require_writable(path, "output")
-    return outputs
+    if mip_mask is not None:
+        if not on_mip:
+            raise TumorSegError("a MIP mask is written only for a MIP-PET model given a 3D PET volume")
+        if image_suffix(mip_mask) not in PNG_SUFFIXES:
+            raise TumorSegError(f"the MIP mask is a 2D image: give a .png path, got {mip_mask}")
+    flat = ([output_path] if on_mip and is_png else []) + ([Path(mip_mask)] if mip_mask is not None else [])
+    return list(dict.fromkeys(flat))
 
 
 def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, point=None, progress=no_progress,
-                 cancel=None, overrides=None, image: Image | None = None) -> tuple:
+                 cancel=None, overrides=None, image: Image | None = None, mip_mask=None) -> tuple:
     """Segment one file and write its mask; returns (Prediction, written mask path).
 
-    For a MIP-PET model given a 3D PET volume the mask is the 2D MIP mask (PNG) and the MIP image
-    itself is written beside it (``mip_image_path``). Nothing is written when the run fails or is
-    cancelled, and no output may be the input file. ``image``: the input already read (e.g. a DICOM
-    series converted to SUV), else it is read here.
+    For a MIP-PET model given a 3D PET volume the mask is 3D, on the volume's grid: each MIP lesion
+    traced back into the volume (``mip3d``); 2D MIP masks are written as ``planned_flat_masks`` says,
+    each with the MIP image beside it. Every output is checked before any work, none may be the
+    input, and nothing is written when the run fails or is cancelled. ``image``: the input already
+    read (e.g. a DICOM series converted to SUV), else it is read here.
     """
     image_suffix(output_path)
     require_writable(output_path, "mask")
     require_not_input([output_path], [input_path])
     image = read_image(input_path, "input image") if image is None else image
     check_input(image, segmenter.card)
-    outputs = planned_outputs(image, segmenter.card, output_path)
+    flat_paths = planned_flat_masks(image, segmenter.card, output_path, mip_mask)
+    outputs = [Path(output_path), *flat_paths, *map(mip_image_path, flat_paths)]
+    for path in outputs:
+        require_writable(path, "output")
     require_not_input(outputs, [input_path])
-    prediction = segmenter.predict(image, roi=roi, point=point, progress=progress, cancel=cancel, overrides=overrides)
+    if segmenter.card.modality == "MIP-PET" and image.ndim == 3 and Path(output_path) not in flat_paths:
+        from .mip3d import segment_traced
+
+        prediction, flat = segment_traced(segmenter, image, roi=roi, point=point, progress=progress, cancel=cancel,
+                                          overrides=overrides)
+    else:
+        prediction = flat = segmenter.predict(image, roi=roi, point=point, progress=progress, cancel=cancel,
+                                              overrides=overrides)
     check_cancel(cancel)
     written = []
     try:
-        written.append(write_mask(outputs[0], prediction.mask, prediction.image))
-        if prediction.image is not image:
-            written.append(write_image(outputs[1], prediction.image))
+        written.append(write_mask(output_path, prediction.mask, prediction.image))
+        for path in flat_paths:
+            if path != Path(output_path):
+                written.append(write_mask(path, flat.mask, flat.image))
+            written.append(write_image(mip_image_path(path), flat.image))
         check_cancel(cancel)
     except BaseException:
         for path in written:
@@ -455,14 +485,16 @@ def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, point=
 
 
 def readouts(prediction: Prediction, card: ModelCard):
-    """Lesion readouts of a prediction (``measure.measure_lesions``); MIP grey levels are not SUV."""
+    """Lesion readouts of a prediction (``measure.measure_lesions``); MIP grey levels are not SUV (a traced 3D
+    MIP-PET result is measured on the SUV volume)."""
     from .measure import measure_lesions
 
-    modality = card.modality if card.modality in ("PET", "CT") else None
+    modality = "PET" if card.modality == "MIP-PET" and prediction.image.ndim == 3 else card.modality
+    modality = modality if modality in ("PET", "CT") else None
     image = prediction.image if modality else None
     mask = prediction.image.with_array(prediction.mask.astype(np.uint8))
     values = measure_lesions(mask, image, modality)
-    if card.modality == "MIP-PET":
+    if card.modality == "MIP-PET" and modality is None:
         values.modality = "MIP-PET"
         values.notes.append("a MIP's grey levels are not SUV: no SUV readouts on a MIP mask")
     return values

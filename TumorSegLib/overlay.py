@@ -5,6 +5,10 @@ coronal, sagittal) through the centre of the largest lesion (the volume's centre
 nearest RAS axes and drawn in the radiological convention (patient right on the image left,
 anterior and superior at the top), with pixels stretched to their physical aspect. The mask is
 tinted red with a solid outline.
+
+``mip_overlay_png`` draws what a nuclear-medicine reader looks at first for a whole-body PET: the
+coronal MIP (inverted grey, hot = dark) with every lesion's outline projected on it, numbered as
+in the readouts table (``measure.label_lesions`` order), an SUV colour bar and orientation letters.
 """
 
 from __future__ import annotations
@@ -86,3 +90,45 @@ def _save_rgb(path, rgb: np.ndarray) -> Path:
 
     return atomic_write(path, lambda temporary: PILImage.fromarray(np.ascontiguousarray(rgb)).save(temporary, format="PNG"),
                         "overlay")
+
+
+def mip_overlay_png(path, image: Image, mask: np.ndarray, window) -> Path:
+    """Coronal MIP of a 3D SUV volume with numbered lesion outlines, SUV colour bar and R/L/S/I letters."""
+    from PIL import Image as PILImage, ImageDraw, ImageFont
+
+    from .mip import mip_geometry, project_max
+
+    geometry = mip_geometry(image.affine, image.shape)
+    low, high = float(window[0]), float(window[1])
+    suv = project_max(np.asarray(image.array, dtype=np.float32), geometry)
+    gray = 255.0 * (1.0 - np.clip((suv - low) / max(high - low, 1e-6), 0.0, 1.0))
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    labels, count = label_lesions(np.asarray(mask, dtype=bool))
+    footprints = [project_max(labels == n, geometry) for n in range(1, count + 1)]
+    for footprint in footprints:
+        rgb[footprint & ~ndimage.binary_erosion(footprint)] = RED
+    rows, cols = image.spacing[geometry.row_axis], image.spacing[geometry.col_axis]
+    zoom = max(2 * MIN_HEIGHT / (suv.shape[0] * rows), 1.0 / min(rows, cols))  # output pixels per mm
+    picture = _stretch(rgb.astype(np.uint8), zoom * rows, zoom * cols)
+    height, width = picture.shape[:2]
+    margin, bar = 30, 20
+    sheet = PILImage.new("RGB", (width + 2 * margin + bar + 60, height + 2 * margin), (255, 255, 255))
+    sheet.paste(PILImage.fromarray(picture), (margin, margin))
+    draw = ImageDraw.Draw(sheet)
+    draw.font = ImageFont.load_default(size=16)
+    for number, footprint in enumerate(footprints, start=1):
+        row, col = np.argwhere(footprint).max(axis=0) * [zoom * rows, zoom * cols]
+        draw.text((margin + col + 4, margin + row - 16), str(number), fill=(200, 0, 0))
+    for letter, (x, y) in {"S": (margin + width // 2, 6), "I": (margin + width // 2, margin + height + 6),
+                           "R": (6, margin + height // 2), "L": (margin + width + 6, margin + height // 2)}.items():
+        draw.text((x, y), letter, fill=(0, 0, 0))
+    left = margin + width + 24
+    for y in range(height):  # colour bar: SUV high (dark) at the top, as the MIP shows it
+        shade = int(round(255.0 * y / max(height - 1, 1)))
+        draw.line([(left, margin + y), (left + bar, margin + y)], fill=(shade, shade, shade))
+    draw.rectangle([left, margin, left + bar, margin + height - 1], outline=(0, 0, 0))
+    for fraction in (0.0, 0.5, 1.0):
+        value = high - fraction * (high - low)
+        draw.text((left + bar + 4, margin + fraction * (height - 16)), f"{value:g}", fill=(0, 0, 0))
+    draw.text((left - 4, margin + height + 6), "SUV", fill=(0, 0, 0))
+    return _save_rgb(path, np.asarray(sheet))

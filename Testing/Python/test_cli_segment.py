@@ -92,21 +92,28 @@ def test_post_processing_and_flip_options_reach_the_engine(models_dir, tmp_path)
         assert np.array_equal(read_image(output).array == 255, expected) and not np.array_equal(expected, plain)
 
 
-def test_3d_pet_to_mip_model_writes_the_mip_mask_as_png(models_dir, tmp_path, capsys):
+def test_3d_pet_to_mip_model_writes_a_3d_mask_and_the_mip_mask_on_request(models_dir, tmp_path, capsys):
     shape = (36, 30, 44)
     image, truth = lesion_volume("PET", shape=shape, spacing=(3.0, 3.5, 2.5), flip=(True, False, False),
                                  oblique_degrees=0.0)
     write_image(tmp_path / "pet.nii.gz", image)
     assert segment(models_dir, tmp_path / "pet.nii.gz", "-o", tmp_path / "mask.nii.gz", "--model",
-                   "tiny-mip-pet-whole-image-2d") == 2  # the mask is 2D: the requested type is never changed silently
-    assert "give an output ending in .png" in capsys.readouterr().err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["pet.nii.gz"]
-    assert segment(models_dir, tmp_path / "pet.nii.gz", "-o", tmp_path / "mask.png", "--model",
+                   "tiny-mip-pet-whole-image-2d", "--mip-mask", tmp_path / "flat.png", "--json",
+                   tmp_path / "r.json") == 0
+    mask = read_image(tmp_path / "mask.nii.gz")
+    assert mask.same_grid(image) and dice(mask.array != 0, truth) >= 0.7
+    flat = read_image(tmp_path / "flat.png").array == 255
+    assert read_image(tmp_path / "flat_mip-image.png").shape == flat.shape
+    assert dice(flat, project_max(truth, mip_geometry(image.affine, image.shape))) >= 0.8
+    readouts = json.loads((tmp_path / "r.json").read_text())["readouts"]
+    assert readouts["totals"]["lesion_count"] == 2
+    assert all("volume_ml" in lesion and "suv_max" in lesion for lesion in readouts["lesions"])
+    assert "traced into 3D" in capsys.readouterr().out
+    # a .png output asks for the 2D MIP mask alone (with the MIP beside it)
+    assert segment(models_dir, tmp_path / "pet.nii.gz", "-o", tmp_path / "m.png", "--model",
                    "tiny-mip-pet-whole-image-2d") == 0
-    mask = read_image(tmp_path / "mask.png").array == 255
-    assert read_image(tmp_path / "mask_mip-image.png").shape == mask.shape
-    expected = project_max(truth, mip_geometry(image.affine, image.shape))
-    assert dice(mask, expected) >= 0.8
+    assert np.array_equal(read_image(tmp_path / "m.png").array == 255, flat)
+    assert (tmp_path / "m_mip-image.png").exists()
 
 
 def test_progress_json_lines(models_dir, tmp_path, capsys):
@@ -205,10 +212,11 @@ def test_demo_runs_with_a_model_and_fails_clearly_without(models_dir, tmp_path, 
     assert read_image(tmp_path / "demo" / "mask.nii.gz").shape == read_image(tmp_path / "demo" / "input.nii.gz").shape
 
 
-def test_demo_on_a_mip_model_writes_the_mip(models_dir, tmp_path):
+def test_demo_on_a_mip_model_writes_a_3d_mask(models_dir, tmp_path):
     assert main(["demo", "-o", str(tmp_path), "--models-dir", str(models_dir), "--model",
                  "tiny-mip-pet-whole-image-2d", "--device", "cpu"]) == 0
-    assert {"mask.png", "mask_mip-image.png", "overlay.png"} <= {p.name for p in tmp_path.iterdir()}
+    assert {"mask.nii.gz", "overlay.png"} <= {p.name for p in tmp_path.iterdir()}
+    assert read_image(tmp_path / "mask.nii.gz").same_grid(read_image(tmp_path / "input.nii.gz"))
 
 
 @pytest.fixture(autouse=True)

@@ -111,6 +111,21 @@ def test_lidc_patient_id_and_split_keep_patients_together(tmp_path):
     assert len({c.patient for c in split.validation}) == 2
     assert [c.name for c in split_cases(cases, 0.2, 7).validation] == [c.name for c in split.validation]
     assert [c.name for c in split_cases(cases, 0.2, 8).validation] != [c.name for c in split.validation]
+    # k-fold: every patient (with all its nodules) is validated in exactly one fold
+    folds = [split_cases(cases, 0.2, 7, folds=3, fold=k) for k in range(3)]
+    held = [{c.patient for c in f.validation} for f in folds]
+    assert sorted(p for h in held for p in h) == sorted({c.patient for c in cases})
+    assert all(not h & {c.patient for c in f.train} for h, f in zip(held, folds))
+    assert sorted(len(h) for h in held) == [3, 3, 4]
+
+
+def test_fold_settings_are_checked_and_fold_replaces_data_fold(tmp_path):
+    config = json.loads((MODELS / "pet-lesion-3d.train.json").read_text())
+    path = tmp_path / "pet.train.json"
+    path.write_text(json.dumps(config))
+    assert load_config(path, fold=2).data["fold"] == 2
+    with pytest.raises(TumorSegError, match="data.folds"):
+        load_config(path, fold=3)
 
 
 def test_dmiai_pairs_and_controls(tmp_path):
@@ -287,32 +302,35 @@ def test_slice_2d_training_on_ct_volumes(tmp_path):
     assert card.mode == "slice-2d" and counts["train_cases"] + counts["validation_cases"] == 5
 
 
-def test_pet_3d_autopet_config_end_to_end(tmp_path):
+def test_pet_lesion_3d_config_end_to_end_on_one_fold(tmp_path):
+    """The shipped pet-lesion-3d recipe (IBSI layout, k-fold, noise and lower-resolution augmentation) on
+    six synthetic PET crops, with a tiny network; fold 1 of 3 holds out two patients."""
     from TumorSegLib.engine import Segmenter
 
     shape, spacing = (24, 24, 28), (5.0, 5.0, 5.0)
-    for i in range(4):
-        study = tmp_path / "autoPET" / f"PETCT_{i // 2:04d}" / f"study-{i % 2}"
-        study.mkdir(parents=True)
+    for i in range(6):
+        folder = tmp_path / "ibsi" / "nifti" / f"STS_{i:03d}"
+        folder.mkdir(parents=True)
         image, mask = pet_phantom(shape=shape, spacing=spacing, seed=i)
-        write_image(study / "SUV.nii.gz", image)
-        write_mask(study / "SEG.nii.gz", mask, image)
-    config = json.loads((MODELS / "pet-3d-autopet.train.json").read_text())
+        write_image(folder / "PET_image.nii.gz", image)
+        write_mask(folder / "PET_mask.nii.gz", mask, image)
+    config = json.loads((MODELS / "pet-lesion-3d.train.json").read_text())
     config["card"]["network"] = TINY_3D
     config["card"]["preprocessing"]["spacing"] = [6.0, 6.0, 6.0]
-    config["card"]["inference"].update(patch_size=[16, 16, 16], sw_batch_size=1)
-    config["train"].update({**FAST, "patch_size": [16, 16, 16], "cases_per_epoch": None, "num_workers": 0})
-    config["data"]["validation_fraction"] = 0.5
-    assert run_cli(write_config(tmp_path, config), tmp_path / "autoPET", tmp_path / "run") == 0
-    card = load_card(tmp_path / "run" / "pet-3d-autopet.json")
-    assert card.provenance["training_data"]["validation_patients"] in (["PETCT_0000"], ["PETCT_0001"])
+    config["card"]["inference"].update(patch_size=[16, 16, 16], sw_batch_size=1, flip_axes=[])
+    config["train"].update({**FAST, "patch_size": [16, 16, 16], "cases_per_step": 2})
+    config["train"]["augment"].update(noise_prob=1.0, lowres_prob=1.0)
+    config["data"]["fold"] = 1
+    assert run_cli(write_config(tmp_path, config), tmp_path / "ibsi", tmp_path / "run") == 0
+    card = load_card(tmp_path / "run" / "pet-lesion-3d.json")
+    held = card.provenance["training_data"]["validation_patients"]
+    assert len(held) == 2 and card.provenance["config"]["data"]["folds"] == 3
     image, _ = pet_phantom(shape=shape, spacing=spacing, seed=9)
     prediction = Segmenter(card, device="cpu").predict(image)
     assert prediction.mask.shape == shape and np.isfinite(prediction.probability).all()
-    assert 0.0 <= card.provenance["validation"]["dice_mean"] <= 1.0
 
 
-@pytest.mark.parametrize("name", ["mip-pet-2d", "ct-lung-lesion-3d"])
+@pytest.mark.parametrize("name", ["mip-pet-2d", "ct-lung-lesion-3d", "pet-lesion-3d"])
 def test_shipped_card_validation_split_is_rebuilt_exactly(name):
     """Reports are made on the validation patients the shipped card lists (rebuilt from its config)."""
     from TumorSegLib.cards import find_card
@@ -321,7 +339,7 @@ def test_shipped_card_validation_split_is_rebuilt_exactly(name):
 
     card = find_card(name)
     folder = card.provenance["config"]["data"]["root"].split("shared/data/")[-1].split("/")[0]
-    root = shared_data(folder) / "dev"
-    cases = card_validation_cases(card, data_root=root)
+    root = shared_data(folder)
+    cases = card_validation_cases(card, data_root=root / "dev" if (root / "dev").is_dir() else root)
     patients = sorted({c.patient for c in cases if c.mask is not None})
     assert patients == sorted(card.provenance["training_data"]["validation_patients"])

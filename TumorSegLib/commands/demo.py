@@ -15,6 +15,8 @@ from . import HelpFormatter
 from ..errors import TumorSegError
 from .segment import add_model_arguments, cancel_on_signals, progress_reporter
 
+DEMO_SUV_WINDOW = (0.0, 10.0)  # SUV range of the PET demo's MIP overlay (the phantom's lesions reach 10)
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -54,8 +56,7 @@ def run(args) -> int:
     from ..engine import Segmenter, mip_image_path, readouts, segment_file
     from ..io import write_image
     from ..metrics import case_metrics
-    from ..mip import mip_geometry, project_max
-    from ..overlay import overlay_png
+    from ..overlay import mip_overlay_png, overlay_png
     from ..phantoms import ct_phantom, pet_phantom
     from ..progress import Cancel
     from ..files import require_writable, write_json
@@ -73,17 +74,17 @@ def run(args) -> int:
     cancel = Cancel()
     with cancel_on_signals(cancel), progress_reporter(False, f"demo ({card.name})") as progress:
         segmenter = Segmenter(card, args.device)
-        mask_name = "mask.png" if card.modality == "MIP-PET" else "mask.nii.gz"
-        prediction, written = segment_file(source, folder / mask_name, segmenter, progress=progress, cancel=cancel)
-    if prediction.image.ndim == 2:
-        truth = project_max(truth, mip_geometry(image.affine, image.shape))
+        prediction, written = segment_file(source, folder / "mask.nii.gz", segmenter, progress=progress, cancel=cancel)
     values = readouts(prediction, card)
     agreement = case_metrics(prediction.mask, truth, prediction.image)
     write_json(folder / "readouts.json", {"model": card.name, "input": str(source), "mask": str(written),
                                           "notes": prediction.notes, "readouts": values.to_dict(),
                                           "agreement_with_phantom_truth": agreement})
-    window = card.preprocessing.get("intensity", {}).get("window")
-    overlay = overlay_png(folder / "overlay.png", prediction.image, prediction.mask, window)
+    if card.modality == "CT":
+        window = card.preprocessing.get("intensity", {}).get("window")
+        overlay = overlay_png(folder / "overlay.png", prediction.image, prediction.mask, window)
+    else:  # whole-body PET: the coronal MIP with numbered lesions, SUV colour bar and orientation letters
+        overlay = mip_overlay_png(folder / "overlay.png", prediction.image, prediction.mask, DEMO_SUV_WINDOW)
     print(f"demo: model {card.name} ({card.modality}, {card.mode}) on the built-in "
           f"{'CT' if card.modality == 'CT' else 'PET'} phantom, device {prediction.device}")
     print(readouts_text(values))

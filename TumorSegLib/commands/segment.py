@@ -3,9 +3,11 @@
 INPUT is a NIfTI, NRRD or PNG file, or a folder of them (OUTPUT is then a folder; the network
 is loaded once), or a DICOM series (its folder or one of its files; one input; --series picks a
 series in a folder of several). The mask lands on INPUT's grid in the same kind of file (PNG masks
-0/255; a DICOM series gives .nii.gz/.nrrd, or a DICOM SEG with -o NAME.dcm or --dicom-seg); a
-MIP-PET model given a 3D PET volume writes the 2D MIP mask as PNG, with the MIP beside it. PET
-models need SUV: a PT series converts from its header (Units BQML or GML), else --suv-factor.
+0/255; a DICOM series gives .nii.gz/.nrrd, or a DICOM SEG with -o NAME.dcm or --dicom-seg). A
+MIP-PET model given a 3D PET volume writes a 3D mask (each MIP lesion traced back to the depth of
+its maximum and delineated in 3D) and, with --mip-mask (or an OUTPUT ending in .png instead), the 2D
+MIP mask as PNG with the MIP image beside it. PET models need SUV: a PT series converts from its
+header (Units BQML or GML), else --suv-factor.
 SIGINT/SIGTERM cancel the run: exit 130 and no output file for the case in progress.
 """
 
@@ -48,6 +50,8 @@ def register(subparsers) -> None:
     parser.add_argument("--point", type=float, nargs="+", metavar="R A S",
                         help="segment around this world point (RAS mm; 2D: row col mm), in a box of the model's "
                         "inference.context_mm")
+    parser.add_argument("--mip-mask", metavar="PATH.png",
+                        help="MIP-PET model on a 3D PET volume: also write the 2D MIP mask here (and the MIP beside it)")
     parser.add_argument("--json", metavar="READOUTS.json", help="write the lesion readouts as JSON")
     parser.add_argument("--progress-json", action="store_true",
                         help="print one JSON object per progress step on stdout (for a calling process)")
@@ -106,7 +110,7 @@ def run(args) -> int:
     for path in [args.json, *seg_paths]:
         if path:
             require_writable(path, "output")
-    require_not_input(outputs + [args.json, *seg_paths], inputs)
+    require_not_input(outputs + [args.json, args.mip_mask, *seg_paths], inputs)
     first = read_input(inputs[0], "input image", args.series, args.suv_factor) if len(inputs) == 1 or not args.model \
         else None
     card = find_card(args.model, args.models_dir) if args.model else default_card(first, args.models_dir)
@@ -161,7 +165,8 @@ def _segment_one(segmenter, source: Path, target: Path, image, args, progress, c
         written = _write_seg(target, prediction, segmenter.card)
     else:
         prediction, written = segment_file(source, target, segmenter, roi=args.roi, point=args.point,
-                                           progress=progress, cancel=cancel, overrides=overrides, image=image)
+                                           progress=progress, cancel=cancel, overrides=overrides, image=image,
+                                           mip_mask=args.mip_mask)
         if args.dicom_seg:
             try:
                 _write_seg(args.dicom_seg, prediction, segmenter.card)

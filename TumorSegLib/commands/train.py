@@ -27,6 +27,7 @@ def register(subparsers) -> None:
                         help="continue from a checkpoint (default: <run folder>/checkpoint.pt)")
     parser.add_argument("--max-minutes", type=float, help="time budget: stop cleanly and still write the best model")
     parser.add_argument("--epochs", type=int, help="override train.epochs")
+    parser.add_argument("--fold", type=int, help="cross-validation fold to hold out (replaces data.fold; needs data.folds)")
     parser.add_argument("--threads", type=int, help="CPU threads per process (torch.set_num_threads)")
     parser.add_argument("--publish", metavar="DIR", help="copy the trained card, weights and config into DIR")
     parser.add_argument("--progress-json", action="store_true", help="progress as JSON lines on stdout")
@@ -44,7 +45,7 @@ def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     overrides = {"epochs": args.epochs} if args.epochs else None
-    config = load_config(args.config, args.data_root, overrides)
+    config = load_config(args.config, args.data_root, overrides, args.fold)
     out_dir = Path(args.output or Path("runs") / config.name)
     resume = (args.resume or str(out_dir / "checkpoint.pt")) if args.resume is not None else None
     main_rank = os.environ.get("RANK", "0") == "0"
@@ -70,7 +71,7 @@ def command_line(args) -> str:
               f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', world)} -m TumorSegLib train"
               if world > 1 else "tumorseg train")
     words = [args.config]
-    for option in ("output", "data_root", "device", "max_minutes", "epochs", "threads", "publish"):
+    for option in ("output", "data_root", "device", "max_minutes", "epochs", "fold", "threads", "publish"):
         value = getattr(args, option)
         if value is not None:
             words += ["--" + option.replace("_", "-"), str(value)]

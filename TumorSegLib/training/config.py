@@ -14,6 +14,8 @@ Sections (every default is listed in ``DATA_DEFAULTS`` / ``TRAIN_DEFAULTS``)::
                            the same side of the train/validation split
               controls     glob of mask-less healthy controls (all background), or null
               validation_fraction, split_seed   patient-level split (controls split alike, seed + 1)
+              folds, fold  k-fold cross-validation instead: patients dealt into ``folds`` folds
+                           (seeded by split_seed), fold ``fold`` (0-based) held out
     train   sampling, augmentation, loss, optimiser and schedule (see ``TRAIN_DEFAULTS``)
 """
 
@@ -37,6 +39,8 @@ DATA_DEFAULTS = {
     "controls": None,
     "validation_fraction": 0.2,
     "split_seed": 20240607,
+    "folds": None,
+    "fold": None,
 }
 
 TRAIN_DEFAULTS = {
@@ -56,7 +60,8 @@ TRAIN_DEFAULTS = {
     "optimizer": {"name": "adamw", "lr": 1e-3, "weight_decay": 1e-4},
     "schedule": {"name": "cosine", "warmup_epochs": 2, "min_lr_ratio": 0.01},
     "augment": {"flip_axes": [], "flip_prob": 0.5, "rotate_degrees": 10.0, "scale": 0.1, "affine_prob": 0.3,
-                "intensity_shift": 0.05, "intensity_scale": 0.1, "intensity_prob": 0.5},
+                "intensity_shift": 0.05, "intensity_scale": 0.1, "intensity_prob": 0.5,
+                "noise_std": 0.0, "noise_prob": 0.0, "lowres_zoom": [0.5, 1.0], "lowres_prob": 0.0},
     "amp": True,                   # float16 autocast + grad scaling on CUDA
     "bf16_cpu": False,             # bfloat16 autocast on CPU (only if it matches fp32)
     "clip_grad_norm": 1.0,
@@ -95,13 +100,15 @@ class TrainConfig:
         return {"notes": self.notes, **fields} if self.notes else fields
 
 
-def load_config(path, data_root=None, overrides: Optional[dict] = None) -> TrainConfig:
-    """Read and check a training config; ``data_root`` replaces ``data.root``."""
+def load_config(path, data_root=None, overrides: Optional[dict] = None, fold: Optional[int] = None) -> TrainConfig:
+    """Read and check a training config; ``data_root`` replaces ``data.root``, ``fold`` ``data.fold``."""
     path = Path(path)
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as error:
         raise TumorSegError(f"cannot read training config {path}: {error}") from error
+    if fold is not None and isinstance(raw, dict) and isinstance(raw.get("data"), dict):
+        raw["data"]["fold"] = int(fold)
     return config_from_dict(raw, path, data_root, overrides)
 
 
@@ -156,6 +163,10 @@ def _check(config: TrainConfig, card: ModelCard, where: str) -> None:
         problems.append("data.images (a glob) and data.mask (a path template) are required")
     if not 0.0 < float(data["validation_fraction"]) < 1.0:
         problems.append("data.validation_fraction must lie strictly between 0 and 1")
+    if data["folds"] is not None and not (int(data["folds"]) >= 2 and 0 <= int(data["fold"] or 0) < int(data["folds"])):
+        problems.append(f"data.folds must be at least 2 and data.fold in 0..folds-1, got {data['folds']} / {data['fold']}")
+    if data["folds"] is None and data["fold"] is not None:
+        problems.append("data.fold needs data.folds")
     patch = train["patch_size"]
     if not patch or len(patch) != card.spatial_dims or any(int(p) < 1 for p in patch):
         problems.append(f"train.patch_size needs {card.spatial_dims} positive sizes for mode {card.mode!r}, got {patch}")

@@ -85,16 +85,32 @@ def find_cases(config: TrainConfig) -> list:
     return cases
 
 
-def split_cases(cases: list, fraction: float, seed: int) -> Split:
-    """Patient-level split; controls are split on their own with ``seed + 1``."""
+def split_cases(cases: list, fraction: float, seed: int, folds: Optional[int] = None, fold: int = 0) -> Split:
+    """Patient-level split; controls are split on their own with ``seed + 1``.
+
+    Without ``folds``, a ``fraction`` of the patients (drawn with ``seed``) is held out. With
+    ``folds`` = k, the patients are shuffled with ``seed`` and dealt into k folds; fold ``fold``
+    is held out (k-fold cross-validation: every patient is validated in exactly one fold).
+    """
     train, validation = [], []
     for group, group_seed in (([c for c in cases if c.mask is not None], seed), ([c for c in cases if c.mask is None], seed + 1)):
         patients = sorted({c.patient for c in group})
-        count = min(max(round(fraction * len(patients)), 1), len(patients) - 1) if len(patients) > 1 else 0
-        held = set(random.Random(group_seed).sample(patients, count))
+        if folds:
+            shuffled = random.Random(group_seed).sample(patients, len(patients))
+            held = set(shuffled[int(fold)::int(folds)])
+        else:
+            count = min(max(round(fraction * len(patients)), 1), len(patients) - 1) if len(patients) > 1 else 0
+            held = set(random.Random(group_seed).sample(patients, count))
         train += [c for c in group if c.patient not in held]
         validation += [c for c in group if c.patient in held]
     return Split(train, validation)
+
+
+def config_split(config: TrainConfig, cases: list) -> Split:
+    """The split a training config asks for (hold-out fraction, or one fold of k)."""
+    data = config.data
+    return split_cases(cases, float(data["validation_fraction"]), int(data["split_seed"]), data["folds"],
+                       int(data["fold"] or 0))
 
 
 
@@ -107,7 +123,7 @@ def card_validation_cases(card, data_root=None) -> list:
     from .config import config_from_dict
 
     config = config_from_dict(card.provenance["config"], data_root=data_root)
-    split = split_cases(find_cases(config), float(config.data["validation_fraction"]), int(config.data["split_seed"]))
+    split = config_split(config, find_cases(config))
     patients = [c for c in split.validation if c.mask is not None]
     if sorted({c.patient for c in patients}) != sorted(card.provenance["training_data"]["validation_patients"]):
         raise TumorSegError(f"the validation patients found differ from those in {card.path}'s provenance")

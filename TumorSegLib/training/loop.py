@@ -28,7 +28,7 @@ from ..progress import ProgressCallback, no_progress
 from . import distributed
 from .config import TrainConfig
 from .data import (EpochSampler, TrainingDataset, check_cases, data_root, find_cases, manifest_sha256,
-                   require_usable, split_cases, training_items)
+                   require_usable, config_split, training_items)
 from ..files import atomic_write, write_text
 from .export import code_version, save_torch, write_model
 from .losses import build_loss
@@ -59,11 +59,10 @@ class _Run:
 
     # ---- set-up ---------------------------------------------------------------------------
     def _data(self):
-        data = self.config.data
         cases = find_cases(self.config)
         self.progress(0.0, f"checking {len(cases)} cases")
         check_cases(cases, self.card, load_arrays(self.card))
-        split = split_cases(cases, float(data["validation_fraction"]), int(data["split_seed"]))
+        split = config_split(self.config, cases)
         require_usable(split, self.card)
         limit = self.train_cfg["validation_controls"]
         controls = [c for c in split.validation if c.mask is None]

@@ -73,7 +73,8 @@ def load_arrays(card):
 
 
 def augmentation(train: dict, spatial_dims: int, seed: int) -> mt.Compose:
-    """Pad to the patch, tumour/background-balanced crops, flips, rotation+scaling, intensity jitter."""
+    """Pad to the patch, tumour/background-balanced crops, flips, rotation+scaling, intensity jitter,
+    optionally a simulated lower resolution and Gaussian noise (``augment.lowres_*``, ``noise_*``)."""
     keys = ["image", "label"]
     patch = [int(p) for p in train["patch_size"]]
     aug = train["augment"]
@@ -92,6 +93,11 @@ def augmentation(train: dict, spatial_dims: int, seed: int) -> mt.Compose:
     if float(aug["intensity_prob"]) > 0:
         steps += [mt.RandScaleIntensityd("image", factors=float(aug["intensity_scale"]), prob=float(aug["intensity_prob"])),
                   mt.RandShiftIntensityd("image", offsets=float(aug["intensity_shift"]), prob=float(aug["intensity_prob"]))]
+    if float(aug["lowres_prob"]) > 0:  # a coarser scanner: down- and up-sample the image (not the label)
+        steps.append(mt.RandSimulateLowResolutiond("image", prob=float(aug["lowres_prob"]),
+                                                   zoom_range=tuple(float(z) for z in aug["lowres_zoom"])))
+    if float(aug["noise_prob"]) > 0:
+        steps.append(mt.RandGaussianNoised("image", prob=float(aug["noise_prob"]), std=float(aug["noise_std"])))
     steps += [mt.ToTensord(keys, track_meta=False), mt.EnsureTyped(keys, dtype=np.float32, track_meta=False)]
     compose = mt.Compose(steps)
     compose.set_random_state(seed=seed)
