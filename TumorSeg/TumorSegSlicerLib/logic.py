@@ -73,8 +73,10 @@ class SegmentationRun:
     result into the scene; ``cancel()`` stops it and removes its files, leaving the scene untouched.
     """
 
-    def __init__(self, logic, process, temp_dir, input_volume, card, output_segmentation, overwrite, progress):
+    def __init__(self, logic, process, temp_dir, input_volume, card, output_segmentation, overwrite, progress,
+                 mip_view=False):
         self.logic = logic
+        self.mip_view = mip_view
         self.overwrite = overwrite
         self.process = process
         self.temp_dir = temp_dir
@@ -207,12 +209,13 @@ class TumorSegLogic:
     # ---- segmentation ------------------------------------------------------------------------
     def segment(self, inputVolume, modelName, device="auto", roi=None, outputSegmentation=None,
                 progressCallback=None, waitForCompletion=True, point=None, overrides=None, overwrite=False,
-                modelsDir=None):
+                modelsDir=None, mipView=False):
         """Segment ``inputVolume`` with model ``modelName`` in a background ``tumorseg segment`` process.
 
         roi: a markups ROI node restricting inference; point: a markups point list (first point)
         or an RAS triple for click-to-segment; overrides: {"overlap", "threshold", "min_lesion_ml" (3D masks) or
-        "min_lesion_px" (int; a MIP's 2D mask)}.
+        "min_lesion_px" (int; a MIP's 2D mask)}; mipView: a MIP-PET model's 2D mask on a one-slice MIP volume
+        instead of the default, its lesions traced into the 3D PET volume (``TumorSegLib.mip3d``).
         Returns the segmentation node, or with ``waitForCompletion=False`` a ``SegmentationRun``
         whose ``poll()`` the caller calls from the main thread.
         """
@@ -228,7 +231,7 @@ class TumorSegLogic:
             input_path = temp_dir / "input.nii"
             self._writeInput(inputVolume, card, input_path)
             command = segment_command(
-                input_path, temp_dir / self._outputName(card), card.path or card.name, device,
+                input_path, temp_dir / self._outputName(card, mipView), card.path or card.name, device,
                 roi=self.roiIndexRange(inputVolume, roi) if roi is not None else None,
                 point=self.pointPosition(point, inputVolume) if point is not None else None,
                 models_dir=modelsDir, overrides=overrides)
@@ -237,7 +240,7 @@ class TumorSegLogic:
             shutil.rmtree(temp_dir, ignore_errors=True)
             raise
         run = SegmentationRun(self, process, temp_dir, inputVolume, card, outputSegmentation, overwrite,
-                             progressCallback)
+                             progressCallback, mipView)
         return run.wait() if waitForCompletion else run
 
     @staticmethod
@@ -253,9 +256,9 @@ class TumorSegLogic:
         mrml.write_volume(volumeNode, path)
 
     @staticmethod
-    def _outputName(card) -> str:
-        """A MIP-PET model segments the 2D MIP of the volume: its mask comes back as a PNG."""
-        return "output.png" if card.modality == "MIP-PET" else "output.nii.gz"
+    def _outputName(card, mipView) -> str:
+        """The mask file the process writes: a PNG for the MIP view's 2D mask, else a volume on the input's grid."""
+        return "output.png" if card.modality == "MIP-PET" and mipView else "output.nii.gz"
 
     @staticmethod
     def roiIndexRange(volumeNode, roiNode) -> list:
@@ -297,7 +300,7 @@ class TumorSegLogic:
 
         Any error after the scene was first touched undoes the import (``_undoOnError``).
         """
-        mask_image = read_image(run.temp_dir / self._outputName(run.card), "segmentation result")
+        mask_image = read_image(run.temp_dir / self._outputName(run.card, run.mip_view), "segmentation result")
         volume = run.input_volume
         target = mrml.image_from_volume(volume)
         if mask_image.ndim == 2 and target.ndim == 3:

@@ -149,6 +149,7 @@ class TumorSegPanel(VTKObservationMixin):
         card = self.card()
         self.ui.modelDescriptionLabel.text = f"{card.description} ({card.modality}, {card.mode})" if card else \
             "No model for this modality: choose a model folder below (or set TUMORSEG_MODELS)."
+        self.ui.mipViewCheckBox.visible = card is not None and card.modality == "MIP-PET"
         if card and (reset or card.name != self.advancedModel):
             self.advancedModel = card.name
             self.ui.overlapSpinBox.value = float(card.inference.get("overlap", 0.25))
@@ -212,7 +213,7 @@ class TumorSegPanel(VTKObservationMixin):
                 volume, card.name, self.ui.deviceComboBox.currentText, roi=self.ui.roiSelector.currentNode(),
                 point=self.ui.pointSelector.currentNode(), outputSegmentation=output, progressCallback=self.onProgress,
                 waitForCompletion=False, overrides=self.overrides(), overwrite=output is not None,
-                modelsDir=self.modelsFolder())
+                modelsDir=self.modelsFolder(), mipView=self.ui.mipViewCheckBox.checked)
             self.ui.statusLabel.text = "Starting..."
             self.pollTimer.start()
         self.updateButtons()

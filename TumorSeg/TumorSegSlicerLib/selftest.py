@@ -585,10 +585,11 @@ def test_a_broken_card_hides_no_model(logic: TumorSegLogic, ws: Workspace) -> No
 
 
 def test_mip_model_segments_the_mip(logic: TumorSegLogic, ws: Workspace) -> None:
-    """A MIP-PET model on a 3D PET volume: a single-slice MIP volume (MIP pixel spacing) and its segmentation."""
+    """A MIP-PET model on a 3D PET volume in the MIP view: a single-slice MIP volume (MIP pixel spacing) and its
+    segmentation."""
     card = ws.model("whole-image-2d", "MIP-PET")
     volume, image, truth = add_case(logic, "PET")
-    segmentation = logic.segment(volume, str(card.path), device="cpu")
+    segmentation = logic.segment(volume, str(card.path), device="cpu", mipView=True)
     mip = segmentation.GetNodeReference(INPUT_ROLE)
     check(mip is not volume and mip.GetImageData().GetDimensions()[2] == 1, "the segmentation must be on a MIP volume")
     check(study_of(logic, mip) == study_of(logic, volume) != 0, "the MIP volume belongs to the PET volume's study")
@@ -608,14 +609,40 @@ def test_mip_model_segments_the_mip(logic: TumorSegLogic, ws: Workspace) -> None
     sizes = np.bincount(labels.ravel())[1:]
     check(count >= 2 and sizes.min() < sizes.max(), f"the MIP mask needs lesions of two sizes: {sizes}")
     smallest = int(sizes.min()) + 1  # a MIP's smallest lesion is set in pixels (card.min_size_setting)
-    filtered = logic.segment(volume, str(card.path), device="cpu", overrides={card.min_size_setting: smallest})
+    filtered = logic.segment(volume, str(card.path), device="cpu", overrides={card.min_size_setting: smallest},
+                             mipView=True)
     kept = np.isin(labels, 1 + np.flatnonzero(sizes >= smallest))
     check(np.array_equal(logic.tumorMask(filtered), kept), "the minimum lesion size in pixels did not act on the MIP")
     mips = [n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if mrml.affine_2d(n) is not None]
-    again = logic.segment(volume, str(card.path), device="cpu", outputSegmentation=segmentation, overwrite=True)
+    again = logic.segment(volume, str(card.path), device="cpu", outputSegmentation=segmentation, overwrite=True,
+                          mipView=True)
     check(again is segmentation and again.GetNodeReference(INPUT_ROLE) is mip, "a re-run must reuse its MIP volume")
     check(len([n for n in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode") if mrml.affine_2d(n) is not None])
           == len(mips) == 2, "a re-run into a MIP segmentation added a MIP volume")
+
+
+def test_pet_volume_gets_a_3d_segmentation(logic: TumorSegLogic, ws: Workspace) -> None:
+    """A PET volume and a PET model give a 3D Tumor segmentation on the PET volume itself, with PET readouts:
+    the MIP model's lesions traced into 3D (as the CLI's 3D mask), and a click with a 3D PET model."""
+    card = ws.model("whole-image-2d", "MIP-PET")
+    volume, image, truth = add_case(logic, "PET")
+    segmentation = logic.segment(volume, str(card.path), device="cpu")
+    check(segmentation.GetNodeReference(INPUT_ROLE) is volume, "the segmentation must be on the PET volume, not a MIP")
+    folder = ws.folder("pet3d")
+    write_image(folder / "pet.nii.gz", image)
+    cli("segment", folder / "pet.nii.gz", "-o", folder / "mask.nii.gz", "--model", card.path, "--device", "cpu")
+    expected = read_image(folder / "mask.nii.gz").array != 0
+    mask = logic.tumorMask(segmentation)
+    check(mask.shape == image.shape and np.array_equal(mask, expected), "traced 3D mask differs from the CLI's")
+    check(dice(mask, truth) > 0.5, f"traced lesions miss the truth (Dice {dice(mask, truth):.2f})")
+    rows = readouts_table.table_rows(segmentation.GetNodeReference(READOUTS_ROLE))
+    check(rows and "mtv_ml" in rows[0] and "suv_max" in rows[0], f"3D PET readouts expected: {list(rows[0]) if rows else rows}")
+    pet3d = ws.model("sliding-window-3d", "PET")
+    lesion = np.argwhere(truth)[0]
+    clicked = logic.segment(volume, str(pet3d.path), device="cpu", point=image.to_world(lesion).tolist())
+    clicked_mask = logic.tumorMask(clicked)
+    check(clicked.GetNodeReference(INPUT_ROLE) is volume and clicked_mask.shape == image.shape, "a click: 3D on the volume")
+    check(clicked_mask[tuple(lesion)], "the clicked lesion must be segmented")
 
 
 TESTS = [(f.__name__, f) for f in (test_modality_detection, test_readouts_match_cli, test_segment_lands_on_lesions,
@@ -624,4 +651,5 @@ TESTS = [(f.__name__, f) for f in (test_modality_detection, test_readouts_match_
                                    test_cancel_stops_the_launched_process_tree,
                                    test_errors_end_as_one_message_scene_unchanged,
                                    test_results_of_other_volumes_untouched, test_parent_transforms_change_nothing,
-                                   test_mip_model_segments_the_mip, test_a_broken_card_hides_no_model)]
+                                   test_mip_model_segments_the_mip, test_a_broken_card_hides_no_model,
+                                   test_pet_volume_gets_a_3d_segmentation)]
