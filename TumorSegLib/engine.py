@@ -6,19 +6,22 @@ input's own grid (for a MIP-PET card given a 3D PET volume: on the computed coro
 1. input checks (dimensionality and modality, see ``check_input``); 3D PET -> MIP when the card
    works on MIPs (``mip.coronal_mip``);
 2. optional region of interest: a voxel box ``roi`` = (I0, I1, J0, J1[, K0, K1]), half-open like
-   Python slices (I0 <= i < I1), or a ``point`` (world mm; RAS for 3D) with the card's
-   ``inference.context_mm`` box around it. Windows (or slices) are laid out as for the whole
-   image and only those touching the box are computed, so inside the box the result equals the
-   whole-image run exactly; probability and mask are zero outside the box. An ROI smaller than
-   the card's ``inference.min_roi_mm`` is refused; a run with neither on a card that names what
-   it was trained on (``inference.trained_on``, e.g. crops around one nodule) says so in ``notes``;
+   Python slices (I0 <= i < I1), or clicks: ``point`` / ``points`` (world mm; RAS for 3D), each with
+   the card's ``inference.context_mm`` box around it (``boxes``). Crop first: only each box plus
+   the margin the network needs (half a window; the whole image for ``whole-image-2d``) goes
+   through steps 3-5, and the result is pasted back onto the full grid (zero outside the boxes),
+   so the cost does not grow with the image. A click keeps only the lesion holding it, else the
+   nearest within the card's ``click.max_distance_mm``, else nothing (a note says so); its box and
+   lesion are in ``Prediction.clicks``. An ROI smaller than the card's ``inference.min_roi_mm`` is
+   refused; a run with neither on a card that names what it was trained on
+   (``inference.trained_on``, e.g. crops around one nodule) says so in ``notes``;
 3. the card's preprocessing: exact reorientation (``preprocessing.orientation``), resampling to
    ``preprocessing.spacing`` and back (linear, same extent, so the result is exactly on the
    input grid), intensity window;
 4. the network by the card's mode: MONAI sliding window (3D), batches of axial slices (normal to
    ``image.superior_axis``) or the whole 2D image, padded to ``inference.divisible_by``; with
    ``inference.flip_axes``, averaged over test-time flips (``inferers.Predictor``);
-5. threshold and the card's post-processing.
+5. threshold and the card's post-processing (per box for ROI and click runs).
 
 Progress goes to a ``progress(fraction, message)`` callback and a ``Cancel`` token is checked
 before every window or batch. On CUDA out-of-memory the work is retried with smaller batches, then
@@ -33,6 +36,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from . import boxes
 from .cards import ModelCard, flip_axes_problem, list_cards, weights_status
 from .errors import Cancelled, TumorSegError
 from .image import Image, superior_axis
@@ -44,6 +48,40 @@ OVERRIDES = ("overlap", "threshold", "min_lesion_ml", "min_lesion_px", "precisio
              "batch_size", "flip_axes")
 GPU_BATCH_VOXELS = 2**22  # input voxels per window batch on a GPU (halved on out-of-memory; not yet tuned on a GPU)
 CT_MIN_BELOW = -100.0  # a CT in HU has air or fat below this; PET (SUV) never reaches it
+DEFAULT_CLICK_DISTANCE_MM = 5.0  # a click keeps the nearest lesion this close when it hits none (card click section)
+
+
+@dataclass
+class Click:
+    """One click's result: the lesion it selected, inside its own box of the prediction grid."""
+
+    point: tuple  # world mm, as given
+    box: tuple  # half-open voxel box ((lo, hi) per axis) on the prediction grid: the only voxels it may change
+    mask: np.ndarray  # bool, the box's shape: the selected lesion (all False when the click hit no lesion)
+    probability: np.ndarray  # float32, the box's shape: the network's probability in the box
+    distance_mm: float | None  # from the click to the lesion (0 inside it); None when no lesion was selected
+
+    @property
+    def slices(self) -> tuple:
+        """Index the prediction grid with this: ``mask_on_grid[click.slices] |= click.mask``."""
+        return boxes.slices(self.box)
+
+    def describe(self, number: int, grid: Image, reach: float) -> str:
+        """A note for the user: what the click found."""
+        from .measure import image_size_key, size_of
+
+        where = f"click {number} at {np.round(self.point, 1).tolist()}"
+        if self.distance_mm is None:
+            return f"{where}: no lesion at the click or within {reach:g} mm of it (background): nothing segmented"
+        unit = {"volume_ml": "mL", "area_mm2": "mm^2", "area_px": "px"}[image_size_key(grid)]
+        size = size_of(int(np.count_nonzero(self.mask)), grid)
+        text = f"{where}: lesion of {size:.3g} {unit}" + (
+            " at the click" if self.distance_mm == 0 else f", {self.distance_mm:.1f} mm from the click")
+        edge = [self.mask.take(0, axis).any() or self.mask.take(-1, axis).any() for axis in range(self.mask.ndim)]
+        cut = [lo > 0 or hi < n for (lo, hi), n in zip(self.box, grid.shape)]
+        if any(e and c for e, c in zip(edge, cut)):
+            text += "; it reaches the edge of the click's box and may continue beyond it (give an ROI to segment it whole)"
+        return text
 
 
 @dataclass
@@ -53,6 +91,7 @@ class Prediction:
     image: Image  # the grid of the mask: the input, or the MIP computed from a 3D PET input
     device: str
     notes: list = field(default_factory=list)
+    clicks: list = field(default_factory=list)  # one Click per point, in the order given
 
 
 def settings_for(card: ModelCard, overrides: dict | None = None) -> dict:
@@ -139,61 +178,6 @@ def check_input(image: Image, card: ModelCard) -> None:
                                 "not PET in SUV")
 
 
-def parse_box(roi, shape) -> tuple:
-    """A half-open voxel box ((lo, hi) per axis) from I0 I1 J0 J1 [K0 K1]; it must lie in the image."""
-    values = [int(v) for v in roi]
-    if len(values) != 2 * len(shape):
-        raise TumorSegError(f"ROI needs {2 * len(shape)} values (I0 I1 ...) for a {len(shape)}D image, got {len(values)}")
-    box = tuple(zip(values[0::2], values[1::2]))
-    for axis, ((lo, hi), n) in enumerate(zip(box, shape)):
-        if not 0 <= lo < hi <= n:
-            raise TumorSegError(f"ROI {values} lies outside the image of shape {tuple(shape)} on axis {axis} "
-                                f"(half-open: need 0 <= lo < hi <= {n})")
-    return box
-
-
-def check_roi_size(image: Image, box, card: ModelCard) -> None:
-    """Refuse an ROI smaller than the card's ``inference.min_roi_mm`` (mm per axis of the card's orientation)."""
-    minimum = card.inference.get("min_roi_mm")
-    if minimum is None:
-        return
-    extent = np.array([hi - lo for lo, hi in box], dtype=np.float64) * image.spacing
-    orientation = card.preprocessing.get("orientation")
-    if orientation and image.ndim == 3:  # voxel axis -> axis of the card's orientation (a permutation)
-        from nibabel import orientations as ornt
-
-        transform = ornt.ornt_transform(ornt.io_orientation(image.affine), ornt.axcodes2ornt(tuple(orientation)))
-        oriented = np.empty_like(extent)
-        oriented[transform[:, 0].astype(int)] = extent
-        extent = oriented
-    minimum = np.broadcast_to(np.asarray(minimum, dtype=np.float64), extent.shape)
-    if np.any(extent < minimum - 1e-6):
-        raise TumorSegError(f"ROI of {np.round(extent, 1).tolist()} mm is smaller than the model's minimum context "
-                            f"{minimum.tolist()} mm ({orientation or 'voxel'} axes): enlarge it, or click the lesion "
-                            "(point) to use the model's context box")
-
-
-def point_box(image: Image, source: Image, point, context_mm) -> tuple:
-    """The voxel box of ``context_mm`` (edge lengths per axis, mm) centred on a world ``point``.
-
-    ``source`` is the image the point refers to (the 3D volume when ``image`` is its MIP).
-    """
-    point = np.asarray(point, dtype=np.float64)
-    if point.shape != (source.ndim,):
-        raise TumorSegError(f"point needs {source.ndim} coordinates, got {point.tolist()}")
-    index = source.to_index(point)
-    if np.any(index < -0.5) or np.any(index > np.asarray(source.shape) - 0.5):
-        raise TumorSegError(f"point {point.tolist()} mm lies outside the image (voxel index {np.round(index, 1).tolist()}, "
-                            f"shape {source.shape})")
-    if source is not image:
-        index = image.meta["mip"].pixel(index)
-    context = np.broadcast_to(np.asarray(context_mm, dtype=np.float64), (image.ndim,))
-    half = context / 2.0 / image.spacing
-    lo = np.clip(np.floor(index - half + 0.5), 0, None).astype(int)
-    hi = np.minimum(np.floor(index + half + 0.5).astype(int) + 1, image.shape)
-    return tuple((int(a), int(b)) for a, b in zip(lo, hi))
-
-
 class Segmenter:
     """A loaded model: call ``predict`` for each image (the network is loaded once)."""
 
@@ -212,51 +196,98 @@ class Segmenter:
 
     # -- public -----------------------------------------------------------------------------
     def predict(self, image: Image, roi=None, point=None, progress=no_progress, cancel=None,
-                overrides=None) -> Prediction:
-        settings = settings_for(self.card, overrides)
-        if self.device.type == "cuda" and (overrides or {}).get("sw_batch_size") is None:
-            settings["sw_batch_size"] = gpu_window_batch(settings)
+                overrides=None, points=None) -> Prediction:
+        """Segment ``image``: whole, inside an ``roi`` box, or at clicks (``point``, or several ``points``).
+
+        With an ROI or clicks only each box plus the margin the network needs is read, resampled and
+        run (``boxes``), so the cost does not grow with the image; the result is pasted onto the
+        full grid. Clicks keep only the lesion at each click (``Prediction.clicks``).
+        """
+        settings = self._settings(overrides)
         notes = []
         check_cancel(cancel)
         progress(0.0, "preparing")
+        work = self._work_image(image, notes)
+        points = ([] if point is None else [point]) + list(points or [])
+        if roi is not None and points:
+            raise TumorSegError("give either an ROI or a point, not both")
+        step = scaled(progress, 0.02, 0.95)
+        clicks = []
+        if points:
+            clicks = self._clicks(work, image, points, settings, step, cancel, notes)
+            probability, mask = _paste(work.shape, [(c.box, c.probability, c.mask) for c in clicks])
+        elif roi is not None:
+            box = boxes.parse_box(roi, work.shape)
+            boxes.check_roi_size(work, box, self.card)
+            probability, mask = _paste(work.shape, [(box, *self._segment_box(work, box, settings, step, cancel,
+                                                                             notes))])
+        else:
+            if self.card.inference.get("trained_on"):
+                notes.append(f"model {self.card.name!r} was trained on {self.card.inference['trained_on']}, not on "
+                             "whole volumes: expect false positives elsewhere; click the lesion (point) or give an ROI")
+            probability = self._infer(work, None, settings, step, cancel, notes)
+            mask = self._postprocess(probability, work, settings, cancel, progress, notes)
+        progress(1.0, "done")
+        return Prediction(probability, mask, work, str(self.device), notes, clicks)
+
+    def click(self, image: Image, points, progress=no_progress, cancel=None, overrides=None) -> list:
+        """One ``Click`` per world point: its box on the prediction grid and the lesion inside it.
+
+        For callers that add lesions up (the Slicer module): each click changes voxels only inside
+        its own ``box``.
+        """
+        return self.predict(image, points=points, progress=progress, cancel=cancel, overrides=overrides).clicks
+
+    # -- steps ------------------------------------------------------------------------------
+    def _settings(self, overrides) -> dict:
+        settings = settings_for(self.card, overrides)
+        if self.device.type == "cuda" and (overrides or {}).get("sw_batch_size") is None:
+            settings["sw_batch_size"] = gpu_window_batch(settings)
+        return settings
+
+    def _work_image(self, image: Image, notes: list) -> Image:
+        """The checked input, or its coronal MIP for a MIP-PET card given a 3D volume."""
         check_input(image, self.card)
-        work = image
         if self.card.modality == "MIP-PET" and image.ndim == 3:
             from .mip import coronal_mip
 
-            work = coronal_mip(image, self.card)
             notes.append("the model works on the coronal MIP: the mask lies on the MIP, not on the 3D volume")
-        if roi is not None and point is not None:
-            raise TumorSegError("give either an ROI or a point, not both")
-        box = None
-        if roi is not None:
-            box = parse_box(roi, work.shape)
-            check_roi_size(work, box, self.card)
-        elif point is not None:
-            box = point_box(work, image, point, self._context_mm(work))
-        elif self.card.inference.get("trained_on"):
-            notes.append(f"model {self.card.name!r} was trained on {self.card.inference['trained_on']}, not on whole "
-                         "volumes: expect false positives elsewhere; click the lesion (point) or give an ROI")
-        probability = self._infer(work, box, settings, scaled(progress, 0.02, 0.95), cancel, notes)
-        if box is not None:
-            inside = np.zeros(work.shape, dtype=bool)
-            inside[tuple(slice(lo, hi) for lo, hi in box)] = True
-            probability[~inside] = 0.0
-        check_cancel(cancel)
-        progress(0.96, "post-processing")
+            return coronal_mip(image, self.card)
+        return image
+
+    def _clicks(self, work: Image, source: Image, points, settings: dict, progress, cancel, notes) -> list:
+        """Segment a context box around each click and keep the lesion at the click."""
+        from .postprocess import lesion_at
+
+        points = boxes.check_points(points, source.ndim)
+        indices = [boxes.point_index(work, source, p) for p in points]  # every point checked before any work
+        context = boxes.context_mm(self.card, work)
+        reach = float(self.card.click.get("max_distance_mm", DEFAULT_CLICK_DISTANCE_MM))
+        clicks = []
+        for number, (point, index) in enumerate(zip(points, indices)):
+            box = boxes.context_box(work, index, context)
+            step = scaled(progress, number / len(points), (number + 1) / len(points))
+            probability, found = self._segment_box(work, box, settings, step, cancel, [])
+            corner = np.array([lo for lo, _ in box])
+            mask, distance = lesion_at(found, boxes.crop(work, box), index - corner, reach)
+            clicks.append(Click(tuple(point.tolist()), box, mask, probability, distance))
+            notes.append(clicks[-1].describe(number + 1, work, reach))
+        return clicks
+
+    def _segment_box(self, work: Image, box, settings: dict, progress, cancel, notes) -> tuple:
+        """(probability, post-processed mask) inside ``box``, from the box plus the network's margin only."""
+        outer = boxes.grow(box, boxes.margin_voxels(self.card, work), work.shape)
+        inner = boxes.within(box, outer)
+        probability = self._infer(boxes.crop(work, outer), inner, settings, progress, cancel, notes)
+        probability = np.ascontiguousarray(probability[boxes.slices(inner)])
+        return probability, self._postprocess(probability, boxes.crop(work, box), settings, cancel, progress, notes)
+
+    def _postprocess(self, probability: np.ndarray, grid: Image, settings: dict, cancel, progress, notes) -> np.ndarray:
         from .postprocess import postprocess
 
-        mask = postprocess(probability >= float(settings["threshold"]), work, settings, notes)
-        progress(1.0, "done")
-        return Prediction(probability, mask, work, str(self.device), notes)
-
-    # -- steps ------------------------------------------------------------------------------
-    def _context_mm(self, work: Image):
-        context = self.card.inference.get("context_mm")
-        if context is not None:
-            return context
-        patch = self.card.inference.get("patch_size") or [256] * work.ndim
-        return (np.resize(np.asarray(patch, dtype=float), work.ndim) * work.spacing).tolist()
+        check_cancel(cancel)
+        progress(0.96, "post-processing")
+        return postprocess(probability >= float(settings["threshold"]), grid, settings, notes)
 
     def _infer(self, image: Image, box, settings: dict, progress, cancel, notes) -> np.ndarray:
         """Foreground probability on ``image``'s grid: reorient, resample, normalise, run, undo.
@@ -271,7 +302,7 @@ class Segmenter:
         region = None
         if box is not None:
             region = np.zeros(image.shape, dtype=np.float32)
-            region[tuple(slice(lo, hi) for lo, hi in box)] = 1.0
+            region[boxes.slices(box)] = 1.0
             region = reorient(image.with_array(region), orientation)[0].array
         axis = superior_axis(oriented.affine) if oriented.ndim == 3 else None
         spacing = self.card.preprocessing.get("spacing")
@@ -355,6 +386,20 @@ class Segmenter:
         return self.device if needed < free / 4 else torch.device("cpu")
 
 
+def _paste(shape, parts) -> tuple:
+    """(probability, mask) on a grid of ``shape`` from (box, probability, mask) parts; zero elsewhere.
+
+    Where boxes overlap, the probability is the larger and the masks are joined.
+    """
+    probability = np.zeros(shape, dtype=np.float32)
+    mask = np.zeros(shape, dtype=bool)
+    for box, part_probability, part_mask in parts:
+        inside = boxes.slices(box)
+        np.maximum(probability[inside], part_probability, out=probability[inside])
+        mask[inside] |= part_mask
+    return probability, mask
+
+
 def _bounding_box(region: np.ndarray) -> tuple:
     """Half-open bounding box of the non-zero voxels of ``region``."""
     return tuple((int(s.start), int(s.stop)) for s in ndimage.find_objects(region.astype(np.uint8))[0])
@@ -391,7 +436,7 @@ def output_path_for(input_image: Image, prediction_image: Image, output) -> tupl
     return output, notes
 
 
-def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, point=None, progress=no_progress,
+def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, points=None, progress=no_progress,
                  cancel=None, overrides=None) -> tuple:
     """Segment one file and write its mask; returns (Prediction, written mask path).
 
@@ -403,7 +448,7 @@ def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, point=
     image = read_image(input_path, "input image")
     if image.ndim == 3 and Path(output_path).suffix.lower() == ".png" and segmenter.card.modality != "MIP-PET":
         raise TumorSegError(f"cannot write the mask of a 3D volume as PNG ({output_path}); use .nii.gz or .nrrd")
-    prediction = segmenter.predict(image, roi=roi, point=point, progress=progress, cancel=cancel, overrides=overrides)
+    prediction = segmenter.predict(image, roi=roi, points=points, progress=progress, cancel=cancel, overrides=overrides)
     output, notes = output_path_for(image, prediction.image, output_path)
     prediction.notes.extend(notes)
     check_cancel(cancel)

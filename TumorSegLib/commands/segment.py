@@ -35,9 +35,9 @@ def register(subparsers) -> None:
     parser.add_argument("--roi", type=int, nargs="+", metavar="I0 I1",
                         help="restrict to a voxel box I0 I1 J0 J1 [K0 K1], half-open (I0 <= i < I1), "
                         "in the indices of the grid the mask is written on")
-    parser.add_argument("--point", type=float, nargs="+", metavar="R A S",
-                        help="segment around this world point (RAS mm; 2D: row col mm), in a box of the model's "
-                        "inference.context_mm")
+    parser.add_argument("--point", type=float, nargs="+", metavar="R A S", action="append",
+                        help="segment the lesion at this world point (RAS mm; 2D: row col mm), in a box of the model's "
+                        "inference.context_mm; repeat for several lesions (one mask)")
     parser.add_argument("--json", metavar="READOUTS.json", help="write the lesion readouts as JSON")
     parser.add_argument("--progress-json", action="store_true",
                         help="print one JSON object per progress step on stdout (for a calling process)")
@@ -124,7 +124,7 @@ def run(args) -> int:
 def _segment_one(segmenter, source: Path, target: Path, args, progress, cancel, overrides) -> dict:
     from ..engine import readouts, segment_file
 
-    prediction, written = segment_file(source, target, segmenter, roi=args.roi, point=args.point, progress=progress,
+    prediction, written = segment_file(source, target, segmenter, roi=args.roi, points=args.point, progress=progress,
                                        cancel=cancel, overrides=overrides)
     values = readouts(prediction, segmenter.card)
     return {"input": str(source), "output": str(written), "model": segmenter.card.name, "device": prediction.device,
