@@ -7,12 +7,13 @@ A box is half-open per voxel axis, ``((lo, hi), ...)`` like Python slices (``lo 
   grid the model works on and the card's ``inference.context_mm`` box around each, cut at the image
   edge (the network input is then padded as the sliding window pads, so a click near the border
   works);
-- ``margin_voxels`` / ``grow``: the margin the network needs around a box, half a window of the
-  card's network grid on each side (none across the slices of a ``slice-2d`` model; a
-  ``whole-image-2d`` model needs the whole image), so every box voxel is seen with the context a
-  whole-image run gives it;
-- ``crop`` / ``within``: a box of an image as an image of its own (exact geometry: the affine is
-  shifted by the box corner), and a box expressed inside a larger one.
+- ``margin_voxels`` / ``grow``: the margin the network sees around a box: the sliding window's
+  overlap band on the card's network grid (none across the slices of a ``slice-2d`` model; a
+  ``whole-image-2d`` model sees the whole image);
+- ``crop`` / ``within`` / ``clip``: a box of an image as an image of its own (exact geometry: the
+  affine is shifted by the box corner), padded where it reaches beyond the image (a click near the
+  border works: the network sees what the sliding window pads with, the intensity the card's window
+  maps to 0, air in CT); a box inside a larger one; the part of a box inside the image.
 """
 
 from __future__ import annotations
@@ -107,22 +108,33 @@ def context_mm(card: ModelCard, work: Image) -> np.ndarray:
     if context is None:
         patch = card.inference.get("patch_size") or [256] * work.ndim
         context = np.resize(np.asarray(patch, dtype=float), work.ndim) * work.spacing
-    return np.broadcast_to(np.asarray(context, dtype=np.float64), (work.ndim,))
+    context = np.asarray(context, dtype=np.float64)
+    if context.size not in (1, work.ndim):
+        raise TumorSegError(f"model {card.name!r}: inference.context_mm needs 1 or {work.ndim} values (mm per axis of "
+                            f"the {work.ndim}D input), got {context.tolist()}")
+    return np.broadcast_to(context, (work.ndim,))
 
 
 def context_box(work: Image, index, context) -> tuple:
-    """The box of ``context`` mm centred on voxel ``index``, cut at the image edge."""
+    """The box of ``context`` mm centred on voxel ``index``; it may reach beyond the image (see ``clip``)."""
     half = np.asarray(context) / 2.0 / work.spacing
-    lo = np.clip(np.floor(index - half + 0.5), 0, None).astype(int)
-    hi = np.minimum(np.floor(index + half + 0.5).astype(int) + 1, work.shape)
+    lo = np.floor(index - half + 0.5).astype(int)
+    hi = np.floor(index + half + 0.5).astype(int) + 1
     return tuple((int(a), int(b)) for a, b in zip(lo, hi))
 
 
-def margin_voxels(card: ModelCard, image: Image):
-    """Voxels per voxel axis of ``image`` that the network needs on each side of a box; None: the whole image.
+def clip(box, shape) -> tuple:
+    """The part of ``box`` inside an image of ``shape``."""
+    return tuple((max(lo, 0), min(hi, int(n))) for (lo, hi), n in zip(box, shape))
 
-    Half a network window of the card's grid (its spacing, else the image's own) on each axis; a
-    ``slice-2d`` model sees each slice alone, so it needs none across the slices.
+
+def margin_voxels(card: ModelCard, image: Image, overlap: float):
+    """Voxels per voxel axis of ``image`` that the network sees on each side of a box; None: the whole image.
+
+    The sliding window's overlap band: half of ``overlap`` x the window, on the card's network grid
+    (its spacing, else the image's own), so that the box's edge voxels are covered by windows as
+    an interior voxel is. A ``slice-2d`` model sees each slice alone, so it needs none across the
+    slices; a ``whole-image-2d`` model sees the whole image.
     """
     if card.mode == "whole-image-2d" or image.ndim != 3:
         return None
@@ -136,17 +148,17 @@ def margin_voxels(card: ModelCard, image: Image):
         patch.insert(across, 0)
         if len(spacing) == 2:
             spacing.insert(across, None)
-    margin_mm = np.array([np.ceil(p / 2.0) * (s if s else o) for p, s, o in zip(patch, spacing, own)])
+    margin_mm = np.array([np.ceil(p * overlap / 2.0) * (s if s else o) for p, s, o in zip(patch, spacing, own)])
     if transform is not None:  # back to the voxel axes
         margin_mm = margin_mm[transform[:, 0].astype(int)]
     return np.ceil(margin_mm / image.spacing - 1e-6).astype(int)
 
 
 def grow(box, margin, shape) -> tuple:
-    """``box`` grown by ``margin`` voxels per axis (None: the whole image), cut at the image edge."""
+    """``box`` grown by ``margin`` voxels per axis (None: the whole image of ``shape``); it may reach beyond it."""
     if margin is None:
         return tuple((0, int(n)) for n in shape)
-    return tuple((max(lo - int(m), 0), min(hi + int(m), int(n))) for (lo, hi), m, n in zip(box, margin, shape))
+    return tuple((lo - int(m), hi + int(m)) for (lo, hi), m in zip(box, margin))
 
 
 def within(box, outer) -> tuple:
@@ -154,9 +166,18 @@ def within(box, outer) -> tuple:
     return tuple((lo - o, hi - o) for (lo, hi), (o, _) in zip(box, outer))
 
 
-def crop(image: Image, box) -> Image:
-    """The voxels of ``box`` as an image with exact geometry (the affine shifted to the box corner)."""
+def crop(image: Image, box, pad_value: float = 0.0) -> Image:
+    """The voxels of ``box`` as an image with exact geometry (the affine shifted to the box corner).
+
+    Where the box reaches beyond the image its voxels are ``pad_value``.
+    """
     corner = np.array([lo for lo, _ in box], dtype=np.float64)
     affine = image.affine.copy()
     affine[: image.ndim, image.ndim] = image.to_world(corner)
-    return Image(image.array[slices(box)], affine, image.spacing_known, dict(image.meta))
+    inside = clip(box, image.shape)
+    if inside == tuple(box):
+        array = image.array[slices(box)]
+    else:
+        array = np.full([hi - lo for lo, hi in box], pad_value, dtype=image.array.dtype)
+        array[slices(within(inside, box))] = image.array[slices(inside)]
+    return Image(array, affine, image.spacing_known, dict(image.meta))

@@ -1,4 +1,4 @@
-"""The ``tumorseg`` command: segment, measure, evaluate, models, train.
+"""The ``tumorseg`` command: segment, measure, evaluate, models, train, demo, worker.
 
 Each sub-command lives in ``TumorSegLib/commands/<name>.py`` with ``register(subparsers)``
 adding its parser and setting ``func``; heavy imports (torch, monai) stay inside the commands
@@ -14,7 +14,7 @@ import sys
 from . import __version__
 from .errors import Cancelled, TumorSegError
 
-COMMANDS = ("segment", "measure", "evaluate", "models", "train", "demo")
+COMMANDS = ("segment", "measure", "evaluate", "models", "train", "demo", "worker")
 
 
 def build_parser() -> argparse.ArgumentParser:

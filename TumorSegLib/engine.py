@@ -8,9 +8,9 @@ input's own grid (for a MIP-PET card given a 3D PET volume: on the computed coro
 2. optional region of interest: a voxel box ``roi`` = (I0, I1, J0, J1[, K0, K1]), half-open like
    Python slices (I0 <= i < I1), or clicks: ``point`` / ``points`` (world mm; RAS for 3D), each with
    the card's ``inference.context_mm`` box around it (``boxes``). Crop first: only each box plus
-   the margin the network needs (half a window; the whole image for ``whole-image-2d``) goes
-   through steps 3-5, and the result is pasted back onto the full grid (zero outside the boxes),
-   so the cost does not grow with the image. A click keeps only the lesion holding it, else the
+   the margin the network sees (the sliding window's overlap band; the whole image for
+   ``whole-image-2d``) goes through steps 3-5, and the result is pasted back onto the full grid
+   (zero outside the boxes), so the cost does not grow with the image. A click keeps only the lesion holding it, else the
    nearest within the card's ``click.max_distance_mm``, else nothing (a note says so); its box and
    lesion are in ``Prediction.clicks``. An ROI smaller than the card's ``inference.min_roi_mm`` is
    refused; a run with neither on a card that names what it was trained on
@@ -146,11 +146,6 @@ def divisible_by(card: ModelCard) -> int:
     return int(np.prod([s if np.isscalar(s) else max(s) for s in strides]))
 
 
-def looks_like_ct(image: Image) -> bool:
-    """The card rule for modality checks: an image with values below -100 is CT in HU, else not."""
-    return bool(np.min(image.array) < CT_MIN_BELOW)
-
-
 def check_input(image: Image, card: ModelCard) -> None:
     """Refuse an input of the wrong dimensionality or modality for ``card`` (clear error).
 
@@ -158,23 +153,25 @@ def check_input(image: Image, card: ModelCard) -> None:
     volume refuses one with such values (that is CT, not SUV); a MIP-PET card given a 2D image
     needs values in 0..255 (the MIP PNG representation).
     """
-    image.require_finite("input image")
+    low, high = float(np.min(image.array)), float(np.max(image.array))  # NaN or inf show in these two
+    if not (np.isfinite(low) and np.isfinite(high)):
+        image.require_finite("input image")
     what = f"model {card.name!r} ({card.modality}, {card.mode})"
     if card.modality == "MIP-PET":
-        if image.ndim == 2 and (np.min(image.array) < 0 or np.max(image.array) > 255):
+        if image.ndim == 2 and (low < 0 or high > 255):
             raise TumorSegError(f"{what} needs a MIP image with values 0..255 (as the MIP PNGs), got "
-                                f"{np.min(image.array)}..{np.max(image.array)}")
+                                f"{low:g}..{high:g}")
     elif card.spatial_dims == 3 or card.mode == "slice-2d":
         if image.ndim != 3:
             raise TumorSegError(f"{what} needs a 3D volume, got a {image.ndim}D image of shape {image.shape}")
     elif image.ndim != 2:
         raise TumorSegError(f"{what} needs a 2D image, got a {image.ndim}D volume of shape {image.shape}")
     if image.ndim == 3:
-        if card.modality == "CT" and not looks_like_ct(image):
+        if card.modality == "CT" and not low < CT_MIN_BELOW:
             raise TumorSegError(f"{what}: the input does not look like CT in HU (no value below {CT_MIN_BELOW:g}; "
-                                f"range {np.min(image.array):g}..{np.max(image.array):g}); is it PET?")
-        if card.modality in ("PET", "MIP-PET") and looks_like_ct(image):
-            raise TumorSegError(f"{what}: the input looks like CT in HU (values down to {np.min(image.array):g}), "
+                                f"range {low:g}..{high:g}); is it PET?")
+        if card.modality in ("PET", "MIP-PET") and low < CT_MIN_BELOW:
+            raise TumorSegError(f"{what}: the input looks like CT in HU (values down to {low:g}), "
                                 "not PET in SUV")
 
 
@@ -226,7 +223,8 @@ class Segmenter:
                 notes.append(f"model {self.card.name!r} was trained on {self.card.inference['trained_on']}, not on "
                              "whole volumes: expect false positives elsewhere; click the lesion (point) or give an ROI")
             probability = self._infer(work, None, settings, step, cancel, notes)
-            mask = self._postprocess(probability, work, settings, cancel, progress, notes)
+            progress(0.96, "post-processing")
+            mask = self._postprocess(probability, work, settings, cancel, notes)
         progress(1.0, "done")
         return Prediction(probability, mask, work, str(self.device), notes, clicks)
 
@@ -265,28 +263,41 @@ class Segmenter:
         reach = float(self.card.click.get("max_distance_mm", DEFAULT_CLICK_DISTANCE_MM))
         clicks = []
         for number, (point, index) in enumerate(zip(points, indices)):
-            box = boxes.context_box(work, index, context)
+            around = boxes.context_box(work, index, context)
+            box = boxes.clip(around, work.shape)
             step = scaled(progress, number / len(points), (number + 1) / len(points))
-            probability, found = self._segment_box(work, box, settings, step, cancel, [])
+            probability, found = self._segment_box(work, box, settings, step, cancel, [], around)
             corner = np.array([lo for lo, _ in box])
             mask, distance = lesion_at(found, boxes.crop(work, box), index - corner, reach)
             clicks.append(Click(tuple(point.tolist()), box, mask, probability, distance))
             notes.append(clicks[-1].describe(number + 1, work, reach))
         return clicks
 
-    def _segment_box(self, work: Image, box, settings: dict, progress, cancel, notes) -> tuple:
-        """(probability, post-processed mask) inside ``box``, from the box plus the network's margin only."""
-        outer = boxes.grow(box, boxes.margin_voxels(self.card, work), work.shape)
-        inner = boxes.within(box, outer)
-        probability = self._infer(boxes.crop(work, outer), inner, settings, progress, cancel, notes)
-        probability = np.ascontiguousarray(probability[boxes.slices(inner)])
-        return probability, self._postprocess(probability, boxes.crop(work, box), settings, cancel, progress, notes)
+    def _segment_box(self, work: Image, box, settings: dict, progress, cancel, notes, around=None) -> tuple:
+        """(probability, post-processed mask) inside ``box``, from the box plus the network's margin only.
 
-    def _postprocess(self, probability: np.ndarray, grid: Image, settings: dict, cancel, progress, notes) -> np.ndarray:
+        The margin is added around ``around``, a click's whole context box even where the image
+        ends, and padded beyond the image, so the network input of a click does not depend on
+        where the image ends; without ``around`` (an ROI) it is cut at the image edge, as a
+        whole-image run sees it.
+        """
+        from .preprocess import pad_value
+
+        margin = boxes.margin_voxels(self.card, work, float(settings["overlap"]))
+        if around is None:
+            outer = boxes.clip(boxes.grow(box, margin, work.shape), work.shape)
+        else:
+            outer = boxes.grow(around, margin, work.shape)
+        inner = boxes.within(box, outer)
+        source = boxes.crop(work, outer, pad_value(self.card))
+        probability = self._infer(source, inner, settings, progress, cancel, notes)
+        probability = np.ascontiguousarray(probability[boxes.slices(inner)])
+        return probability, self._postprocess(probability, boxes.crop(work, box), settings, cancel, notes)
+
+    def _postprocess(self, probability: np.ndarray, grid: Image, settings: dict, cancel, notes) -> np.ndarray:
         from .postprocess import postprocess
 
         check_cancel(cancel)
-        progress(0.96, "post-processing")
         return postprocess(probability >= float(settings["threshold"]), grid, settings, notes)
 
     def _infer(self, image: Image, box, settings: dict, progress, cancel, notes) -> np.ndarray:
@@ -437,15 +448,17 @@ def output_path_for(input_image: Image, prediction_image: Image, output) -> tupl
 
 
 def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, points=None, progress=no_progress,
-                 cancel=None, overrides=None) -> tuple:
+                 cancel=None, overrides=None, image: Image | None = None) -> tuple:
     """Segment one file and write its mask; returns (Prediction, written mask path).
 
     For a MIP-PET model given a 3D PET volume the mask is the 2D MIP mask (PNG) and the MIP itself
     is written beside it as ``<name>_mip.png``. Nothing is written when the run fails or is cancelled.
+    ``image``: the input already read (the worker keeps it between requests).
     """
     image_suffix(output_path)
     require_writable(output_path, "mask")
-    image = read_image(input_path, "input image")
+    if image is None:
+        image = read_image(input_path, "input image")
     if image.ndim == 3 and Path(output_path).suffix.lower() == ".png" and segmenter.card.modality != "MIP-PET":
         raise TumorSegError(f"cannot write the mask of a 3D volume as PNG ({output_path}); use .nii.gz or .nrrd")
     prediction = segmenter.predict(image, roi=roi, points=points, progress=progress, cancel=cancel, overrides=overrides)
