@@ -5,15 +5,14 @@ A box is half-open per voxel axis, ``((lo, hi), ...)`` like Python slices (``lo 
 - ``parse_box`` / ``check_roi_size``: an ROI given as I0 I1 J0 J1 [K0 K1] and the card's minimum;
 - ``check_points`` / ``point_index`` / ``context_box``: clicks (world mm), their voxel index on the
   grid the model works on and the card's ``inference.context_mm`` box around each, cut at the image
-  edge (the network input is then padded as the sliding window pads, so a click near the border
-  works);
+  edge (a crop smaller than a window is padded by the inferer, centred, as in training), so a
+  click near the border works;
 - ``margin_voxels`` / ``grow``: the margin the network sees around a box: the sliding window's
   overlap band on the card's network grid (none across the slices of a ``slice-2d`` model; a
   ``whole-image-2d`` model sees the whole image);
 - ``crop`` / ``within`` / ``clip``: a box of an image as an image of its own (exact geometry: the
-  affine is shifted by the box corner), padded where it reaches beyond the image (a click near the
-  border works: the network sees what the sliding window pads with, the intensity the card's window
-  maps to 0, air in CT); a box inside a larger one; the part of a box inside the image.
+  affine is shifted by the box corner); a box inside a larger one; the part of a box inside the
+  image.
 """
 
 from __future__ import annotations
@@ -155,7 +154,7 @@ def margin_voxels(card: ModelCard, image: Image, overlap: float):
 
 
 def grow(box, margin, shape) -> tuple:
-    """``box`` grown by ``margin`` voxels per axis (None: the whole image of ``shape``); it may reach beyond it."""
+    """``box`` grown by ``margin`` voxels per axis (None: the whole image of ``shape``); see ``clip``."""
     if margin is None:
         return tuple((0, int(n)) for n in shape)
     return tuple((lo - int(m), hi + int(m)) for (lo, hi), m in zip(box, margin))
@@ -166,18 +165,9 @@ def within(box, outer) -> tuple:
     return tuple((lo - o, hi - o) for (lo, hi), (o, _) in zip(box, outer))
 
 
-def crop(image: Image, box, pad_value: float = 0.0) -> Image:
-    """The voxels of ``box`` as an image with exact geometry (the affine shifted to the box corner).
-
-    Where the box reaches beyond the image its voxels are ``pad_value``.
-    """
+def crop(image: Image, box) -> Image:
+    """The voxels of ``box`` (inside the image) as an image with exact geometry (the affine shifted to its corner)."""
     corner = np.array([lo for lo, _ in box], dtype=np.float64)
     affine = image.affine.copy()
     affine[: image.ndim, image.ndim] = image.to_world(corner)
-    inside = clip(box, image.shape)
-    if inside == tuple(box):
-        array = image.array[slices(box)]
-    else:
-        array = np.full([hi - lo for lo, hi in box], pad_value, dtype=image.array.dtype)
-        array[slices(within(inside, box))] = image.array[slices(inside)]
-    return Image(array, affine, image.spacing_known, dict(image.meta))
+    return Image(image.array[slices(box)], affine, image.spacing_known, dict(image.meta))

@@ -263,34 +263,25 @@ class Segmenter:
         reach = float(self.card.click.get("max_distance_mm", DEFAULT_CLICK_DISTANCE_MM))
         clicks = []
         for number, (point, index) in enumerate(zip(points, indices)):
-            around = boxes.context_box(work, index, context)
-            box = boxes.clip(around, work.shape)
+            box = boxes.clip(boxes.context_box(work, index, context), work.shape)
             step = scaled(progress, number / len(points), (number + 1) / len(points))
-            probability, found = self._segment_box(work, box, settings, step, cancel, [], around)
+            probability, found = self._segment_box(work, box, settings, step, cancel, [])
             corner = np.array([lo for lo, _ in box])
             mask, distance = lesion_at(found, boxes.crop(work, box), index - corner, reach)
             clicks.append(Click(tuple(point.tolist()), box, mask, probability, distance))
             notes.append(clicks[-1].describe(number + 1, work, reach))
         return clicks
 
-    def _segment_box(self, work: Image, box, settings: dict, progress, cancel, notes, around=None) -> tuple:
+    def _segment_box(self, work: Image, box, settings: dict, progress, cancel, notes) -> tuple:
         """(probability, post-processed mask) inside ``box``, from the box plus the network's margin only.
 
-        The margin is added around ``around``, a click's whole context box even where the image
-        ends, and padded beyond the image, so the network input of a click does not depend on
-        where the image ends; without ``around`` (an ROI) it is cut at the image edge, as a
-        whole-image run sees it.
+        The margin is cut at the image edge, as a whole-image run sees it: an image smaller than a
+        window is padded by the inferer as it is in training (centred, with the window's low end).
         """
-        from .preprocess import pad_value
-
         margin = boxes.margin_voxels(self.card, work, float(settings["overlap"]))
-        if around is None:
-            outer = boxes.clip(boxes.grow(box, margin, work.shape), work.shape)
-        else:
-            outer = boxes.grow(around, margin, work.shape)
+        outer = boxes.clip(boxes.grow(box, margin, work.shape), work.shape)
         inner = boxes.within(box, outer)
-        source = boxes.crop(work, outer, pad_value(self.card))
-        probability = self._infer(source, inner, settings, progress, cancel, notes)
+        probability = self._infer(boxes.crop(work, outer), inner, settings, progress, cancel, notes)
         probability = np.ascontiguousarray(probability[boxes.slices(inner)])
         return probability, self._postprocess(probability, boxes.crop(work, box), settings, cancel, notes)
 

@@ -27,13 +27,6 @@ def normalize_intensity(array: np.ndarray, card: ModelCard) -> np.ndarray:
     return out
 
 
-def pad_value(card: ModelCard) -> float:
-    """The raw intensity the network sees as 0 after ``normalize_intensity``: what windows are padded with."""
-    intensity = card.preprocessing.get("intensity", {})
-    low, high = intensity.get("window", (0.0, 1.0))
-    return float(high if intensity.get("invert", False) else low)
-
-
 def reorient(image: Image, axcodes) -> tuple:
     """``image`` with its voxel axes permuted/flipped to be closest to ``axcodes`` (e.g. "RAS").
 

@@ -73,8 +73,11 @@ def windows(monkeypatch):
 
 
 @pytest.mark.parametrize("mode", ["sliding-window-3d", "slice-2d"])
-def test_click_in_a_large_study_gives_the_crops_mask_at_the_crops_cost(models, chest, windows, mode):
-    image, masks = chest
+def test_click_in_a_large_study_gives_the_crops_mask_at_the_crops_cost(models, windows, mode):
+    """A crop that holds the click's box and margin, and the same crop inside a 200x190x70 study."""
+    shape = (130, 120, 40)
+    image, nodule = synthetic_image(shape, grid_affine(shape, SPACING, (True, True, False)), [(NODULE, (5.0, 4.0, 5.0))])
+    masks = {"nodule": nodule}
     segmenter = Segmenter(models[mode], "cpu")
     on_crop = segmenter.predict(image, point=NODULE, overrides=FP32)
     crop_windows = sum(windows)
@@ -83,7 +86,7 @@ def test_click_in_a_large_study_gives_the_crops_mask_at_the_crops_cost(models, c
     on_study = segmenter.predict(study, point=NODULE, overrides=FP32)
     assert sum(windows) == crop_windows  # the same network work, whatever the study's size
     assert on_study.mask.shape == study.shape and on_study.mask[inside].sum() == on_study.mask.sum()
-    assert dice(on_study.mask[inside], on_crop.mask) >= 0.99
+    assert dice(on_study.mask[inside], on_crop.mask) >= 0.99  # same up to a voxel's rounding of the box corner
     assert dice(on_crop.mask, masks["nodule"]) >= 0.8
 
 
