@@ -470,10 +470,26 @@ def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, points
 
 
 def readouts(prediction: Prediction, card: ModelCard):
-    """Lesion readouts of a prediction (``measure.measure_lesions``); MIP grey levels are not SUV."""
-    from .measure import measure_lesions
+    """Lesion readouts of a prediction (``measure.measure_lesions``); MIP grey levels are not SUV.
+
+    After clicks only the clicks' boxes are measured (every lesion lies in them; plus the SUVpeak
+    sphere for PET), with voxel indices given on the full grid, so a click's cost does not grow
+    with the image here either.
+    """
+    from .measure import SUV_PEAK_RADIUS_MM, measure_lesions
 
     modality = card.modality if card.modality in ("PET", "CT") else None
-    image = prediction.image if modality else None
-    mask = prediction.image.with_array(prediction.mask.astype(np.uint8))
-    return measure_lesions(mask, image, modality)
+    grid, corner = prediction.image, np.zeros(prediction.image.ndim, dtype=int)
+    mask = prediction.mask
+    if prediction.clicks:
+        reach = np.ceil(SUV_PEAK_RADIUS_MM / grid.spacing).astype(int) if modality == "PET" else 0
+        lows = np.min([[lo for lo, _ in c.box] for c in prediction.clicks], axis=0) - reach
+        highs = np.max([[hi for _, hi in c.box] for c in prediction.clicks], axis=0) + reach
+        box = boxes.clip(tuple(zip(lows.tolist(), highs.tolist())), grid.shape)
+        grid, mask, corner = boxes.crop(grid, box), mask[boxes.slices(box)], np.array([lo for lo, _ in box])
+    values = measure_lesions(grid.with_array(mask.astype(np.uint8)), grid if modality else None, modality)
+    for lesion in values.lesions:  # box indices -> full-grid indices
+        lesion.bbox = [[int(a + o), int(b + o)] for (a, b), o in zip(lesion.bbox, corner)]
+        if lesion.recist_slice is not None:
+            lesion.recist_slice = int(lesion.recist_slice + corner[values.acquisition_axis])
+    return values

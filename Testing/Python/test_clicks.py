@@ -243,3 +243,21 @@ def test_worker_ends_after_its_idle_timeout(models):
         assert [json.loads(line) for line in process.stdout][-1] == {"exit": "idle"}
     finally:
         process.kill()
+
+
+def test_click_readouts_are_those_of_the_whole_mask(models, chest):
+    """Readouts after clicks measure only the clicks' boxes, with indices and world positions on the full grid."""
+    from dataclasses import asdict
+
+    from TumorSegLib.engine import readouts
+    from TumorSegLib.measure import measure_lesions
+
+    image, _ = chest
+    segmenter = Segmenter(models["sliding-window-3d"], "cpu")
+    prediction = segmenter.predict(image, points=[NODULE, FAR], overrides=FP32)
+    whole = measure_lesions(image.with_array(prediction.mask.astype(np.uint8)), image, "CT")
+    found = readouts(prediction, segmenter.card)
+    assert len(found.lesions) == 2
+    for got, expected in zip(found.lesions, whole.lesions):
+        for key, value in asdict(expected).items():
+            assert np.allclose(np.asarray(asdict(got)[key], dtype=float), np.asarray(value, dtype=float), equal_nan=True), key
