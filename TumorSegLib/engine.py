@@ -439,12 +439,13 @@ def output_path_for(input_image: Image, prediction_image: Image, output) -> tupl
 
 
 def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, points=None, progress=no_progress,
-                 cancel=None, overrides=None, image: Image | None = None) -> tuple:
+                 cancel=None, overrides=None, image: Image | None = None, clicks_only: bool = False) -> tuple:
     """Segment one file and write its mask; returns (Prediction, written mask path).
 
     For a MIP-PET model given a 3D PET volume the mask is the 2D MIP mask (PNG) and the MIP itself
     is written beside it as ``<name>_mip.png``. Nothing is written when the run fails or is cancelled.
-    ``image``: the input already read (the worker keeps it between requests).
+    ``image``: the input already read (the worker keeps it between requests). ``clicks_only``: after
+    clicks, write only the box holding every click's box (its own exact geometry), not the whole grid.
     """
     image_suffix(output_path)
     require_writable(output_path, "mask")
@@ -456,7 +457,11 @@ def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, points
     output, notes = output_path_for(image, prediction.image, output_path)
     prediction.notes.extend(notes)
     check_cancel(cancel)
-    written = [write_mask(output, prediction.mask, prediction.image)]
+    grid, mask = prediction.image, prediction.mask
+    if clicks_only and prediction.clicks:
+        box = clicks_box(prediction)
+        grid, mask = boxes.crop(grid, box), mask[boxes.slices(box)]
+    written = [write_mask(output, mask, grid)]
     try:
         if prediction.image is not image:
             mip_path = output.with_name(output.name[: -len(".png")] + "_mip.png")
@@ -467,6 +472,13 @@ def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, points
             Path(path).unlink(missing_ok=True)
         raise
     return prediction, written[0]
+
+
+def clicks_box(prediction: Prediction, reach=0) -> tuple:
+    """The smallest box holding every click's box, grown by ``reach`` voxels and cut at the image edge."""
+    lows = np.min([[lo for lo, _ in c.box] for c in prediction.clicks], axis=0) - reach
+    highs = np.max([[hi for _, hi in c.box] for c in prediction.clicks], axis=0) + reach
+    return boxes.clip(tuple(zip(lows.tolist(), highs.tolist())), prediction.image.shape)
 
 
 def readouts(prediction: Prediction, card: ModelCard):
@@ -483,9 +495,7 @@ def readouts(prediction: Prediction, card: ModelCard):
     mask = prediction.mask
     if prediction.clicks:
         reach = np.ceil(SUV_PEAK_RADIUS_MM / grid.spacing).astype(int) if modality == "PET" else 0
-        lows = np.min([[lo for lo, _ in c.box] for c in prediction.clicks], axis=0) - reach
-        highs = np.max([[hi for _, hi in c.box] for c in prediction.clicks], axis=0) + reach
-        box = boxes.clip(tuple(zip(lows.tolist(), highs.tolist())), grid.shape)
+        box = clicks_box(prediction, reach)
         grid, mask, corner = boxes.crop(grid, box), mask[boxes.slices(box)], np.array([lo for lo, _ in box])
     values = measure_lesions(grid.with_array(mask.astype(np.uint8)), grid if modality else None, modality)
     for lesion in values.lesions:  # box indices -> full-grid indices

@@ -225,6 +225,14 @@ def test_worker_serves_clicks_with_progress_errors_and_cancel(models, chest, tmp
         assert done["done"] and done["lesions"] == 2 and np.array_equal(
             read_image(tmp_path / "a.nii.gz").array > 0, expected.mask)
         assert [c["box"] for c in done["clicks"]] == [[v for pair in c.box for v in pair] for c in expected.clicks]
+        send(id=4, command="segment", input=str(source), output=str(tmp_path / "d.nii.gz"), points=[NODULE, FAR],
+             overrides=overrides, clicks_only=True)
+        assert answers(process, 4)[-1]["done"]
+        part = read_image(tmp_path / "d.nii.gz")  # only the box around the clicks' boxes, on its own exact grid
+        corner = np.rint(expected.image.to_index(part.to_world(np.zeros(3)))).astype(int)
+        inside = tuple(slice(c, c + n) for c, n in zip(corner, part.shape))
+        assert np.allclose(part.affine[:3, :3], expected.image.affine[:3, :3], atol=1e-4)
+        assert np.array_equal(part.array > 0, expected.mask[inside]) and part.array.sum() == expected.mask.sum()
         send(id=2, command="segment", input=str(tmp_path / "missing.nii.gz"), output=str(tmp_path / "b.nii.gz"))
         assert "not found" in answers(process, 2)[-1]["error"]
         send(id=3, command="segment", input=str(source), output=str(tmp_path / "c.nii.gz"), points=[NODULE])

@@ -9,7 +9,9 @@ Requests (``id`` is any JSON value, echoed in every answer to the request)::
 
     {"id": 1, "command": "segment", "input": "ct.nii.gz", "output": "mask.nii.gz",
      "points": [[R, A, S], ...] | "roi": [I0, I1, J0, J1, K0, K1],   (optional; not both)
-     "json": "readouts.json", "overrides": {"threshold": 0.4, ...}}  (optional)
+     "json": "readouts.json", "overrides": {"threshold": 0.4, ...},  (optional)
+     "clicks_only": true}  (optional: the mask file holds only the box around the clicks' boxes, with
+                            its own exact geometry, instead of the whole grid: less to write and load)
     {"command": "cancel", "id": 1}    stop request 1 (or, without "id", whatever runs) at its next check
     {"command": "ping"}               answered {"pong": true, "model": ..., "device": ...}
     {"command": "quit"}               end (so does end-of-file on stdin, or --idle-timeout without requests)
@@ -179,7 +181,8 @@ def segment(segmenter, cache, request: dict, progress, cancel) -> dict:
     for key in ("input", "output"):
         if not isinstance(request.get(key), str):
             raise TumorSegError(f"request needs {key!r} (a file path)")
-    unknown = sorted(set(request) - {"id", "command", "input", "output", "points", "roi", "json", "overrides"})
+    unknown = sorted(set(request) - {"id", "command", "input", "output", "points", "roi", "json", "overrides",
+                                     "clicks_only"})
     if unknown:
         raise TumorSegError(f"unknown request field(s) {unknown}")
     overrides = request.get("overrides") or {}
@@ -189,7 +192,8 @@ def segment(segmenter, cache, request: dict, progress, cancel) -> dict:
         require_writable(request["json"], "readouts")
     prediction, written = segment_file(request["input"], request["output"], segmenter, roi=request.get("roi"),
                                        points=request.get("points"), progress=progress, cancel=cancel,
-                                       overrides=overrides, image=cache.read(request["input"]))
+                                       overrides=overrides, image=cache.read(request["input"]),
+                                       clicks_only=bool(request.get("clicks_only")))
     values = readouts(prediction, segmenter.card).to_dict()
     if request.get("json"):
         write_json(request["json"], values)
