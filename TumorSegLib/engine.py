@@ -66,6 +66,13 @@ class Click:
         """Index the prediction grid with this: ``mask_on_grid[click.slices] |= click.mask``."""
         return boxes.slices(self.box)
 
+    def cut_at_edge(self, shape) -> bool:
+        """Whether the lesion reaches a side of the box that is not the image's edge (it may go on there)."""
+        for axis, ((lo, hi), n) in enumerate(zip(self.box, shape)):
+            if (lo > 0 and self.mask.take(0, axis).any()) or (hi < n and self.mask.take(-1, axis).any()):
+                return True
+        return False
+
     def describe(self, number: int, grid: Image, reach: float) -> str:
         """A note for the user: what the click found."""
         from .measure import image_size_key, size_of
@@ -77,9 +84,7 @@ class Click:
         size = size_of(int(np.count_nonzero(self.mask)), grid)
         text = f"{where}: lesion of {size:.3g} {unit}" + (
             " at the click" if self.distance_mm == 0 else f", {self.distance_mm:.1f} mm from the click")
-        edge = [self.mask.take(0, axis).any() or self.mask.take(-1, axis).any() for axis in range(self.mask.ndim)]
-        cut = [lo > 0 or hi < n for (lo, hi), n in zip(self.box, grid.shape)]
-        if any(e and c for e, c in zip(edge, cut)):
+        if self.cut_at_edge(grid.shape):
             text += "; it reaches the edge of the click's box and may continue beyond it (give an ROI to segment it whole)"
         return text
 
@@ -254,32 +259,51 @@ class Segmenter:
         return image
 
     def _clicks(self, work: Image, source: Image, points, settings: dict, progress, cancel, notes) -> list:
-        """Segment a context box around each click and keep the lesion at the click."""
-        from .postprocess import lesion_at
+        """Segment around each click and keep the lesion at the click.
 
+        First one network window (at most the context box) centred on the click, where the model saw
+        its nodules in training (crops centred on one nodule; moved inside the image near its
+        edge); when the lesion found there reaches the window's edge, the card's whole context box.
+        """
         points = boxes.check_points(points, source.ndim)
         indices = [boxes.point_index(work, source, p) for p in points]  # every point checked before any work
+        window = boxes.window_mm(self.card, work)
         context = boxes.context_mm(self.card, work)
         reach = float(self.card.click.get("max_distance_mm", DEFAULT_CLICK_DISTANCE_MM))
         clicks = []
         for number, (point, index) in enumerate(zip(points, indices)):
-            box = boxes.clip(boxes.context_box(work, index, context), work.shape)
             step = scaled(progress, number / len(points), (number + 1) / len(points))
-            probability, found = self._segment_box(work, box, settings, step, cancel, [])
-            corner = np.array([lo for lo, _ in box])
-            mask, distance = lesion_at(found, boxes.crop(work, box), index - corner, reach)
-            clicks.append(Click(tuple(point.tolist()), box, mask, probability, distance))
-            notes.append(clicks[-1].describe(number + 1, work, reach))
+            click = None
+            if window is not None:
+                box = boxes.fit(boxes.centred_box(index, np.minimum(window, context) / work.spacing), work.shape)
+                click = self._click(work, point, index, box, settings, scaled(step, 0.0, 0.3), cancel, reach, False)
+                if click.cut_at_edge(work.shape):
+                    click = None
+            if click is None:
+                box = boxes.clip(boxes.context_box(work, index, context), work.shape)
+                click = self._click(work, point, index, box, settings, scaled(step, 0.3, 1.0), cancel, reach, True)
+            clicks.append(click)
+            notes.append(click.describe(number + 1, work, reach))
         return clicks
 
-    def _segment_box(self, work: Image, box, settings: dict, progress, cancel, notes) -> tuple:
+    def _click(self, work: Image, point, index, box, settings: dict, progress, cancel, reach: float,
+               margin: bool) -> "Click":
+        from .postprocess import lesion_at
+
+        probability, found = self._segment_box(work, box, settings, progress, cancel, [], margin)
+        corner = np.array([lo for lo, _ in box])
+        mask, distance = lesion_at(found, boxes.crop(work, box), index - corner, reach)
+        return Click(tuple(point.tolist()), box, mask, probability, distance)
+
+    def _segment_box(self, work: Image, box, settings: dict, progress, cancel, notes, margin: bool = True) -> tuple:
         """(probability, post-processed mask) inside ``box``, from the box plus the network's margin only.
 
-        The margin is cut at the image edge, as a whole-image run sees it: an image smaller than a
-        window is padded by the inferer as it is in training (centred, with the window's low end).
+        The margin (none with ``margin`` False) is cut at the image edge, as a whole-image run sees
+        it: an image smaller than a window is padded by the inferer as in training (centred, with
+        the window's low end).
         """
-        margin = boxes.margin_voxels(self.card, work, float(settings["overlap"]))
-        outer = boxes.clip(boxes.grow(box, margin, work.shape), work.shape)
+        extra = boxes.margin_voxels(self.card, work, float(settings["overlap"])) if margin else np.zeros(work.ndim)
+        outer = boxes.clip(boxes.grow(box, extra, work.shape), work.shape)
         inner = boxes.within(box, outer)
         probability = self._infer(boxes.crop(work, outer), inner, settings, progress, cancel, notes)
         probability = np.ascontiguousarray(probability[boxes.slices(inner)])
