@@ -48,6 +48,7 @@ OVERRIDES = ("overlap", "threshold", "min_lesion_ml", "min_lesion_px", "precisio
              "batch_size", "flip_axes")
 GPU_BATCH_VOXELS = 2**22  # input voxels per window batch on a GPU (halved on out-of-memory; not yet tuned on a GPU)
 CT_MIN_BELOW = -100.0  # a CT in HU has air or fat below this; PET (SUV) never reaches it
+SAMPLE_VOXELS = 2**20  # voxels of a large CT whose range settles the modality rule for an ROI or click run
 DEFAULT_CLICK_DISTANCE_MM = 5.0  # a click keeps the nearest lesion this close when it hits none (card click section)
 
 
@@ -151,14 +152,25 @@ def divisible_by(card: ModelCard) -> int:
     return int(np.prod([s if np.isscalar(s) else max(s) for s in strides]))
 
 
-def check_input(image: Image, card: ModelCard) -> None:
+def value_range(array: np.ndarray, step: int = 1) -> tuple:
+    """(min, max) of every ``step``-th voxel along each axis; NaN or infinity show in these two."""
+    array = array[(slice(None, None, step),) * array.ndim]
+    return float(np.min(array)), float(np.max(array))
+
+
+def check_input(image: Image, card: ModelCard, sample: bool = False) -> None:
     """Refuse an input of the wrong dimensionality or modality for ``card`` (clear error).
 
     Rule: a CT card needs values below -100 (HU: air, fat); a PET or MIP-PET card given a 3D
     volume refuses one with such values (that is CT, not SUV); a MIP-PET card given a 2D image
-    needs values in 0..255 (the MIP PNG representation).
+    needs values in 0..255 (the MIP PNG representation). With ``sample`` (ROI and click runs, which
+    check NaN only where the network reads) a CT card first looks at about ``SAMPLE_VOXELS`` evenly
+    spread voxels and reads them all only when those do not settle it.
     """
-    low, high = float(np.min(image.array)), float(np.max(image.array))  # NaN or inf show in these two
+    step = int(np.ceil((image.array.size / SAMPLE_VOXELS) ** (1.0 / image.ndim))) if sample else 1
+    low, high = value_range(image.array, step) if card.modality == "CT" else (np.nan, np.nan)
+    if not (np.isfinite(low) and np.isfinite(high) and low < CT_MIN_BELOW):
+        low, high = value_range(image.array)
     if not (np.isfinite(low) and np.isfinite(high)):
         image.require_finite("input image")
     what = f"model {card.name!r} ({card.modality}, {card.mode})"
@@ -209,8 +221,8 @@ class Segmenter:
         notes = []
         check_cancel(cancel)
         progress(0.0, "preparing")
-        work = self._work_image(image, notes)
         points = ([] if point is None else [point]) + list(points or [])
+        work = self._work_image(image, notes, sample=bool(points) or roi is not None)
         if roi is not None and points:
             raise TumorSegError("give either an ROI or a point, not both")
         step = scaled(progress, 0.02, 0.95)
@@ -248,9 +260,9 @@ class Segmenter:
             settings["sw_batch_size"] = gpu_window_batch(settings)
         return settings
 
-    def _work_image(self, image: Image, notes: list) -> Image:
+    def _work_image(self, image: Image, notes: list, sample: bool) -> Image:
         """The checked input, or its coronal MIP for a MIP-PET card given a 3D volume."""
-        check_input(image, self.card)
+        check_input(image, self.card, sample)
         if self.card.modality == "MIP-PET" and image.ndim == 3:
             from .mip import coronal_mip
 
@@ -305,7 +317,9 @@ class Segmenter:
         extra = boxes.margin_voxels(self.card, work, float(settings["overlap"])) if margin else np.zeros(work.ndim)
         outer = boxes.clip(boxes.grow(box, extra, work.shape), work.shape)
         inner = boxes.within(box, outer)
-        probability = self._infer(boxes.crop(work, outer), inner, settings, progress, cancel, notes)
+        region = boxes.crop(work, outer)
+        region.require_finite("input image (in the region the network reads)")
+        probability = self._infer(region, inner, settings, progress, cancel, notes)
         probability = np.ascontiguousarray(probability[boxes.slices(inner)])
         return probability, self._postprocess(probability, boxes.crop(work, box), settings, cancel, notes)
 

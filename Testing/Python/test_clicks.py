@@ -284,3 +284,27 @@ def test_a_lesion_larger_than_one_window_is_segmented_in_the_whole_context_box(m
     assert np.all(sizes > np.minimum(window, boxes.context_mm(card, image)) - 2 * image.spacing)
     assert np.any(sizes > window + image.spacing)  # the context box, not the window
     assert dice(prediction.mask, truth) >= 0.8
+
+
+@pytest.mark.parametrize("click", [{"max_distance_mm": -1.0}, {"max_distance": 5.0}, [5.0]])
+def test_a_bad_click_section_in_a_card_is_refused(models, click):
+    from TumorSegLib.cards import card_from_dict
+
+    with pytest.raises(TumorSegError, match="click must be"):
+        card_from_dict({**models["sliding-window-3d"].to_dict(), "click": click})
+
+
+def test_nan_voxels_are_refused_where_a_click_reads_them(models, chest):
+    """A large study is checked for NaN only where a click reads it (small images: everywhere)."""
+    image, masks = chest
+    segmenter = Segmenter(models["sliding-window-3d"], "cpu")
+    study, inside = padded_study(image, (200, 190, 70))
+    array = study.array.copy()
+    nodule = np.argwhere(masks["nodule"])[0] + [s.start for s in inside]
+    array[tuple(nodule | 1)] = np.nan  # odd indices: not among the voxels sampled for the modality rule
+    with pytest.raises(TumorSegError, match="NaN"):
+        segmenter.predict(study.with_array(array), point=NODULE)
+    far = segmenter.predict(study.with_array(array), point=FAR, overrides=FP32)  # reads none of them
+    assert far.mask.any() and np.array_equal(far.mask, segmenter.predict(study, point=FAR, overrides=FP32).mask)
+    with pytest.raises(TumorSegError, match="NaN"):
+        segmenter.predict(image.with_array(array[inside]), point=FAR)
