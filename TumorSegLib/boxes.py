@@ -122,40 +122,9 @@ def context_box(work: Image, index, context) -> tuple:
     return tuple((int(a), int(b)) for a, b in zip(lo, hi))
 
 
-def fit(box, shape) -> tuple:
-    """``box`` moved inside an image of ``shape`` where it fits there, else cut to it."""
-    moved = []
-    for (lo, hi), n in zip(box, shape):
-        shift = max(-lo, 0) - max(hi - int(n), 0)
-        moved.append((lo + shift, hi + shift) if hi - lo <= n else (0, int(n)))
-    return tuple(moved)
-
-
 def clip(box, shape) -> tuple:
     """The part of ``box`` inside an image of ``shape``."""
     return tuple((max(lo, 0), min(hi, int(n))) for (lo, hi), n in zip(box, shape))
-
-
-def window_mm(card: ModelCard, image: Image):
-    """Extent (mm per voxel axis of ``image``) of one network window of a ``sliding-window-3d`` card, else None."""
-    if card.mode != "sliding-window-3d" or image.ndim != 3:
-        return None
-    transform = orientation_transform(image.affine, card.preprocessing.get("orientation"))
-    own = to_card_axes(image.spacing, transform)
-    patch = card.inference.get("patch_size") or [DEFAULT_WINDOW] * 3
-    spacing = card.preprocessing.get("spacing") or [None] * 3
-    extent = np.array([p * (s if s else o) for p, s, o in zip(patch, spacing, own)])
-    return extent[transform[:, 0].astype(int)] if transform is not None else extent
-
-
-def centred_box(index, size) -> tuple:
-    """A box of ``floor(size)`` voxels per axis centred on voxel ``index``; it may reach beyond the image (``clip``).
-
-    Flooring keeps it within one network window after resampling.
-    """
-    count = np.floor(np.asarray(size, dtype=np.float64) + 1e-6).astype(int)
-    lo = np.floor(np.asarray(index) + 0.5).astype(int) - count // 2
-    return tuple((int(a), int(a + n)) for a, n in zip(lo, count))
 
 
 def margin_voxels(card: ModelCard, image: Image, overlap: float):

@@ -271,51 +271,35 @@ class Segmenter:
         return image
 
     def _clicks(self, work: Image, source: Image, points, settings: dict, progress, cancel, notes) -> list:
-        """Segment around each click and keep the lesion at the click.
-
-        First one network window (at most the context box) centred on the click, where the model saw
-        its nodules in training (crops centred on one nodule; moved inside the image near its
-        edge); when the lesion found there reaches the window's edge, the card's whole context box.
-        """
+        """Segment the context box around each click and keep the lesion at the click."""
         points = boxes.check_points(points, source.ndim)
         indices = [boxes.point_index(work, source, p) for p in points]  # every point checked before any work
-        window = boxes.window_mm(self.card, work)
         context = boxes.context_mm(self.card, work)
         reach = float(self.card.click.get("max_distance_mm", DEFAULT_CLICK_DISTANCE_MM))
         clicks = []
         for number, (point, index) in enumerate(zip(points, indices)):
+            box = boxes.clip(boxes.context_box(work, index, context), work.shape)
             step = scaled(progress, number / len(points), (number + 1) / len(points))
-            click = None
-            if window is not None:
-                box = boxes.fit(boxes.centred_box(index, np.minimum(window, context) / work.spacing), work.shape)
-                click = self._click(work, point, index, box, settings, scaled(step, 0.0, 0.3), cancel, reach, False)
-                if click.cut_at_edge(work.shape):
-                    click = None
-            if click is None:
-                box = boxes.clip(boxes.context_box(work, index, context), work.shape)
-                click = self._click(work, point, index, box, settings, scaled(step, 0.3, 1.0), cancel, reach, True)
-            clicks.append(click)
-            notes.append(click.describe(number + 1, work, reach))
+            clicks.append(self._click(work, point, index, box, settings, step, cancel, reach))
+            notes.append(clicks[-1].describe(number + 1, work, reach))
         return clicks
 
-    def _click(self, work: Image, point, index, box, settings: dict, progress, cancel, reach: float,
-               margin: bool) -> "Click":
+    def _click(self, work: Image, point, index, box, settings: dict, progress, cancel, reach: float) -> Click:
         from .postprocess import lesion_at
 
-        probability, found = self._segment_box(work, box, settings, progress, cancel, [], margin)
+        probability, found = self._segment_box(work, box, settings, progress, cancel, [])
         corner = np.array([lo for lo, _ in box])
         mask, distance = lesion_at(found, boxes.crop(work, box), index - corner, reach)
         return Click(tuple(point.tolist()), box, mask, probability, distance)
 
-    def _segment_box(self, work: Image, box, settings: dict, progress, cancel, notes, margin: bool = True) -> tuple:
+    def _segment_box(self, work: Image, box, settings: dict, progress, cancel, notes) -> tuple:
         """(probability, post-processed mask) inside ``box``, from the box plus the network's margin only.
 
-        The margin (none with ``margin`` False) is cut at the image edge, as a whole-image run sees
-        it: an image smaller than a window is padded by the inferer as in training (centred, with
-        the window's low end).
+        The margin is cut at the image edge, as a whole-image run sees it: an image smaller than a
+        window is padded by the inferer as in training (centred, with the window's low end).
         """
-        extra = boxes.margin_voxels(self.card, work, float(settings["overlap"])) if margin else np.zeros(work.ndim)
-        outer = boxes.clip(boxes.grow(box, extra, work.shape), work.shape)
+        margin = boxes.margin_voxels(self.card, work, float(settings["overlap"]))
+        outer = boxes.clip(boxes.grow(box, margin, work.shape), work.shape)
         inner = boxes.within(box, outer)
         region = boxes.crop(work, outer)
         region.require_finite("input image (in the region the network reads)")

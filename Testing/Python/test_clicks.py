@@ -271,21 +271,6 @@ def test_click_readouts_are_those_of_the_whole_mask(models, chest):
             assert np.allclose(np.asarray(asdict(got)[key], dtype=float), np.asarray(value, dtype=float), equal_nan=True), key
 
 
-def test_a_lesion_larger_than_one_window_is_segmented_in_the_whole_context_box(models):
-    """The first look is one network window centred on the click; a lesion reaching its edge gets the context box."""
-    card = models["sliding-window-3d"]
-    affine = grid_affine(SHAPE, SPACING, (True, True, False))
-    image, truth = synthetic_image(SHAPE, affine, [(NODULE, (14.0, 14.0, 6.0))])
-    window = boxes.window_mm(card, image)
-    assert np.any(2 * 14.0 > window)  # wider than one window in-plane
-    prediction = Segmenter(card, "cpu").predict(image, point=NODULE, overrides=FP32)
-    (click,) = prediction.clicks
-    sizes = np.array([hi - lo for lo, hi in click.box]) * image.spacing
-    assert np.all(sizes > np.minimum(window, boxes.context_mm(card, image)) - 2 * image.spacing)
-    assert np.any(sizes > window + image.spacing)  # the context box, not the window
-    assert dice(prediction.mask, truth) >= 0.8
-
-
 @pytest.mark.parametrize("click", [{"max_distance_mm": -1.0}, {"max_distance": 5.0}, [5.0]])
 def test_a_bad_click_section_in_a_card_is_refused(models, click):
     from TumorSegLib.cards import card_from_dict
