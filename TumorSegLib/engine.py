@@ -213,9 +213,9 @@ class Segmenter:
                 overrides=None, points=None) -> Prediction:
         """Segment ``image``: whole, inside an ``roi`` box, or at clicks (``point``, or several ``points``).
 
-        With an ROI or clicks only each box plus the margin the network needs is read, resampled and
-        run (``boxes``), so the cost does not grow with the image; the result is pasted onto the
-        full grid. Clicks keep only the lesion at each click (``Prediction.clicks``).
+        With an ROI or clicks only each box plus the margin the network sees is resampled and run
+        (``boxes``), so the cost does not grow with the image; the result is pasted onto the full
+        grid. Clicks keep only the lesion at each click (``Prediction.clicks``).
         """
         settings = self._settings(overrides)
         notes = []
