@@ -19,6 +19,8 @@ its weights file sits next to it. Fields (see ``Resources/Models/README.md``)::
                      "recheck_margin": 0.0 (> 0: reduced-precision windows this near the threshold -> fp32),
                      "flip_axes": [] (test-time flips: spatial axes of the network input; the
                                       probability is the mean over the identity and each flip)}
+    click           {"max_distance_mm": 5.0} (a click keeps the lesion holding it, else the nearest one
+                                           within this distance, else nothing)
     output          {"activation": "sigmoid"|"softmax", "channel": 0, "threshold": 0.5}
     postprocessing  {"min_lesion_ml": 0.0 (3D), "min_lesion_px": 0 (2D), "largest_component": false,
                      "fill_holes": false}
@@ -57,6 +59,7 @@ class ModelCard:
     weights: dict
     provenance: dict = field(default_factory=dict)
     description: str = ""
+    click: dict = field(default_factory=dict)
     path: Optional[Path] = None
 
     @property
@@ -93,8 +96,8 @@ class ModelCard:
         return {k: v for k, v in data.items() if v not in (None, "", {})}
 
 
-_FIELDS = ("name", "title", "description", "modality", "mode", "network", "preprocessing", "inference", "output",
-           "postprocessing", "weights", "provenance")
+_FIELDS = ("name", "title", "description", "modality", "mode", "network", "preprocessing", "inference", "click",
+           "output", "postprocessing", "weights", "provenance")
 _REQUIRED = ("name", "title", "modality", "mode", "network", "preprocessing", "inference", "output", "weights")
 
 
@@ -166,6 +169,10 @@ def _engine_problems(data: dict) -> list:
     for key in ("sw_batch_size", "batch_size", "divisible_by"):
         if key in inference and not (isinstance(inference[key], int) and inference[key] >= 1):
             problems.append(f"inference.{key} must be a positive integer")
+    click = data.get("click", {})
+    if not isinstance(click, dict) or set(click) - {"max_distance_mm"} or not _number(
+            click.get("max_distance_mm", 0.0), -1.0) >= 0.0:
+        problems.append(f"click must be {{'max_distance_mm': mm >= 0}}, got {click!r}")
     if data.get("modality") == "MIP-PET" and data.get("mode") != "whole-image-2d":
         problems.append("a MIP-PET model must have mode 'whole-image-2d'")
     return problems

@@ -1,4 +1,4 @@
-"""The ``tumorseg`` command: segment, measure, evaluate, models, train.
+"""The ``tumorseg`` command: segment, measure, evaluate, models, train, demo, worker.
 
 Each sub-command lives in ``TumorSegLib/commands/<name>.py`` with ``register(subparsers)``
 adding its parser and setting ``func``; heavy imports (torch, monai) stay inside the commands
@@ -18,7 +18,7 @@ import traceback
 from . import __version__
 from .errors import Cancelled, TumorSegError, brief
 
-COMMANDS = ("segment", "measure", "evaluate", "models", "train", "demo")
+COMMANDS = ("segment", "measure", "evaluate", "models", "train", "demo", "worker")
 DEBUG_VAR = "TUMORSEG_DEBUG"
 
 

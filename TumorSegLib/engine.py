@@ -7,19 +7,22 @@ input's own grid (for a MIP-PET card given a 3D PET volume: on the computed coro
 1. input checks (dimensionality and modality, see ``check_input``); 3D PET -> MIP when the card
    works on MIPs (``mip.coronal_mip``);
 2. optional region of interest: a voxel box ``roi`` = (I0, I1, J0, J1[, K0, K1]), half-open like
-   Python slices (I0 <= i < I1), or a ``point`` (world mm; RAS for 3D) with the card's
-   ``inference.context_mm`` box around it. Windows (or slices) are laid out as for the whole
-   image and only those touching the box are computed, so inside the box the result equals the
-   whole-image run exactly; probability and mask are zero outside the box. An ROI smaller than
-   the card's ``inference.min_roi_mm`` is refused; a run with neither on a card that names what
-   it was trained on (``inference.trained_on``, e.g. crops around one nodule) says so in ``notes``;
+   Python slices (I0 <= i < I1), or clicks: ``point`` / ``points`` (world mm; RAS for 3D), each with
+   the card's ``inference.context_mm`` box around it (``boxes``). Crop first: only each box plus
+   the margin the network sees (the sliding window's overlap band; the whole image for
+   ``whole-image-2d``) goes through steps 3-5, and the result is pasted back onto the full grid
+   (zero outside the boxes), so the cost does not grow with the image. A click keeps only the lesion holding it, else the
+   nearest within the card's ``click.max_distance_mm``, else nothing (a note says so); its box and
+   lesion are in ``Prediction.clicks``. An ROI smaller than the card's ``inference.min_roi_mm`` is
+   refused; a run with neither on a card that names what it was trained on
+   (``inference.trained_on``, e.g. crops around one nodule) says so in ``notes``;
 3. the card's preprocessing: exact reorientation (``preprocessing.orientation``), resampling to
    ``preprocessing.spacing`` and back (linear, same extent, so the result is exactly on the
    input grid), intensity window;
 4. the network by the card's mode: MONAI sliding window (3D), batches of axial slices (normal to
    ``image.superior_axis``) or the whole 2D image, padded to ``inference.divisible_by``; with
    ``inference.flip_axes``, averaged over test-time flips (``inferers.Predictor``);
-5. threshold and the card's post-processing.
+5. threshold and the card's post-processing (per box for ROI and click runs).
 
 Progress goes to a ``progress(fraction, message)`` callback and a ``Cancel`` token is checked
 before every window or batch. On CUDA out-of-memory the work is retried with smaller batches, then
@@ -34,6 +37,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from . import boxes
 from .cards import USABLE, ModelCard, flip_axes_problem, list_cards, weights_status
 from .errors import TumorSegError
 from .image import Image, superior_axis
@@ -47,6 +51,46 @@ GPU_BATCH_VOXELS = 2**22  # input voxels per window batch on a GPU (halved on ou
 CT_MIN_BELOW = -100.0  # a CT in HU has air or fat below this; PET (SUV) never reaches it
 MIN_INPUT_VOXELS = 8  # per in-plane axis (any number of slices): less is no image to segment
 SUV_P99_MAX = 50.0  # 99th percentile of a PET in SUV stays far below this; in Bq/mL it is ~1000x larger
+SAMPLE_VOXELS = 2**20  # voxels of a large CT whose range settles the modality rule for an ROI or click run
+DEFAULT_CLICK_DISTANCE_MM = 5.0  # a click keeps the nearest lesion this close when it hits none (card click section)
+
+
+@dataclass
+class Click:
+    """One click's result: the lesion it selected, inside its own box of the prediction grid."""
+
+    point: tuple  # world mm, as given
+    box: tuple  # half-open voxel box ((lo, hi) per axis) on the prediction grid: the only voxels it may change
+    mask: np.ndarray  # bool, the box's shape: the selected lesion (all False when the click hit no lesion)
+    probability: np.ndarray  # float32, the box's shape: the network's probability in the box
+    distance_mm: float | None  # from the click to the lesion (0 inside it); None when no lesion was selected
+
+    @property
+    def slices(self) -> tuple:
+        """Index the prediction grid with this: ``mask_on_grid[click.slices] |= click.mask``."""
+        return boxes.slices(self.box)
+
+    def cut_at_edge(self, shape) -> bool:
+        """Whether the lesion reaches a side of the box that is not the image's edge (it may go on there)."""
+        for axis, ((lo, hi), n) in enumerate(zip(self.box, shape)):
+            if (lo > 0 and self.mask.take(0, axis).any()) or (hi < n and self.mask.take(-1, axis).any()):
+                return True
+        return False
+
+    def describe(self, number: int, grid: Image, reach: float) -> str:
+        """A note for the user: what the click found."""
+        from .measure import image_size_key, size_of
+
+        where = f"click {number} at {np.round(self.point, 1).tolist()}"
+        if self.distance_mm is None:
+            return f"{where}: no lesion at the click or within {reach:g} mm of it (background): nothing segmented"
+        unit = {"volume_ml": "mL", "area_mm2": "mm^2", "area_px": "px"}[image_size_key(grid)]
+        size = size_of(int(np.count_nonzero(self.mask)), grid)
+        text = f"{where}: lesion of {size:.3g} {unit}" + (
+            " at the click" if self.distance_mm == 0 else f", {self.distance_mm:.1f} mm from the click")
+        if self.cut_at_edge(grid.shape):
+            text += "; it reaches the edge of the click's box and may continue beyond it (give an ROI to segment it whole)"
+        return text
 
 
 @dataclass
@@ -56,6 +100,7 @@ class Prediction:
     image: Image  # the grid of the mask: the input, or the MIP computed from a 3D PET input
     device: str
     notes: list = field(default_factory=list)
+    clicks: list = field(default_factory=list)  # one Click per point, in the order given
 
 
 def settings_for(card: ModelCard, overrides: dict | None = None) -> dict:
@@ -110,9 +155,10 @@ def divisible_by(card: ModelCard) -> int:
     return int(np.prod([s if np.isscalar(s) else max(s) for s in strides]))
 
 
-def looks_like_ct(image: Image) -> bool:
-    """The card rule for modality checks: an image with values below -100 is CT in HU, else not."""
-    return bool(np.min(image.array) < CT_MIN_BELOW)
+def value_range(array: np.ndarray, step: int = 1) -> tuple:
+    """(min, max) of every ``step``-th voxel along each axis; NaN or infinity show in these two."""
+    array = array[(slice(None, None, step),) * array.ndim]
+    return float(np.min(array)), float(np.max(array))
 
 
 def looks_like_activity(image: Image) -> bool:
@@ -120,23 +166,31 @@ def looks_like_activity(image: Image) -> bool:
     return bool(np.percentile(image.array, 99) > SUV_P99_MAX)
 
 
-def check_input(image: Image, card: ModelCard) -> None:
-    """Refuse an input of the wrong dimensionality or modality for ``card`` (clear error).
+def check_input(image: Image, card: ModelCard, sample: bool = False) -> None:
+    """Refuse an input of the wrong size, dimensionality or modality for ``card`` (clear error).
 
-    Rule: a CT card needs values below -100 (HU: air, fat); a PET or MIP-PET card given a 3D
-    volume refuses one with such values (that is CT, not SUV) or with a 99th percentile above
-    ``SUV_P99_MAX`` (activity concentration, not SUV); a MIP-PET card given a 2D image needs
-    values in 0..255 (the MIP PNG representation).
+    Rule: a constant image has nothing to segment; a CT card needs values below -100 (HU: air,
+    fat); a PET or MIP-PET card given a 3D volume refuses one with such values (that is CT, not SUV)
+    or with a 99th percentile above ``SUV_P99_MAX`` (activity concentration, not SUV); a MIP-PET
+    card given a 2D image needs values in 0..255 (the MIP PNG representation). With ``sample`` (ROI
+    and click runs, which check NaN only where the network reads) a CT card first looks at about
+    ``SAMPLE_VOXELS`` evenly spread voxels and reads them all only when those do not settle it.
     """
-    image.require_finite("input image")
+    step = int(np.ceil((image.array.size / SAMPLE_VOXELS) ** (1.0 / image.ndim))) if sample else 1
+    low, high = value_range(image.array, step) if card.modality == "CT" else (np.nan, np.nan)
+    if not (np.isfinite(low) and np.isfinite(high) and low < CT_MIN_BELOW):
+        low, high = value_range(image.array)
+    if not (np.isfinite(low) and np.isfinite(high)):
+        image.require_finite("input image")
     what = f"model {card.name!r} ({card.modality}, {card.mode})"
-    low, high = float(np.min(image.array)), float(np.max(image.array))
+    if low == high and step > 1:
+        low, high = value_range(image.array)
     if low == high:
         raise TumorSegError(f"the input image is constant (every voxel {low:g}): there is nothing to segment")
     if card.modality == "MIP-PET":
-        if image.ndim == 2 and (np.min(image.array) < 0 or np.max(image.array) > 255):
+        if image.ndim == 2 and (low < 0 or high > 255):
             raise TumorSegError(f"{what} needs a MIP image with values 0..255 (as the MIP PNGs), got "
-                                f"{np.min(image.array)}..{np.max(image.array)}")
+                                f"{low:g}..{high:g}")
     elif card.spatial_dims == 3 or card.mode == "slice-2d":
         if image.ndim != 3:
             raise TumorSegError(f"{what} needs a 3D volume, got a {image.ndim}D image of shape {image.shape}")
@@ -147,11 +201,11 @@ def check_input(image: Image, card: ModelCard) -> None:
         raise TumorSegError(f"{what}: the input of shape {image.shape} is too small; it needs at least "
                             f"{MIN_INPUT_VOXELS} voxels along each {'in-plane ' if image.ndim == 3 else ''}axis")
     if image.ndim == 3:
-        if card.modality == "CT" and not looks_like_ct(image):
+        if card.modality == "CT" and not low < CT_MIN_BELOW:
             raise TumorSegError(f"{what}: the input does not look like CT in HU (no value below {CT_MIN_BELOW:g}; "
-                                f"range {np.min(image.array):g}..{np.max(image.array):g}); is it PET?")
-        if card.modality in ("PET", "MIP-PET") and looks_like_ct(image):
-            raise TumorSegError(f"{what}: the input looks like CT in HU (values down to {np.min(image.array):g}), "
+                                f"range {low:g}..{high:g}); is it PET?")
+        if card.modality in ("PET", "MIP-PET") and low < CT_MIN_BELOW:
+            raise TumorSegError(f"{what}: the input looks like CT in HU (values down to {low:g}), "
                                 "not PET in SUV")
         if card.modality in ("PET", "MIP-PET") and looks_like_activity(image):
             reason = image.meta.get("suv_unavailable")
@@ -159,66 +213,6 @@ def check_input(image: Image, card: ModelCard) -> None:
                                 f"a PET in SUV stays below {SUV_P99_MAX:g}): activity concentration (Bq/mL) is about "
                                 "1000x SUV" + (f"; {reason}" if reason else "") + ". Convert it to SUV first (a PT "
                                 "DICOM series with dose, weight and times is converted when it is read)")
-
-
-def parse_box(roi, shape) -> tuple:
-    """A half-open voxel box ((lo, hi) per axis) from I0 I1 J0 J1 [K0 K1]; it must lie in the image."""
-    values = [int(v) for v in roi]
-    if len(values) != 2 * len(shape):
-        raise TumorSegError(f"ROI needs {2 * len(shape)} values (I0 I1 ...) for a {len(shape)}D image, got {len(values)}")
-    box = tuple(zip(values[0::2], values[1::2]))
-    for axis, ((lo, hi), n) in enumerate(zip(box, shape)):
-        if lo >= hi:
-            raise TumorSegError(f"ROI {values} is empty or inverted on axis {axis} ({lo} >= {hi}): give each axis as "
-                                "low high, half-open (low <= i < high)")
-        if not 0 <= lo < hi <= n:
-            raise TumorSegError(f"ROI {values} lies outside the image of shape {tuple(shape)} on axis {axis} "
-                                f"(half-open: need 0 <= lo < hi <= {n})")
-    return box
-
-
-def check_roi_size(image: Image, box, card: ModelCard) -> None:
-    """Refuse an ROI smaller than the card's ``inference.min_roi_mm`` (mm per axis of the card's orientation)."""
-    minimum = card.inference.get("min_roi_mm")
-    if minimum is None:
-        return
-    extent = np.array([hi - lo for lo, hi in box], dtype=np.float64) * image.spacing
-    orientation = card.preprocessing.get("orientation")
-    if orientation and image.ndim == 3:  # voxel axis -> axis of the card's orientation (a permutation)
-        from nibabel import orientations as ornt
-
-        transform = ornt.ornt_transform(ornt.io_orientation(image.affine), ornt.axcodes2ornt(tuple(orientation)))
-        oriented = np.empty_like(extent)
-        oriented[transform[:, 0].astype(int)] = extent
-        extent = oriented
-    minimum = np.broadcast_to(np.asarray(minimum, dtype=np.float64), extent.shape)
-    if np.any(extent < minimum - 1e-6):
-        raise TumorSegError(f"ROI of {np.round(extent, 1).tolist()} mm is smaller than the model's minimum context "
-                            f"{minimum.tolist()} mm ({orientation or 'voxel'} axes): enlarge it, or click the lesion "
-                            "(point) to use the model's context box")
-
-
-def point_box(image: Image, source: Image, point, context_mm) -> tuple:
-    """The voxel box of ``context_mm`` (edge lengths per axis, mm) centred on a world ``point``.
-
-    ``source`` is the image the point refers to (the 3D volume when ``image`` is its MIP).
-    """
-    point = np.asarray(point, dtype=np.float64)
-    if point.shape != (source.ndim,):
-        raise TumorSegError(f"point needs {source.ndim} coordinates, got {point.tolist()}")
-    if not np.all(np.isfinite(point)):
-        raise TumorSegError(f"point coordinates must be finite numbers, got {point.tolist()}")
-    index = source.to_index(point)
-    if np.any(index < -0.5) or np.any(index > np.asarray(source.shape) - 0.5):
-        raise TumorSegError(f"point {point.tolist()} mm lies outside the image (voxel index {np.round(index, 1).tolist()}, "
-                            f"shape {source.shape})")
-    if source is not image:
-        index = image.meta["mip"].pixel(index)
-    context = np.broadcast_to(np.asarray(context_mm, dtype=np.float64), (image.ndim,))
-    half = context / 2.0 / image.spacing
-    lo = np.clip(np.floor(index - half + 0.5), 0, None).astype(int)
-    hi = np.minimum(np.floor(index + half + 0.5).astype(int) + 1, image.shape)
-    return tuple((int(a), int(b)) for a, b in zip(lo, hi))
 
 
 class Segmenter:
@@ -239,51 +233,108 @@ class Segmenter:
 
     # -- public -----------------------------------------------------------------------------
     def predict(self, image: Image, roi=None, point=None, progress=no_progress, cancel=None,
-                overrides=None) -> Prediction:
-        settings = settings_for(self.card, overrides)
-        if self.device.type == "cuda" and (overrides or {}).get("sw_batch_size") is None:
-            settings["sw_batch_size"] = gpu_window_batch(settings)
+                overrides=None, points=None) -> Prediction:
+        """Segment ``image``: whole, inside an ``roi`` box, or at clicks (``point``, or several ``points``).
+
+        With an ROI or clicks only each box plus the margin the network sees is resampled and run
+        (``boxes``), so the cost does not grow with the image; the result is pasted onto the full
+        grid. Clicks keep only the lesion at each click (``Prediction.clicks``).
+        """
+        settings = self._settings(overrides)
         notes = []
         check_cancel(cancel)
         progress(0.0, "preparing")
-        check_input(image, self.card)
-        work = image
+        points = ([] if point is None else [point]) + list(points or [])
+        work = self._work_image(image, notes, sample=bool(points) or roi is not None)
+        if roi is not None and points:
+            raise TumorSegError("give either an ROI or a point, not both")
+        step = scaled(progress, 0.02, 0.95)
+        clicks = []
+        if points:
+            clicks = self._clicks(work, image, points, settings, step, cancel, notes)
+            probability, mask = _paste(work.shape, [(c.box, c.probability, c.mask) for c in clicks])
+        elif roi is not None:
+            box = boxes.parse_box(roi, work.shape)
+            boxes.check_roi_size(work, box, self.card)
+            probability, mask = _paste(work.shape, [(box, *self._segment_box(work, box, settings, step, cancel,
+                                                                             notes))])
+        else:
+            if self.card.inference.get("trained_on"):
+                notes.append(f"model {self.card.name!r} was trained on {self.card.inference['trained_on']}, not on "
+                             "whole volumes: expect false positives elsewhere; click the lesion (point) or give an ROI")
+            probability = self._infer(work, None, settings, step, cancel, notes)
+            progress(0.96, "post-processing")
+            mask = self._postprocess(probability, work, settings, cancel, notes)
+        progress(1.0, "done")
+        return Prediction(probability, mask, work, str(self.device), notes, clicks)
+
+    def click(self, image: Image, points, progress=no_progress, cancel=None, overrides=None) -> list:
+        """One ``Click`` per world point: its box on the prediction grid and the lesion inside it.
+
+        For callers that add lesions up (the Slicer module): each click changes voxels only inside
+        its own ``box``.
+        """
+        return self.predict(image, points=points, progress=progress, cancel=cancel, overrides=overrides).clicks
+
+    # -- steps ------------------------------------------------------------------------------
+    def _settings(self, overrides) -> dict:
+        settings = settings_for(self.card, overrides)
+        if self.device.type == "cuda" and (overrides or {}).get("sw_batch_size") is None:
+            settings["sw_batch_size"] = gpu_window_batch(settings)
+        return settings
+
+    def _work_image(self, image: Image, notes: list, sample: bool) -> Image:
+        """The checked input, or its coronal MIP for a MIP-PET card given a 3D volume."""
+        check_input(image, self.card, sample)
         if self.card.modality == "MIP-PET" and image.ndim == 3:
             from .mip import coronal_mip
 
-            work = coronal_mip(image, self.card)
             notes.append("the model works on the coronal MIP: the mask lies on the MIP, not on the 3D volume")
-        if roi is not None and point is not None:
-            raise TumorSegError("give either an ROI or a point, not both")
-        box = None
-        if roi is not None:
-            box = parse_box(roi, work.shape)
-            check_roi_size(work, box, self.card)
-        elif point is not None:
-            box = point_box(work, image, point, self._context_mm(work))
-        elif self.card.inference.get("trained_on"):
-            notes.append(f"model {self.card.name!r} was trained on {self.card.inference['trained_on']}, not on whole "
-                         "volumes: expect false positives elsewhere; click the lesion (point) or give an ROI")
-        probability = self._infer(work, box, settings, scaled(progress, 0.02, 0.95), cancel, notes)
-        if box is not None:
-            inside = np.zeros(work.shape, dtype=bool)
-            inside[tuple(slice(lo, hi) for lo, hi in box)] = True
-            probability[~inside] = 0.0
-        check_cancel(cancel)
-        progress(0.96, "post-processing")
+            return coronal_mip(image, self.card)
+        return image
+
+    def _clicks(self, work: Image, source: Image, points, settings: dict, progress, cancel, notes) -> list:
+        """Segment the context box around each click and keep the lesion at the click."""
+        points = boxes.check_points(points, source.ndim)
+        indices = [boxes.point_index(work, source, p) for p in points]  # every point checked before any work
+        context = boxes.context_mm(self.card, work)
+        reach = float(self.card.click.get("max_distance_mm", DEFAULT_CLICK_DISTANCE_MM))
+        clicks = []
+        for number, (point, index) in enumerate(zip(points, indices)):
+            box = boxes.clip(boxes.context_box(work, index, context), work.shape)
+            step = scaled(progress, number / len(points), (number + 1) / len(points))
+            clicks.append(self._click(work, point, index, box, settings, step, cancel, reach))
+            notes.append(clicks[-1].describe(number + 1, work, reach))
+        return clicks
+
+    def _click(self, work: Image, point, index, box, settings: dict, progress, cancel, reach: float) -> Click:
+        from .postprocess import lesion_at
+
+        probability, found = self._segment_box(work, box, settings, progress, cancel, [])
+        corner = np.array([lo for lo, _ in box])
+        mask, distance = lesion_at(found, boxes.crop(work, box), index - corner, reach)
+        return Click(tuple(point.tolist()), box, mask, probability, distance)
+
+    def _segment_box(self, work: Image, box, settings: dict, progress, cancel, notes) -> tuple:
+        """(probability, post-processed mask) inside ``box``, from the box plus the network's margin only.
+
+        The margin is cut at the image edge, as a whole-image run sees it: an image smaller than a
+        window is padded by the inferer as in training (centred, with the window's low end).
+        """
+        margin = boxes.margin_voxels(self.card, work, float(settings["overlap"]))
+        outer = boxes.clip(boxes.grow(box, margin, work.shape), work.shape)
+        inner = boxes.within(box, outer)
+        region = boxes.crop(work, outer)
+        region.require_finite("input image (in the region the network reads)")
+        probability = self._infer(region, inner, settings, progress, cancel, notes)
+        probability = np.ascontiguousarray(probability[boxes.slices(inner)])
+        return probability, self._postprocess(probability, boxes.crop(work, box), settings, cancel, notes)
+
+    def _postprocess(self, probability: np.ndarray, grid: Image, settings: dict, cancel, notes) -> np.ndarray:
         from .postprocess import postprocess
 
-        mask = postprocess(probability >= float(settings["threshold"]), work, settings, notes)
-        progress(1.0, "done")
-        return Prediction(probability, mask, work, str(self.device), notes)
-
-    # -- steps ------------------------------------------------------------------------------
-    def _context_mm(self, work: Image):
-        context = self.card.inference.get("context_mm")
-        if context is not None:
-            return context
-        patch = self.card.inference.get("patch_size") or [256] * work.ndim
-        return (np.resize(np.asarray(patch, dtype=float), work.ndim) * work.spacing).tolist()
+        check_cancel(cancel)
+        return postprocess(probability >= float(settings["threshold"]), grid, settings, notes)
 
     def _infer(self, image: Image, box, settings: dict, progress, cancel, notes) -> np.ndarray:
         """Foreground probability on ``image``'s grid: reorient, resample, normalise, run, undo.
@@ -298,7 +349,7 @@ class Segmenter:
         region = None
         if box is not None:
             region = np.zeros(image.shape, dtype=np.float32)
-            region[tuple(slice(lo, hi) for lo, hi in box)] = 1.0
+            region[boxes.slices(box)] = 1.0
             region = reorient(image.with_array(region), orientation)[0].array
         axis = superior_axis(oriented.affine) if oriented.ndim == 3 else None
         spacing = self.card.preprocessing.get("spacing")
@@ -382,6 +433,20 @@ class Segmenter:
         return self.device if needed < free / 4 else torch.device("cpu")
 
 
+def _paste(shape, parts) -> tuple:
+    """(probability, mask) on a grid of ``shape`` from (box, probability, mask) parts; zero elsewhere.
+
+    Where boxes overlap, the probability is the larger and the masks are joined.
+    """
+    probability = np.zeros(shape, dtype=np.float32)
+    mask = np.zeros(shape, dtype=bool)
+    for box, part_probability, part_mask in parts:
+        inside = boxes.slices(box)
+        np.maximum(probability[inside], part_probability, out=probability[inside])
+        mask[inside] |= part_mask
+    return probability, mask
+
+
 def _bounding_box(region: np.ndarray) -> tuple:
     """Half-open bounding box of the non-zero voxels of ``region``."""
     return tuple((int(s.start), int(s.stop)) for s in ndimage.find_objects(region.astype(np.uint8))[0])
@@ -440,21 +505,23 @@ def planned_flat_masks(image: Image, card: ModelCard, output_path, mip_mask=None
     return list(dict.fromkeys(flat))
 
 
-def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, point=None, progress=no_progress,
-                 cancel=None, overrides=None, image: Image | None = None, mip_mask=None) -> tuple:
+def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, points=None, progress=no_progress,
+                 cancel=None, overrides=None, image: Image | None = None, mip_mask=None,
+                 clicks_only: bool = False) -> tuple:
     """Segment one file and write its mask; returns (Prediction, written mask path).
 
     For a MIP-PET model given a 3D PET volume the mask is 3D, on the volume's grid: each MIP lesion
     traced back into the volume (``mip3d``); 2D MIP masks are written as ``planned_flat_masks`` says,
     each with the MIP image beside it. Every output is checked before any work, none may be the
     input, and nothing is written when the run fails or is cancelled. ``image``: the input already
-    read (e.g. a DICOM series converted to SUV), else it is read here.
+    read (a DICOM series converted to SUV; the worker keeps it between requests), else it is read
+    here. ``clicks_only``: after clicks, write only the box holding every click's box (its own exact
+    geometry), not the whole grid.
     """
     image_suffix(output_path)
     require_writable(output_path, "mask")
     require_not_input([output_path], [input_path])
     image = read_image(input_path, "input image") if image is None else image
-    check_input(image, segmenter.card)
     flat_paths = planned_flat_masks(image, segmenter.card, output_path, mip_mask)
     outputs = [Path(output_path), *flat_paths, *map(mip_image_path, flat_paths)]
     for path in outputs:
@@ -463,15 +530,19 @@ def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, point=
     if segmenter.card.modality == "MIP-PET" and image.ndim == 3 and Path(output_path) not in flat_paths:
         from .mip3d import segment_traced
 
-        prediction, flat = segment_traced(segmenter, image, roi=roi, point=point, progress=progress, cancel=cancel,
+        prediction, flat = segment_traced(segmenter, image, roi=roi, points=points, progress=progress, cancel=cancel,
                                           overrides=overrides)
     else:
-        prediction = flat = segmenter.predict(image, roi=roi, point=point, progress=progress, cancel=cancel,
+        prediction = flat = segmenter.predict(image, roi=roi, points=points, progress=progress, cancel=cancel,
                                               overrides=overrides)
     check_cancel(cancel)
+    grid, mask = prediction.image, prediction.mask
+    if clicks_only and prediction.clicks:
+        box = clicks_box(prediction)
+        grid, mask = boxes.crop(grid, box), mask[boxes.slices(box)]
     written = []
     try:
-        written.append(write_mask(output_path, prediction.mask, prediction.image))
+        written.append(write_mask(output_path, mask, grid))
         for path in flat_paths:
             if path != Path(output_path):
                 written.append(write_mask(path, flat.mask, flat.image))
@@ -484,16 +555,36 @@ def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, point=
     return prediction, written[0]
 
 
+def clicks_box(prediction: Prediction, reach=0) -> tuple:
+    """The smallest box holding every click's box, grown by ``reach`` voxels and cut at the image edge."""
+    lows = np.min([[lo for lo, _ in c.box] for c in prediction.clicks], axis=0) - reach
+    highs = np.max([[hi for _, hi in c.box] for c in prediction.clicks], axis=0) + reach
+    return boxes.clip(tuple(zip(lows.tolist(), highs.tolist())), prediction.image.shape)
+
+
 def readouts(prediction: Prediction, card: ModelCard):
     """Lesion readouts of a prediction (``measure.measure_lesions``); MIP grey levels are not SUV (a traced 3D
-    MIP-PET result is measured on the SUV volume)."""
-    from .measure import measure_lesions
+    MIP-PET result is measured on the SUV volume).
+
+    After clicks only the clicks' boxes are measured (every lesion lies in them; plus the SUVpeak
+    sphere for PET), with voxel indices given on the full grid, so a click's cost does not grow
+    with the image here either.
+    """
+    from .measure import SUV_PEAK_RADIUS_MM, measure_lesions
 
     modality = "PET" if card.modality == "MIP-PET" and prediction.image.ndim == 3 else card.modality
     modality = modality if modality in ("PET", "CT") else None
-    image = prediction.image if modality else None
-    mask = prediction.image.with_array(prediction.mask.astype(np.uint8))
-    values = measure_lesions(mask, image, modality)
+    grid, corner = prediction.image, np.zeros(prediction.image.ndim, dtype=int)
+    mask = prediction.mask
+    if prediction.clicks:
+        reach = np.ceil(SUV_PEAK_RADIUS_MM / grid.spacing).astype(int) if modality == "PET" else 0
+        box = clicks_box(prediction, reach)
+        grid, mask, corner = boxes.crop(grid, box), mask[boxes.slices(box)], np.array([lo for lo, _ in box])
+    values = measure_lesions(grid.with_array(mask.astype(np.uint8)), grid if modality else None, modality)
+    for lesion in values.lesions:  # box indices -> full-grid indices
+        lesion.bbox = [[int(a + o), int(b + o)] for (a, b), o in zip(lesion.bbox, corner)]
+        if lesion.recist_slice is not None:
+            lesion.recist_slice = int(lesion.recist_slice + corner[values.acquisition_axis])
     if card.modality == "MIP-PET" and modality is None:
         values.modality = "MIP-PET"
         values.notes.append("a MIP's grey levels are not SUV: no SUV readouts on a MIP mask")

@@ -85,9 +85,10 @@ def trace_lesions(volume: Image, mip_mask: np.ndarray, geometry: MipGeometry, de
     return mask, seeds
 
 
-def segment_traced(segmenter, volume: Image, roi=None, point=None, progress=None, cancel=None, overrides=None):
+def segment_traced(segmenter, volume: Image, roi=None, points=None, progress=None, cancel=None, overrides=None):
     """(3D Prediction on ``volume``'s grid, the 2D MIP Prediction) for a MIP-PET ``segmenter``."""
-    from .engine import Prediction, parse_box
+    from .boxes import parse_box
+    from .engine import Prediction
     from .progress import no_progress
 
     depth = mip_roi = None
@@ -96,7 +97,7 @@ def segment_traced(segmenter, volume: Image, roi=None, point=None, progress=None
         geometry = mip_geometry(volume.affine, volume.shape)
         (r0, r1), (c0, c1) = mip_box(box, geometry)
         mip_roi, depth = (r0, r1, c0, c1), box[geometry.projection_axis]
-    flat = segmenter.predict(volume, roi=mip_roi, point=point, progress=progress or no_progress, cancel=cancel,
+    flat = segmenter.predict(volume, roi=mip_roi, points=points, progress=progress or no_progress, cancel=cancel,
                              overrides=overrides)
     geometry = flat.image.meta["mip"]
     mask, seeds = trace_lesions(volume, flat.mask, geometry, depth)

@@ -48,3 +48,25 @@ def _min_voxels(grid: Image, settings: dict, notes: list) -> int:
     if float(settings.get("min_lesion_ml") or 0.0) > 0.0:
         notes.append("min_lesion_ml applies to 3D volumes only; for a 2D image set min_lesion_px (pixels)")
     return int(np.ceil(float(settings.get("min_lesion_px") or 0)))
+
+
+def lesion_at(mask: np.ndarray, grid: Image, index, max_distance_mm: float) -> tuple:
+    """The lesion of ``mask`` a click at voxel ``index`` (continuous, on ``grid``) points to: (bool mask, mm).
+
+    The connected lesion (18-connected in 3D, 8 in 2D) holding the click's voxel (distance 0), else
+    the one with the voxel centre nearest to the click if that is within ``max_distance_mm``
+    (world mm on any grid); else an empty mask and None.
+    """
+    labels, count = label_lesions(mask)
+    if not count:
+        return np.zeros(mask.shape, dtype=bool), None
+    voxel = tuple(int(v) for v in np.clip(np.floor(np.asarray(index) + 0.5), 0, np.asarray(mask.shape) - 1))
+    if labels[voxel]:
+        return labels == labels[voxel], 0.0
+    found = np.argwhere(labels)
+    offsets = (found - np.asarray(index, dtype=np.float64)) @ grid.affine[: grid.ndim, : grid.ndim].T
+    distances = np.linalg.norm(offsets, axis=1)
+    nearest = int(np.argmin(distances))
+    if distances[nearest] > max_distance_mm:
+        return np.zeros(mask.shape, dtype=bool), None
+    return labels == labels[tuple(found[nearest])], float(distances[nearest])

@@ -84,7 +84,7 @@ def tiny_card_dict(name: str, mode: str, modality: str, spacing=None) -> dict:
         "preprocessing": preprocessing,
         "inference": {"patch_size": [32] * ndim if mode == "sliding-window-3d" else None, "overlap": 0.25,
                       "blending": "gaussian", "sw_batch_size": 2, "batch_size": 8, "divisible_by": 4,
-                      "context_mm": [40.0] * ndim, "precision": "fp32"},
+                      "context_mm": [40.0] * (2 if mode == "whole-image-2d" else 3), "precision": "fp32"},
         "output": {"activation": "sigmoid", "channel": 0, "threshold": 0.5},
         "postprocessing": {"min_lesion_ml": 0.0},
         "weights": {"file": f"{name}.pt", "format": "state_dict"},

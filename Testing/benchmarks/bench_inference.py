@@ -2,6 +2,20 @@
 
     python Testing/benchmarks/bench_inference.py [--json OUT.json] [--model NAME] [--model-2d NAME]
                                                   [--cases NAME ...] [--repeats N] [--device cpu|cuda]
+    python Testing/benchmarks/bench_inference.py --click [--json OUT.json] [--model NAME] [--repeats N]
+
+Click case (``--click``, issue 13), card defaults, one process: the LIDC validation nodule (card's
+own split) with the median volume, clicked at its middle voxel in its crop, in the same crop placed
+in the middle of a 512x512x300 study on the same world grid (lung-like background: -850 HU, noise
+sd 30 HU), and in the study cut to the region the network sees for that click (a crop as large as
+the click box): ``--repeats`` timed clicks each after a warm-up click, fastest reported, with the
+ratios. Then the round trip of one click on the study file (uncompressed NIfTI) through a one-shot
+``tumorseg segment`` process against a warm ``tumorseg worker`` (after its first request, which
+reads the study); the Dice between the crop's and the study's masks (over the crop's voxels) for
+the first ``--nodules`` validation nodules, with the lung-like background and with air (-1000 HU,
+what a click box is padded with beyond an image); and a click on plain lung in the real chest CT
+(``totalseg-example-ct/ct_cropped_1p5mm.nii.gz``): the lung voxel nearest the volume's centre whose
+15 mm neighbourhood averages below -800 HU.
 
 Cases: a 256x256x128 and a 512x512x300 CT volume (the real TotalSegmentator example CT from
 ../shared/data resampled to those grids; the CT phantom when the data are absent) and a 2D MIP
@@ -279,6 +293,185 @@ def run_case(name: str, model: str, folder: Path, repeats: int, device: str) -> 
     return rows
 
 
+def validation_nodules(card) -> list:
+    """(name, image, truth) of the card's own validation nodules (LIDC crops)."""
+    from TumorSegLib.training.data import card_validation_cases
+    from TumorSegLib.training.transforms import read_pair
+
+    cases = card_validation_cases(card, data_root=DATA / "lidc-nodule-vois" / "dev")
+    return [(Path(case.name).name, *read_pair(case)) for case in cases]
+
+
+def middle_click(image, truth) -> np.ndarray:
+    """The world position of the nodule's middle voxel (in array order)."""
+    voxels = np.argwhere(truth)
+    return image.to_world(voxels[len(voxels) // 2])
+
+
+def in_study(image, shape, background: float, noise: float):
+    """``image`` in the middle of a study of ``shape`` (same world grid): (study Image, slices of the crop)."""
+    from TumorSegLib.image import Image
+
+    rng = np.random.default_rng(0)
+    array = np.full(shape, background, dtype=np.float32)
+    if noise:
+        array += (noise * rng.standard_normal(shape, dtype=np.float32))
+    corner = (np.asarray(shape) - image.shape) // 2
+    inside = tuple(slice(int(c), int(c + n)) for c, n in zip(corner, image.shape))
+    array[inside] = image.array
+    affine = image.affine.copy()
+    affine[:3, 3] = image.to_world(-corner)
+    return Image(array, affine), inside
+
+
+def timed_clicks(segmenter, image, point, repeats: int) -> tuple:
+    """(fastest seconds, all seconds, last Prediction) of ``repeats`` clicks at ``point``."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        prediction = segmenter.predict(image, point=point)
+        times.append(time.perf_counter() - start)
+    return min(times), times, prediction
+
+
+def round_trips(card, study, point, folder: Path, repeats: int) -> dict:
+    """Seconds per click on a study file: a one-shot ``tumorseg segment`` process against a warm worker."""
+    from TumorSegLib.io import write_image
+
+    source = write_image(folder / "study.nii", study)
+    command = [sys.executable, "-m", "TumorSegLib"]
+    one_shot = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([*command, "segment", str(source), "-o", str(folder / "one-shot.nii"), "--model", card.name,
+                        "--device", "cpu", "--progress-json", "--point", *map(str, point)],
+                       check=True, capture_output=True)
+        one_shot.append(time.perf_counter() - start)
+    worker = subprocess.Popen([*command, "worker", "--model", card.name, "--device", "cpu"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    started = time.perf_counter()
+    json.loads(worker.stdout.readline())  # ready
+    ready = time.perf_counter() - started
+    warm = {False: [], True: []}  # clicks_only: write the whole mask, or only the box around the click
+    for number in range(2 * repeats + 1):
+        clicks_only = number > repeats
+        start = time.perf_counter()
+        worker.stdin.write(json.dumps({"id": number, "command": "segment", "input": str(source),
+                                       "output": str(folder / "worker.nii"), "points": [list(point)],
+                                       "clicks_only": clicks_only}) + "\n")
+        worker.stdin.flush()
+        while True:
+            answer = json.loads(worker.stdout.readline())
+            if answer.keys() & {"done", "error"}:
+                break
+        if "error" in answer:
+            raise SystemExit(f"worker: {answer['error']}")
+        warm[clicks_only].append(time.perf_counter() - start)
+    worker.stdin.close()
+    worker.wait(timeout=60)
+    return {"one_shot_process_s": round(min(one_shot), 3), "one_shot_all_s": [round(t, 3) for t in one_shot],
+            "worker_start_s": round(ready, 3), "worker_first_request_s": round(warm[False][0], 3),
+            "worker_warm_click_s": round(min(warm[False][1:]), 3),
+            "worker_warm_all_s": [round(t, 3) for t in warm[False][1:]],
+            "worker_warm_click_clicks_only_s": round(min(warm[True]), 3),
+            "worker_warm_clicks_only_all_s": [round(t, 3) for t in warm[True]],
+            "input_file": "uncompressed NIfTI, 512x512x300 float32; masks written as uncompressed NIfTI"}
+
+
+def lung_click(segmenter) -> dict:
+    """A click on plain lung in the real chest CT: what it returns."""
+    from scipy import ndimage
+
+    from TumorSegLib.io import read_image
+
+    ct = read_image(DATA / "totalseg-example-ct" / "ct_cropped_1p5mm.nii.gz")
+    size = np.maximum(np.round(15.0 / ct.spacing).astype(int), 1)
+    lung = ndimage.uniform_filter(np.asarray(ct.array, dtype=np.float32), size=size) < -800
+    voxels = np.argwhere(lung)
+    voxel = voxels[np.argmin(np.linalg.norm(voxels - (np.asarray(ct.shape) - 1) / 2, axis=1))]
+    point = ct.to_world(voxel)
+    seconds, times, prediction = timed_clicks(segmenter, ct, point, 2)
+    return {"input": "totalseg-example-ct/ct_cropped_1p5mm.nii.gz", "shape": list(ct.shape),
+            "point_ras_mm": np.round(point, 2).tolist(), "hu_at_point": float(ct.array[tuple(voxel)]),
+            "lesion_voxels": int(prediction.mask.sum()), "notes": prediction.notes, "seconds": round(seconds, 3)}
+
+
+BACKGROUNDS = {"lung-like": (-850.0, 30.0), "air": (-1000.0, 0.0)}  # HU, noise sd
+STUDY = (512, 512, 300)
+
+
+def agreement(segmenter, nodules, count: int) -> dict:
+    """Per background: Dice between the click on the crop and on the crop placed in a study, first ``count`` nodules."""
+    from TumorSegLib.metrics import dice
+
+    rows = {label: [] for label in BACKGROUNDS}
+    for name, crop, truth in nodules[:count]:
+        point = middle_click(crop, truth)
+        on_crop = segmenter.predict(crop, point=point).mask
+        for label, (background, noise) in BACKGROUNDS.items():
+            study, inside = in_study(crop, STUDY, background, noise)
+            on_study = segmenter.predict(study, point=point).mask[inside]
+            rows[label].append({"nodule": name, "crop_shape": list(crop.shape), "dice": round(dice(on_study, on_crop), 4),
+                                "voxels_crop_study_truth": [int(on_crop.sum()), int(on_study.sum()), int(truth.sum())],
+                                "dice_vs_truth_crop_study": [round(dice(on_crop, truth), 4),
+                                                             round(dice(on_study, truth), 4)]})
+            del study
+    return {label: {"nodules": len(found), "dice_mean": round(float(np.mean([r["dice"] for r in found])), 4),
+                    "dice_min": min(r["dice"] for r in found),
+                    "at_least_0.99": sum(r["dice"] >= 0.99 for r in found), "cases": found}
+            for label, found in rows.items()}
+
+
+def click_case(model: str, repeats: int, nodule_count: int) -> dict:
+    """The issue-13 click benchmark (see the module docstring)."""
+    import torch
+
+    from TumorSegLib import boxes
+    from TumorSegLib.cards import find_card
+    from TumorSegLib.engine import Segmenter
+    from TumorSegLib.metrics import dice
+
+    card = find_card(model)
+    nodules = validation_nodules(card)
+    volumes = [float(np.count_nonzero(truth) * image.voxel_volume) for _, image, truth in nodules]
+    name, crop, truth = nodules[int(np.argsort(volumes)[len(volumes) // 2])]
+    point = middle_click(crop, truth)
+    segmenter = Segmenter(card, "cpu")
+    segmenter.predict(crop, point=point)  # warm-up: oneDNN kernels
+    study, inside = in_study(crop, STUDY, *BACKGROUNDS["lung-like"])
+    # the region the network sees for this click, cut out of the study: a crop as large as the click box
+    around = boxes.context_box(study, study.to_index(point), boxes.context_mm(card, study))
+    margin = boxes.margin_voxels(card, study, float(card.inference.get("overlap", 0.25)))
+    box_crop = boxes.crop(study, boxes.clip(boxes.grow(around, margin, study.shape), study.shape))
+    times, masks = {}, {}
+    for label, image in (("nodule crop", crop), ("click-box crop", box_crop), ("512x512x300 study", study)):
+        seconds, all_s, prediction = timed_clicks(segmenter, image, point, repeats)
+        times[label] = {"shape": list(image.shape), "click_s": round(seconds, 3), "all_s": [round(t, 3) for t in all_s],
+                        "lesion_voxels": int(prediction.mask.sum()), "notes": prediction.notes}
+        masks[label] = prediction.mask
+        print(f"  click on the {label} {image.shape}: {seconds:.3f} s", flush=True)
+    outer = boxes.clip(boxes.grow(around, margin, study.shape), study.shape)
+    exact = dice(masks["512x512x300 study"][boxes.slices(outer)], masks["click-box crop"])
+    result = {"model": card.name, "precision": card.inference.get("precision", "auto"),
+              "threads": torch.get_num_threads(), "cpu_cores": os.cpu_count(), "timed_nodule": name,
+              "timed_nodule_voxels": int(truth.sum()), "point_ras_mm": np.round(point, 2).tolist(),
+              "study_background": "lung-like: -850 HU, noise sd 30 HU", "clicks": times,
+              "ratio_study_to_nodule_crop": round(times["512x512x300 study"]["click_s"] / times["nodule crop"]["click_s"], 2),
+              "ratio_study_to_click_box_crop": round(times["512x512x300 study"]["click_s"]
+                                                     / times["click-box crop"]["click_s"], 2),
+              "dice_study_vs_click_box_crop": round(exact, 4)}
+    with tempfile.TemporaryDirectory(prefix="tumorseg-click-") as folder:
+        result["round_trip"] = round_trips(card, study, point, Path(folder), repeats)
+    print(f"  round trip: {result['round_trip']}", flush=True)
+    del study, box_crop
+    result["crop_vs_study_dice"] = agreement(segmenter, nodules, nodule_count)
+    print("  Dice crop vs study: " + ", ".join(f"{k} mean {v['dice_mean']} min {v['dice_min']}"
+                                              for k, v in result["crop_vs_study_dice"].items()), flush=True)
+    result["plain_lung_click"] = lung_click(segmenter)
+    result["load_avg_end"] = os.getloadavg()
+    return result
+
+
 def print_table(rows: list) -> None:
     columns = ("name", "ours_s", "baseline_s", "speedup", "dice_vs_fp32", "dice_over", "peak_rss_mb",
                "baseline_peak_rss_mb")
@@ -303,8 +496,17 @@ def main() -> int:
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per run; the fastest is reported")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both sides run")
+    parser.add_argument("--click", action="store_true", help="the click case (issue 13) instead of the others")
+    parser.add_argument("--nodules", type=int, default=12, help="click case: nodules compared crop vs study")
     parser.add_argument("--worker", nargs=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.click:
+        result = {"load_avg_start": os.getloadavg(),
+                  **click_case(args.model or DEFAULT_MODELS["3d"], args.repeats, args.nodules)}
+        print(json.dumps(result, indent=2))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        return 0
     if args.worker:
         name, variant, model, folder, out, threshold, repeats, device = args.worker
         worker(name, variant, model, Path(folder), Path(out), float(threshold), int(repeats), device)

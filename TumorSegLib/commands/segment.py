@@ -47,9 +47,9 @@ def register(subparsers) -> None:
     parser.add_argument("--roi", type=int, nargs="+", metavar="I0 I1",
                         help="restrict to a voxel box I0 I1 J0 J1 [K0 K1], half-open (I0 <= i < I1), "
                         "in the indices of the grid the mask is written on")
-    parser.add_argument("--point", type=float, nargs="+", metavar="R A S",
-                        help="segment around this world point (RAS mm; 2D: row col mm), in a box of the model's "
-                        "inference.context_mm")
+    parser.add_argument("--point", type=float, nargs="+", metavar="R A S", action="append",
+                        help="segment the lesion at this world point (RAS mm; 2D: row col mm), in a box of the model's "
+                        "inference.context_mm; repeat for several lesions (one mask)")
     parser.add_argument("--mip-mask", metavar="PATH.png",
                         help="MIP-PET model on a 3D PET volume: also write the 2D MIP mask here (and the MIP beside it)")
     parser.add_argument("--json", metavar="READOUTS.json", help="write the lesion readouts as JSON")
@@ -159,12 +159,12 @@ def _segment_one(segmenter, source: Path, target: Path, image, args, progress, c
     from ..engine import readouts, segment_file
 
     if is_dicom_seg_path(target):
-        prediction = segmenter.predict(image, roi=args.roi, point=args.point, progress=progress, cancel=cancel,
+        prediction = segmenter.predict(image, roi=args.roi, points=args.point, progress=progress, cancel=cancel,
                                        overrides=overrides)
         check_cancel(cancel)
         written = _write_seg(target, prediction, segmenter.card)
     else:
-        prediction, written = segment_file(source, target, segmenter, roi=args.roi, point=args.point,
+        prediction, written = segment_file(source, target, segmenter, roi=args.roi, points=args.point,
                                            progress=progress, cancel=cancel, overrides=overrides, image=image,
                                            mip_mask=args.mip_mask)
         if args.dicom_seg:
