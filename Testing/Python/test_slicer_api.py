@@ -94,6 +94,8 @@ SLICER_5_6_API = {
     "GetTable": "vtkMRMLTableNode",
     "GetTag": "vtkSegment",
     "GetTerminologyEntryTagName": "vtkSegment",
+    "GetVoxelValueUnits": "vtkMRMLScalarVolumeNode",  # with vtkCodedEntry, since Slicer 4.10 (2018)
+    "GetCodeValue": "vtkCodedEntry",
     "GetTransformBetweenNodes": "vtkMRMLTransformNode",
     "GetTransformNodeID": "vtkMRMLTransformableNode",
     "GetValue": "vtkTable",

@@ -30,7 +30,7 @@ EXPECTED_WIDGETS = {
     "dependenciesLabel": "QLabel", "statusLabel": "QLabel", "installButton": "QPushButton",
     "segmentButton": "QPushButton", "resetAdvancedButton": "QPushButton", "exportButton": "QPushButton",
     "overlapSpinBox": "QDoubleSpinBox", "thresholdSpinBox": "QDoubleSpinBox", "minLesionSpinBox": "QDoubleSpinBox",
-    "progressBar": "QProgressBar", "readoutsTableView": "qMRMLTableView", "showRecistCheckBox": "QCheckBox",
+    "progressBar": "QProgressBar", "readoutsTableView": "qMRMLTableView", "showRecistCheckBox": "QCheckBox", "mipViewCheckBox": "QCheckBox",
     "inputsCollapsibleButton": "ctkCollapsibleButton", "advancedCollapsibleButton": "ctkCollapsibleButton",
     "modelsFolderPathLineEdit": "ctkPathLineEdit", "roiPlaceWidget": "qSlicerMarkupsPlaceWidget",
     "pointPlaceWidget": "qSlicerMarkupsPlaceWidget",
