@@ -197,7 +197,9 @@ def point_box(image: Image, source: Image, point, context_mm) -> tuple:
 class Segmenter:
     """A loaded model: call ``predict`` for each image (the network is loaded once)."""
 
-    def __init__(self, card: ModelCard, device: str = "auto", network=None):
+    def __init__(self, card: ModelCard, device: str = "auto", network=None, backend: str | None = None):
+        """``backend``: "auto" (OpenVINO on a CPU when installed), "torch" or "openvino"; default the card's
+        ``inference.backend``, else "auto" (see ``openvino_backend``)."""
         from .device import resolve_device
         from .networks import for_inference, load_network
 
@@ -209,6 +211,22 @@ class Segmenter:
             network = load_network(card, self.device)
         network, self.memory_format = for_inference(network, card.spatial_dims)  # a copy: the caller's is untouched
         self.network = network.to(self.device)
+        self.backend, self.backend_notes = self._use_backend(backend or card.inference.get("backend", "auto"))
+
+    def _use_backend(self, backend: str) -> tuple:
+        """(backend used, notes): OpenVINO replaces ``self.network`` where chosen; "auto" falls back to PyTorch."""
+        from .openvino_backend import OpenVinoNetwork, resolve_backend
+
+        if resolve_backend(backend, self.device) == "torch":
+            return "torch", []
+        try:
+            self.network = OpenVinoNetwork(self.network, self.card.spatial_dims, self.card.in_channels)
+        except TumorSegError as error:
+            if backend == "openvino":
+                raise
+            return "torch", [f"OpenVINO not used, PyTorch runs the network: {error}"]
+        self.memory_format = None  # OpenVINO takes plain contiguous arrays
+        return "openvino", []
 
     # -- public -----------------------------------------------------------------------------
     def predict(self, image: Image, roi=None, point=None, progress=no_progress, cancel=None,
@@ -216,7 +234,7 @@ class Segmenter:
         settings = settings_for(self.card, overrides)
         if self.device.type == "cuda" and (overrides or {}).get("sw_batch_size") is None:
             settings["sw_batch_size"] = gpu_window_batch(settings)
-        notes = []
+        notes = list(self.backend_notes)
         check_cancel(cancel)
         progress(0.0, "preparing")
         check_input(image, self.card)

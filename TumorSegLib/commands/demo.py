@@ -68,7 +68,7 @@ def run(args) -> int:
     source = write_image(folder / "input.nii.gz", image)
     cancel = Cancel()
     with cancel_on_signals(cancel), progress_reporter(False, f"demo ({card.name})") as progress:
-        segmenter = Segmenter(card, args.device)
+        segmenter = Segmenter(card, args.device, backend=args.backend)
         mask_name = "mask.png" if card.modality == "MIP-PET" else "mask.nii.gz"
         prediction, written = segment_file(source, folder / mask_name, segmenter, progress=progress, cancel=cancel)
     if prediction.image.ndim == 2:
