@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,8 @@ class OpenVinoNetwork:
         self.folder = cache_dir()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.core.set_property({"CACHE_DIR": str(self.folder / "compiled")})
-        self.key = f"{weights_sha256(network)}-ov{ov.__version__}-{spatial_dims}d"
+        version = re.sub(r"[^A-Za-z0-9.]+", "_", ov.__version__)  # e.g. 2026.4.1-22982-e213a147257-releases/2026/4
+        self.key = f"{weights_sha256(network)}-ov{version}-{spatial_dims}d"
         self.path = self.folder / f"{self.key}.xml"
         self.converted = False  # whether this instance converted the network (False: read from the cache)
         if not self.path.is_file():
@@ -132,5 +134,5 @@ class OpenVinoNetwork:
             for op in compiled.get_runtime_model().get_ops():
                 info = {key: str(getattr(value, "value", value)) for key, value in op.get_rt_info().items()}
                 if info.get("layerType") == "Convolution":
-                    found.add(info.get("execType", "?"))
+                    found.add(info.get("primitiveType", "?"))
         return sorted(found)

@@ -55,23 +55,41 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 DATA = REPO.parent / "shared" / "data"
 
 CASES = {  # "model": which command-line model the case uses; "random" forces random weights
-    "ct-256x256x128": {"shape": (256, 256, 128), "model": "3d", "variants": ["baseline", "ours", "ours-fp32"]},
+    "ct-256x256x128": {"shape": (256, 256, 128), "model": "3d",
+                       "variants": ["baseline", "ours", "ours-fp32", "ours-torch", "ours-batch16"]},
     "ct-512x512x300": {"shape": (512, 512, 300), "model": "3d", "variants": ["baseline", "ours"]},
-    "mip-2d": {"shape": None, "model": "2d", "variants": ["baseline", "ours", "ours-fp32"]},
+    "mip-2d": {"shape": None, "model": "2d", "variants": ["baseline", "ours", "ours-torch"]},
     "ct-256x256x128-random": {"shape": (256, 256, 128), "model": "random",
                               "variants": ["baseline", "ours", "ours-bf16-rechecked"]},
 }
 DEFAULT_MODELS = {"3d": "ct-lung-lesion-3d", "2d": "mip-pet-2d"}
 CHANNELS = [16, 32, 64, 128, 256]
+HARDWARE_KEYS = ("network_input", "macs_per_window", "windows_computed", "macs_total", "achieved_macs_per_s",
+                 "peak_macs_per_s", "fraction_of_peak")
 NEARLY_EMPTY = 1e-4  # fraction of the voxels under which a mask counts as nearly empty
 VARIANTS = {  # engine overrides per variant ("ours" = the card's defaults)
     "ours": {},
     "ours-fp32": {"precision": "fp32"},
+    "ours-torch": {},
+    "ours-batch16": {"sw_batch_size": 16},
     "ours-bf16-rechecked": {"precision": "bf16", "recheck_margin": 0.05},
 }
+BACKENDS = {"ours-torch": "torch"}  # the engine's backend per variant (default: the card's, i.e. "auto")
+
+
+def openvino_version():
+    """The installed OpenVINO version, or None."""
+    from TumorSegLib.openvino_backend import installed
+
+    if not installed():
+        return None
+    import openvino
+
+    return openvino.__version__
 
 
 def random_card_dict(ndim: int) -> dict:
@@ -176,10 +194,15 @@ def worker(name: str, variant: str, model: str, folder: Path, out: Path, thresho
     image = Image(np.load(folder / f"{name}.input.npy"), np.asarray(saved["affine"]), saved["spacing_known"])
     source = saved["source"]
     card, weights = bench_card(model, image.ndim, folder)
+    from TumorSegLib.device import autocast_dtype
+
+    precision = VARIANTS.get(variant, {}).get("precision", card.inference.get("precision", "auto"))
+    precision = "fp32" if variant == "baseline" or autocast_dtype(torch.device(device), precision) is None else "bf16"
     if variant == "baseline":
         from monai.inferers import sliding_window_inference
 
         from TumorSegLib.engine import divisible_by
+        from TumorSegLib.inferers import window_count
         from TumorSegLib.networks import load_network
         from TumorSegLib.preprocess import normalize_intensity
 
@@ -197,23 +220,30 @@ def worker(name: str, variant: str, model: str, folder: Path, out: Path, thresho
                     h, w = array.shape
                     out = torch.sigmoid(network(torch.nn.functional.pad(x, (0, -w % multiple, 0, -h % multiple))))
                     out = out[..., :h, :w]
-                return out[0, 0].cpu().numpy(), {}
+                return out[0, 0].cpu().numpy(), {"computed": window_count(array.shape, patch, 0.25)
+                                                 if array.ndim == 3 else 1}
+        backend, kernels = "torch", lambda: []
     else:
         from TumorSegLib import inferers
         from TumorSegLib.engine import Segmenter
 
-        segmenter = Segmenter(card, device)
+        segmenter = Segmenter(card, device, backend=BACKENDS.get(variant))
+        backend, kernels = segmenter.backend, getattr(segmenter.network, "kernels", lambda: [])
         overrides = {**VARIANTS[variant], "threshold": threshold}
-        predictors = []  # instrumentation: how many windows the run computed and rechecked in fp32
-        init = inferers.Predictor.__init__
+        predictors, computed = [], []  # instrumentation: windows passed, computed by the network, rechecked in fp32
+        init, activate = inferers.Predictor.__init__, inferers.Predictor._activate
         inferers.Predictor.__init__ = lambda self, *a, **k: (init(self, *a, **k), predictors.append(self))[0]
+        inferers.Predictor._activate = lambda self, batch, dtype: (computed.append(batch.shape[0]),
+                                                                   activate(self, batch, dtype))[1]
 
         def run(array):
             predictors.clear()
+            computed.clear()
             prediction = segmenter.predict(image.with_array(array) if array.shape == image.shape
                                            else type(image)(array, image.affine), overrides=overrides)
             return prediction.probability, {"notes": prediction.notes, "items": sum(p.done for p in predictors),
-                                            "rechecked_in_fp32": sum(p.rechecked for p in predictors)}
+                                            "rechecked_in_fp32": sum(p.rechecked for p in predictors),
+                                            "computed": sum(computed)}
     warm = image.array if image.ndim == 2 else np.ascontiguousarray(image.array[:96, :96, :96])
     start = time.perf_counter()
     run(warm)  # first call in the process: oneDNN kernel set-up (a one-off cost, reported as warmup_s)
@@ -231,7 +261,26 @@ def worker(name: str, variant: str, model: str, folder: Path, out: Path, thresho
                                "threads": torch.get_num_threads(), "load_avg_1min": os.getloadavg()[0],
                                "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                                "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
-                               **extra}))
+                               "backend": backend, "precision": precision, "kernels": kernels(),
+                               **extra, **hardware_use(card, image.array, extra["computed"], seconds, precision)}))
+
+
+def hardware_use(card, array, computed: int, seconds: float, precision: str) -> dict:
+    """Multiply-adds per window and per run (windows the network computed), and the achieved rate against the peak."""
+    import torch
+
+    from cpu_limits import cpu_description, macs_per_call, peak_macs_per_s
+    from TumorSegLib.engine import divisible_by
+    from TumorSegLib.networks import build_network
+
+    shape = card.inference.get("patch_size") or [n + (-n) % divisible_by(card) for n in array.shape]
+    per_window = macs_per_call(build_network(card).eval(), (1, card.in_channels, *shape))
+    cpu = cpu_description()
+    peak = peak_macs_per_s(cpu["isa"], precision, torch.get_num_threads(), cpu["clock_ghz"])
+    achieved = per_window * computed / seconds
+    return {"network_input": list(shape), "macs_per_window": per_window, "windows_computed": computed,
+            "macs_total": per_window * computed, "achieved_macs_per_s": achieved, "peak_macs_per_s": peak,
+            "fraction_of_peak": achieved / peak}
 
 
 def run_case(name: str, model: str, folder: Path, repeats: int, device: str) -> list:
@@ -275,12 +324,15 @@ def run_case(name: str, model: str, folder: Path, repeats: int, device: str) -> 
                      "ours_warmup_s": round(result["warmup_s"], 3), "baseline_warmup_s": round(baseline["warmup_s"], 3),
                      "threads": result["threads"], "load_avg_1min": result["load_avg_1min"],
                      "baseline_load_avg_1min": baseline["load_avg_1min"], "windows": result["items"],
-                     "rechecked_in_fp32": result["rechecked_in_fp32"], "notes": result["notes"]})
+                     "rechecked_in_fp32": result["rechecked_in_fp32"], "notes": result["notes"],
+                     "backend": result["backend"], "precision": result["precision"], "kernels": result["kernels"],
+                     **{key: result[key] for key in HARDWARE_KEYS},
+                     "baseline_hardware": {key: baseline[key] for key in HARDWARE_KEYS}})
     return rows
 
 
 def print_table(rows: list) -> None:
-    columns = ("name", "ours_s", "baseline_s", "speedup", "dice_vs_fp32", "dice_over", "peak_rss_mb",
+    columns = ("name", "backend", "precision", "ours_s", "baseline_s", "speedup", "dice_vs_fp32", "dice_over", "peak_rss_mb",
                "baseline_peak_rss_mb")
     cells = [[str(r[c]) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
@@ -309,6 +361,8 @@ def main() -> int:
         name, variant, model, folder, out, threshold, repeats, device = args.worker
         worker(name, variant, model, Path(folder), Path(out), float(threshold), int(repeats), device)
         return 0
+    from cpu_limits import cpu_description
+
     models = {"3d": args.model or default_model("3d"), "2d": args.model_2d or default_model("2d"), "random": "random"}
     load = {"start": os.getloadavg()}
     print(f"models: 3D {models['3d']}, 2D {models['2d']} (random = random weights, seed 0); "
@@ -321,9 +375,14 @@ def main() -> int:
             load["end"] = os.getloadavg()
             if args.json:  # after every case, so that the finished cases survive an interrupted run
                 Path(args.json).write_text(json.dumps({"models": models, "cpu_cores": os.cpu_count(),
+                                                       "cpu": cpu_description(), "openvino": openvino_version(),
                                                        "torch_threads": rows[0]["threads"], "load_avg": load,
                                                        "cases": rows}, indent=2) + "\n")
     print_table(rows)
+    for row in rows:
+        print(f"{row['name']}: {row['macs_per_window'] / 1e9:.2f} GMAC per window x {row['windows_computed']} computed, "
+              f"{row['fraction_of_peak']:.1%} of the {row['precision']} peak "
+              f"(baseline {row['baseline_hardware']['fraction_of_peak']:.1%} of the fp32 peak); kernels {row['kernels']}")
     print(f"load average (1, 5, 15 min) at the end: {load['end']}")
     return 0
 
