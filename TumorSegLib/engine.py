@@ -17,7 +17,8 @@ input's own grid (for a MIP-PET card given a 3D PET volume: on the computed coro
    input grid), intensity window;
 4. the network by the card's mode: MONAI sliding window (3D), batches of axial slices (normal to
    ``image.superior_axis``) or the whole 2D image, padded to ``inference.divisible_by``; with
-   ``inference.flip_axes``, averaged over test-time flips (``inferers.Predictor``);
+   ``inference.flip_axes``, averaged over test-time flips (``inferers.Predictor``); run by PyTorch or,
+   on a CPU with OpenVINO installed, by OpenVINO (``backend``, ``openvino_backend``);
 5. threshold and the card's post-processing.
 
 Progress goes to a ``progress(fraction, message)`` callback and a ``Cancel`` token is checked

@@ -1,7 +1,8 @@
 """Inference speed: our engine against a naive MONAI baseline with the same weights.
 
     python Testing/benchmarks/bench_inference.py [--json OUT.json] [--model NAME] [--model-2d NAME]
-                                                  [--cases NAME ...] [--repeats N] [--device cpu|cuda]
+                                                  [--cases NAME ...] [--variants NAME ...] [--repeats N]
+                                                  [--device cpu|cuda]
 
 Cases: a 256x256x128 and a 512x512x300 CT volume (the real TotalSegmentator example CT from
 ../shared/data resampled to those grids; the CT phantom when the data are absent) and a 2D MIP
@@ -17,6 +18,16 @@ probabilities at the card's threshold (before post-processing). ``dice_vs_fp32``
 masks; ``mask_voxels`` gives both sizes and ``dice_over`` says "nearly empty" when both masks
 hold fewer than 1e-4 of the voxels. ``windows`` and ``rechecked_in_fp32`` count the network
 items of the run (3D windows; 1 for a 2D image) and those an fp32 re-check computed again.
+
+Variants: ``ours`` (the card's defaults: backend "auto" = OpenVINO on the CPU when installed),
+``ours-fp32``, ``ours-torch`` (the PyTorch backend), ``ours-batch16`` (16 windows per network call).
+Each row records the backend and precision used, the convolution kernels OpenVINO chose (their names
+say the ISA), the network's multiply-adds per window (``cpu_limits.macs_per_call``) and per run
+(windows the network computed), and the achieved multiply-adds per second against the CPU's peak for
+that precision (``cpu_limits``; the baseline's against the fp32 peak). The JSON's ``cpu`` names the
+CPU, its clock and the ISA class the run could use (AMX, AVX512-BF16, AVX512, AVX2), with any ISA
+caps set in the environment (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 OV_CPU_MAX_ISA=AVX2``
+limits PyTorch and OpenVINO to AVX2).
 
 Stress rows (``ct-256x256x128-random``): random weights with masks at the median of the fp32
 probability put every window near the threshold, the worst case for bf16; they show what bf16
@@ -283,8 +294,8 @@ def hardware_use(card, array, computed: int, seconds: float, precision: str) -> 
             "fraction_of_peak": achieved / peak}
 
 
-def run_case(name: str, model: str, folder: Path, repeats: int, device: str) -> list:
-    """Every variant of case ``name`` (the baseline first), one process each; rows of the results."""
+def run_case(name: str, model: str, folder: Path, repeats: int, device: str, only=None) -> list:
+    """Every variant of case ``name`` (the baseline first; ``only``: these variants), one process each; rows."""
     from TumorSegLib.metrics import dice
 
     image, source = make_input(name)  # once, here: the workers' peak RSS is then inference (and the input) only
@@ -294,7 +305,7 @@ def run_case(name: str, model: str, folder: Path, repeats: int, device: str) -> 
     del image
     runs = {}
     threshold = None if model == "random" else bench_card(model, 3 if CASES[name]["shape"] else 2, folder)[0].threshold
-    for variant in CASES[name]["variants"]:
+    for variant in (v for v in CASES[name]["variants"] if v == "baseline" or not only or v in only):
         out = folder / f"{name}.{variant}.json"
         subprocess.run([sys.executable, __file__, "--worker", name, variant, model, str(folder), str(out),
                         str(threshold or 0.5), str(repeats), device], check=True)
@@ -332,8 +343,8 @@ def run_case(name: str, model: str, folder: Path, repeats: int, device: str) -> 
 
 
 def print_table(rows: list) -> None:
-    columns = ("name", "backend", "precision", "ours_s", "baseline_s", "speedup", "dice_vs_fp32", "dice_over", "peak_rss_mb",
-               "baseline_peak_rss_mb")
+    columns = ("name", "backend", "precision", "ours_s", "baseline_s", "speedup", "dice_vs_fp32", "dice_over",
+               "peak_rss_mb", "baseline_peak_rss_mb")
     cells = [[str(r[c]) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
@@ -353,6 +364,7 @@ def main() -> int:
     parser.add_argument("--model-2d", help="2D card for the MIP case (default: mip-pet-2d when its weights are "
                                            "present, else 'random')")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="only these variants (and the baseline)")
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per run; the fastest is reported")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both sides run")
     parser.add_argument("--worker", nargs=8, help=argparse.SUPPRESS)
@@ -371,7 +383,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tumorseg-bench-") as folder:
         for name in args.cases:
             print(f"case {name}", flush=True)
-            rows += run_case(name, models[CASES[name]["model"]], Path(folder), args.repeats, args.device)
+            rows += run_case(name, models[CASES[name]["model"]], Path(folder), args.repeats, args.device, args.variants)
             load["end"] = os.getloadavg()
             if args.json:  # after every case, so that the finished cases survive an interrupted run
                 Path(args.json).write_text(json.dumps({"models": models, "cpu_cores": os.cpu_count(),
