@@ -216,7 +216,7 @@ def test_auto_precision_follows_the_cpu(mip2d, monkeypatch):
 
 
 def test_cuda_out_of_memory_falls_back_to_smaller_batches_then_cpu(ct3d, monkeypatch):
-    segmenter = Segmenter(ct3d, "cpu")
+    segmenter = Segmenter(ct3d, "cpu", backend="torch")  # PyTorch: the backend on CUDA
     segmenter.device = torch.device("cuda")  # pretend; every attempt on "cuda" fails
     attempts = []
 
@@ -234,7 +234,7 @@ def test_cuda_out_of_memory_falls_back_to_smaller_batches_then_cpu(ct3d, monkeyp
 
 
 def test_gpu_batches_fill_the_gpu_unless_the_user_sets_them(ct3d, monkeypatch):
-    segmenter = Segmenter(ct3d, "cpu")
+    segmenter = Segmenter(ct3d, "cpu", backend="torch")  # PyTorch: the backend on CUDA
     segmenter.device = torch.device("cuda")  # pretend; _run_once records the batch instead of running
     batches = []
     monkeypatch.setattr(segmenter, "_run_once", lambda array, axis, active, settings, progress, cancel: (
