@@ -392,9 +392,10 @@ def main() -> int:
                                                        "cases": rows}, indent=2) + "\n")
     print_table(rows)
     for row in rows:
-        print(f"{row['name']}: {row['macs_per_window'] / 1e9:.2f} GMAC per window x {row['windows_computed']} computed, "
-              f"{row['fraction_of_peak']:.1%} of the {row['precision']} peak "
-              f"(baseline {row['baseline_hardware']['fraction_of_peak']:.1%} of the fp32 peak); kernels {row['kernels']}")
+        baseline = row["baseline_hardware"]["fraction_of_peak"]
+        print(f"{row['name']}: {row['macs_per_window'] / 1e9:.2f} GMAC per window x {row['windows_computed']} "
+              f"computed, {row['fraction_of_peak']:.1%} of the {row['precision']} peak (baseline {baseline:.1%} "
+              f"of the fp32 peak); kernels {row['kernels']}")
     print(f"load average (1, 5, 15 min) at the end: {load['end']}")
     return 0
 
