@@ -17,6 +17,7 @@ its weights file sits next to it. Fields (see ``Resources/Models/README.md``)::
                      "context_mm": [...] (click-to-segment), "min_roi_mm": [...] (smallest ROI),
                      "trained_on": "..." (note for whole-volume runs), "precision": "auto"|"fp32"|"bf16",
                      "recheck_margin": 0.0 (> 0: reduced-precision windows this near the threshold -> fp32),
+                     "backend": "auto"|"torch"|"openvino" (what runs the network on a CPU),
                      "flip_axes": [] (test-time flips: spatial axes of the network input; the
                                       probability is the mean over the identity and each flip)}
     click           {"max_distance_mm": 5.0} (a click keeps the lesion holding it, else the nearest one
@@ -161,6 +162,8 @@ def _engine_problems(data: dict) -> list:
         problems.append("inference.blending must be 'gaussian' or 'constant'")
     if inference.get("precision", "auto") not in ("auto", "fp32", "bf16"):
         problems.append("inference.precision must be 'auto', 'fp32' or 'bf16'")
+    if inference.get("backend", "auto") not in ("auto", "torch", "openvino"):
+        problems.append("inference.backend must be 'auto', 'torch' or 'openvino'")
     if not 0.0 <= _number(inference.get("recheck_margin", 0.0), -1.0) < 0.5:
         problems.append(f"inference.recheck_margin must be in [0, 0.5), got {inference.get('recheck_margin')!r}")
     flips = flip_axes_problem(inference.get("flip_axes", []), 3 if data.get("mode") == "sliding-window-3d" else 2)

@@ -21,7 +21,8 @@ input's own grid (for a MIP-PET card given a 3D PET volume: on the computed coro
    input grid), intensity window;
 4. the network by the card's mode: MONAI sliding window (3D), batches of axial slices (normal to
    ``image.superior_axis``) or the whole 2D image, padded to ``inference.divisible_by``; with
-   ``inference.flip_axes``, averaged over test-time flips (``inferers.Predictor``);
+   ``inference.flip_axes``, averaged over test-time flips (``inferers.Predictor``); run by PyTorch or,
+   on a CPU with OpenVINO installed, by OpenVINO (``backend``, ``openvino_backend``);
 5. threshold and the card's post-processing (per box for ROI and click runs).
 
 Progress goes to a ``progress(fraction, message)`` callback and a ``Cancel`` token is checked
@@ -218,7 +219,9 @@ def check_input(image: Image, card: ModelCard, sample: bool = False) -> None:
 class Segmenter:
     """A loaded model: call ``predict`` for each image (the network is loaded once)."""
 
-    def __init__(self, card: ModelCard, device: str = "auto", network=None):
+    def __init__(self, card: ModelCard, device: str = "auto", network=None, backend: str | None = None):
+        """``backend``: "auto" (OpenVINO on a CPU when installed), "torch" or "openvino"; default the card's
+        ``inference.backend``, else "auto" (see ``openvino_backend``)."""
         from .device import resolve_device
         from .networks import for_inference, load_network
 
@@ -230,6 +233,22 @@ class Segmenter:
             network = load_network(card, self.device)
         network, self.memory_format = for_inference(network, card.spatial_dims)  # a copy: the caller's is untouched
         self.network = network.to(self.device)
+        self.backend, self.backend_notes = self._use_backend(backend or card.inference.get("backend", "auto"))
+
+    def _use_backend(self, backend: str) -> tuple:
+        """(backend used, notes): OpenVINO replaces ``self.network`` where chosen; "auto" falls back to PyTorch."""
+        from .openvino_backend import OpenVinoNetwork, resolve_backend
+
+        if resolve_backend(backend, self.device) == "torch":
+            return "torch", []
+        try:
+            self.network = OpenVinoNetwork(self.network, self.card.spatial_dims, self.card.in_channels)
+        except TumorSegError as error:
+            if backend == "openvino":
+                raise
+            return "torch", [f"OpenVINO not used, PyTorch runs the network: {error}"]
+        self.memory_format = None  # OpenVINO takes plain contiguous arrays
+        return "openvino", []
 
     # -- public -----------------------------------------------------------------------------
     def predict(self, image: Image, roi=None, point=None, progress=no_progress, cancel=None,
@@ -241,7 +260,7 @@ class Segmenter:
         grid. Clicks keep only the lesion at each click (``Prediction.clicks``).
         """
         settings = self._settings(overrides)
-        notes = []
+        notes = list(self.backend_notes)
         check_cancel(cancel)
         progress(0.0, "preparing")
         points = ([] if point is None else [point]) + list(points or [])

@@ -102,8 +102,11 @@ class Predictor:
     def _activate(self, batch: torch.Tensor, dtype) -> torch.Tensor:
         if self.memory_format is not None:
             batch = batch.contiguous(memory_format=self.memory_format)
-        with torch.inference_mode(), autocast(self.device, dtype):
-            logits = self.network(batch)
+        if getattr(self.network, "runs_dtype", False):  # a backend that sets its own precision (OpenVINO)
+            logits = self.network(batch, dtype)
+        else:
+            with torch.inference_mode(), autocast(self.device, dtype):
+                logits = self.network(batch)
         logits = logits.float()
         if self.activation == "softmax":
             return torch.softmax(logits, dim=1)[:, self.channel : self.channel + 1]

@@ -1,5 +1,6 @@
 """Shared pytest helpers: the third-party data beside the repository, skipped when absent."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,3 +14,15 @@ def shared_data(name: str) -> Path:
     if not path.exists():
         pytest.skip(f"needs real data at {path} (the project's ../shared/data, present in CI)")
     return path
+
+
+@pytest.fixture(autouse=True, scope="session")
+def private_model_cache(tmp_path_factory):
+    """OpenVINO's converted models go to a folder of this test session, never the user's cache."""
+    previous = os.environ.get("TUMORSEG_CACHE")
+    os.environ["TUMORSEG_CACHE"] = str(tmp_path_factory.mktemp("tumorseg-cache"))
+    yield
+    if previous is None:
+        os.environ.pop("TUMORSEG_CACHE", None)
+    else:
+        os.environ["TUMORSEG_CACHE"] = previous

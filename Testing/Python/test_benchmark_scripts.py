@@ -25,10 +25,14 @@ def run_script(name: str, *args) -> subprocess.CompletedProcess:
 def test_inference_benchmark_writes_the_promised_json(tmp_path):
     out = tmp_path / "bench.json"
     result = run_script("bench_inference.py", "--cases", "mip-2d", "--model-2d", "random", "--json", out)
-    rows = json.loads(out.read_text())["cases"]
-    assert [row["name"] for row in rows] == ["mip-2d", "mip-2d (ours-fp32)"]
+    data = json.loads(out.read_text())
+    rows = data["cases"]
+    assert [row["name"] for row in rows] == ["mip-2d", "mip-2d (ours-torch)"]
+    assert data["cpu"]["isa"] in ("AMX", "AVX512-BF16", "AVX512", "AVX2") and data["cpu"]["cores"] >= 1
     for row in rows:
-        assert {"name", "ours_s", "baseline_s", "speedup", "dice_vs_fp32", "peak_rss_mb"} <= set(row)
+        assert {"name", "ours_s", "baseline_s", "speedup", "dice_vs_fp32", "peak_rss_mb", "backend"} <= set(row)
+        assert row["macs_per_window"] > 1e6 and row["windows_computed"] == 1
+        assert 0.0 < row["fraction_of_peak"] < 1.0 and 0.0 < row["baseline_hardware"]["fraction_of_peak"] < 1.0
         assert row["ours_s"] > 0 and row["baseline_s"] > 0 and 0.0 <= row["dice_vs_fp32"] <= 1.0
         assert row["speedup"] == pytest.approx(row["baseline_s"] / row["ours_s"], rel=0.02)  # times are rounded to ms
         assert row["peak_rss_mb"] > 0

@@ -223,7 +223,8 @@ def test_auto_precision_follows_the_cpu(mip2d, monkeypatch):
     assert autocast_dtype(cpu, "auto") is None and autocast_dtype(cpu, "bf16") is torch.bfloat16
     monkeypatch.setattr(device, "cpu_has_bf16", lambda: True)
     assert autocast_dtype(cpu, "auto") is torch.bfloat16 and autocast_dtype(cpu, "fp32") is None
-    segmenter, image = Segmenter(mip2d, "cpu"), lesion_png()[0]
+    # PyTorch: its bf16 autocast runs on any CPU (OpenVINO computes f32 where the CPU lacks bf16)
+    segmenter, image = Segmenter(mip2d, "cpu", backend="torch"), lesion_png()[0]
     fp32 = segmenter.predict(image, overrides={"precision": "fp32"}).probability
     bf16 = segmenter.predict(image, overrides={"precision": "bf16"}).probability
     assert not np.array_equal(bf16, fp32)  # no re-check by default: bf16 shows in the probability
@@ -232,7 +233,7 @@ def test_auto_precision_follows_the_cpu(mip2d, monkeypatch):
 
 
 def test_cuda_out_of_memory_falls_back_to_smaller_batches_then_cpu(ct3d, monkeypatch):
-    segmenter = Segmenter(ct3d, "cpu")
+    segmenter = Segmenter(ct3d, "cpu", backend="torch")  # PyTorch: the backend on CUDA
     segmenter.device = torch.device("cuda")  # pretend; every attempt on "cuda" fails
     attempts = []
 
@@ -250,7 +251,7 @@ def test_cuda_out_of_memory_falls_back_to_smaller_batches_then_cpu(ct3d, monkeyp
 
 
 def test_gpu_batches_fill_the_gpu_unless_the_user_sets_them(ct3d, monkeypatch):
-    segmenter = Segmenter(ct3d, "cpu")
+    segmenter = Segmenter(ct3d, "cpu", backend="torch")  # PyTorch: the backend on CUDA
     segmenter.device = torch.device("cuda")  # pretend; _run_once records the batch instead of running
     batches = []
     monkeypatch.setattr(segmenter, "_run_once", lambda array, axis, active, settings, progress, cancel: (

@@ -1,7 +1,8 @@
 """Inference speed: our engine against a naive MONAI baseline with the same weights.
 
     python Testing/benchmarks/bench_inference.py [--json OUT.json] [--model NAME] [--model-2d NAME]
-                                                  [--cases NAME ...] [--repeats N] [--device cpu|cuda]
+                                                  [--cases NAME ...] [--variants NAME ...] [--repeats N]
+                                                  [--device cpu|cuda]
     python Testing/benchmarks/bench_inference.py --click [--json OUT.json] [--model NAME] [--repeats N]
 
 Click case (``--click``, issue 13), card defaults, one process: the LIDC validation nodule (card's
@@ -31,6 +32,16 @@ probabilities at the card's threshold (before post-processing). ``dice_vs_fp32``
 masks; ``mask_voxels`` gives both sizes and ``dice_over`` says "nearly empty" when both masks
 hold fewer than 1e-4 of the voxels. ``windows`` and ``rechecked_in_fp32`` count the network
 items of the run (3D windows; 1 for a 2D image) and those an fp32 re-check computed again.
+
+Variants: ``ours`` (the card's defaults: backend "auto" = OpenVINO on the CPU when installed),
+``ours-fp32``, ``ours-torch`` (the PyTorch backend), ``ours-batch16`` (16 windows per network call).
+Each row records the backend and precision used, the convolution kernels OpenVINO chose (their names
+say the ISA), the network's multiply-adds per window (``cpu_limits.macs_per_call``) and per run
+(windows the network computed), and the achieved multiply-adds per second against the CPU's peak for
+that precision (``cpu_limits``; the baseline's against the fp32 peak). The JSON's ``cpu`` names the
+CPU, its clock and the ISA class the run could use (AMX, AVX512-BF16, AVX512, AVX2), with any ISA
+caps set in the environment (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 OV_CPU_MAX_ISA=AVX2``
+limits PyTorch and OpenVINO to AVX2).
 
 Stress rows (``ct-256x256x128-random``): random weights with masks at the median of the fp32
 probability put every window near the threshold, the worst case for bf16; they show what bf16
@@ -69,23 +80,41 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 DATA = REPO.parent / "shared" / "data"
 
 CASES = {  # "model": which command-line model the case uses; "random" forces random weights
-    "ct-256x256x128": {"shape": (256, 256, 128), "model": "3d", "variants": ["baseline", "ours", "ours-fp32"]},
+    "ct-256x256x128": {"shape": (256, 256, 128), "model": "3d",
+                       "variants": ["baseline", "ours", "ours-fp32", "ours-torch", "ours-batch16"]},
     "ct-512x512x300": {"shape": (512, 512, 300), "model": "3d", "variants": ["baseline", "ours"]},
-    "mip-2d": {"shape": None, "model": "2d", "variants": ["baseline", "ours", "ours-fp32"]},
+    "mip-2d": {"shape": None, "model": "2d", "variants": ["baseline", "ours", "ours-torch"]},
     "ct-256x256x128-random": {"shape": (256, 256, 128), "model": "random",
                               "variants": ["baseline", "ours", "ours-bf16-rechecked"]},
 }
 DEFAULT_MODELS = {"3d": "ct-lung-lesion-3d", "2d": "mip-pet-2d"}
 CHANNELS = [16, 32, 64, 128, 256]
+HARDWARE_KEYS = ("network_input", "macs_per_window", "windows_computed", "macs_total", "achieved_macs_per_s",
+                 "peak_macs_per_s", "fraction_of_peak")
 NEARLY_EMPTY = 1e-4  # fraction of the voxels under which a mask counts as nearly empty
 VARIANTS = {  # engine overrides per variant ("ours" = the card's defaults)
     "ours": {},
     "ours-fp32": {"precision": "fp32"},
+    "ours-torch": {},
+    "ours-batch16": {"sw_batch_size": 16},
     "ours-bf16-rechecked": {"precision": "bf16", "recheck_margin": 0.05},
 }
+BACKENDS = {"ours-torch": "torch"}  # the engine's backend per variant (default: the card's, i.e. "auto")
+
+
+def openvino_version():
+    """The installed OpenVINO version, or None."""
+    from TumorSegLib.openvino_backend import installed
+
+    if not installed():
+        return None
+    import openvino
+
+    return openvino.__version__
 
 
 def random_card_dict(ndim: int) -> dict:
@@ -190,10 +219,15 @@ def worker(name: str, variant: str, model: str, folder: Path, out: Path, thresho
     image = Image(np.load(folder / f"{name}.input.npy"), np.asarray(saved["affine"]), saved["spacing_known"])
     source = saved["source"]
     card, weights = bench_card(model, image.ndim, folder)
+    from TumorSegLib.device import autocast_dtype
+
+    precision = VARIANTS.get(variant, {}).get("precision", card.inference.get("precision", "auto"))
+    precision = "fp32" if variant == "baseline" or autocast_dtype(torch.device(device), precision) is None else "bf16"
     if variant == "baseline":
         from monai.inferers import sliding_window_inference
 
         from TumorSegLib.engine import divisible_by
+        from TumorSegLib.inferers import window_count
         from TumorSegLib.networks import load_network
         from TumorSegLib.preprocess import normalize_intensity
 
@@ -211,23 +245,30 @@ def worker(name: str, variant: str, model: str, folder: Path, out: Path, thresho
                     h, w = array.shape
                     out = torch.sigmoid(network(torch.nn.functional.pad(x, (0, -w % multiple, 0, -h % multiple))))
                     out = out[..., :h, :w]
-                return out[0, 0].cpu().numpy(), {}
+                return out[0, 0].cpu().numpy(), {"computed": window_count(array.shape, patch, 0.25)
+                                                 if array.ndim == 3 else 1}
+        backend, kernels = "torch", lambda: []
     else:
         from TumorSegLib import inferers
         from TumorSegLib.engine import Segmenter
 
-        segmenter = Segmenter(card, device)
+        segmenter = Segmenter(card, device, backend=BACKENDS.get(variant))
+        backend, kernels = segmenter.backend, getattr(segmenter.network, "kernels", lambda: [])
         overrides = {**VARIANTS[variant], "threshold": threshold}
-        predictors = []  # instrumentation: how many windows the run computed and rechecked in fp32
-        init = inferers.Predictor.__init__
+        predictors, computed = [], []  # instrumentation: windows passed, computed by the network, rechecked in fp32
+        init, activate = inferers.Predictor.__init__, inferers.Predictor._activate
         inferers.Predictor.__init__ = lambda self, *a, **k: (init(self, *a, **k), predictors.append(self))[0]
+        inferers.Predictor._activate = lambda self, batch, dtype: (computed.append(batch.shape[0]),
+                                                                   activate(self, batch, dtype))[1]
 
         def run(array):
             predictors.clear()
+            computed.clear()
             prediction = segmenter.predict(image.with_array(array) if array.shape == image.shape
                                            else type(image)(array, image.affine), overrides=overrides)
             return prediction.probability, {"notes": prediction.notes, "items": sum(p.done for p in predictors),
-                                            "rechecked_in_fp32": sum(p.rechecked for p in predictors)}
+                                            "rechecked_in_fp32": sum(p.rechecked for p in predictors),
+                                            "computed": sum(computed)}
     warm = image.array if image.ndim == 2 else np.ascontiguousarray(image.array[:96, :96, :96])
     start = time.perf_counter()
     run(warm)  # first call in the process: oneDNN kernel set-up (a one-off cost, reported as warmup_s)
@@ -245,11 +286,30 @@ def worker(name: str, variant: str, model: str, folder: Path, out: Path, thresho
                                "threads": torch.get_num_threads(), "load_avg_1min": os.getloadavg()[0],
                                "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                                "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
-                               **extra}))
+                               "backend": backend, "precision": precision, "kernels": kernels(),
+                               **extra, **hardware_use(card, image.array, extra["computed"], seconds, precision)}))
 
 
-def run_case(name: str, model: str, folder: Path, repeats: int, device: str) -> list:
-    """Every variant of case ``name`` (the baseline first), one process each; rows of the results."""
+def hardware_use(card, array, computed: int, seconds: float, precision: str) -> dict:
+    """Multiply-adds per window and per run (windows the network computed), and the achieved rate against the peak."""
+    import torch
+
+    from cpu_limits import cpu_description, macs_per_call, peak_macs_per_s
+    from TumorSegLib.engine import divisible_by
+    from TumorSegLib.networks import build_network
+
+    shape = card.inference.get("patch_size") or [n + (-n) % divisible_by(card) for n in array.shape]
+    per_window = macs_per_call(build_network(card).eval(), (1, card.in_channels, *shape))
+    cpu = cpu_description()
+    peak = peak_macs_per_s(cpu["isa"], precision, torch.get_num_threads(), cpu["clock_ghz"])
+    achieved = per_window * computed / seconds
+    return {"network_input": list(shape), "macs_per_window": per_window, "windows_computed": computed,
+            "macs_total": per_window * computed, "achieved_macs_per_s": achieved, "peak_macs_per_s": peak,
+            "fraction_of_peak": achieved / peak}
+
+
+def run_case(name: str, model: str, folder: Path, repeats: int, device: str, only=None) -> list:
+    """Every variant of case ``name`` (the baseline first; ``only``: these variants), one process each; rows."""
     from TumorSegLib.metrics import dice
 
     image, source = make_input(name)  # once, here: the workers' peak RSS is then inference (and the input) only
@@ -259,7 +319,7 @@ def run_case(name: str, model: str, folder: Path, repeats: int, device: str) -> 
     del image
     runs = {}
     threshold = None if model == "random" else bench_card(model, 3 if CASES[name]["shape"] else 2, folder)[0].threshold
-    for variant in CASES[name]["variants"]:
+    for variant in (v for v in CASES[name]["variants"] if v == "baseline" or not only or v in only):
         out = folder / f"{name}.{variant}.json"
         subprocess.run([sys.executable, __file__, "--worker", name, variant, model, str(folder), str(out),
                         str(threshold or 0.5), str(repeats), device], check=True)
@@ -289,7 +349,10 @@ def run_case(name: str, model: str, folder: Path, repeats: int, device: str) -> 
                      "ours_warmup_s": round(result["warmup_s"], 3), "baseline_warmup_s": round(baseline["warmup_s"], 3),
                      "threads": result["threads"], "load_avg_1min": result["load_avg_1min"],
                      "baseline_load_avg_1min": baseline["load_avg_1min"], "windows": result["items"],
-                     "rechecked_in_fp32": result["rechecked_in_fp32"], "notes": result["notes"]})
+                     "rechecked_in_fp32": result["rechecked_in_fp32"], "notes": result["notes"],
+                     "backend": result["backend"], "precision": result["precision"], "kernels": result["kernels"],
+                     **{key: result[key] for key in HARDWARE_KEYS},
+                     "baseline_hardware": {key: baseline[key] for key in HARDWARE_KEYS}})
     return rows
 
 
@@ -473,8 +536,8 @@ def click_case(model: str, repeats: int, nodule_count: int) -> dict:
 
 
 def print_table(rows: list) -> None:
-    columns = ("name", "ours_s", "baseline_s", "speedup", "dice_vs_fp32", "dice_over", "peak_rss_mb",
-               "baseline_peak_rss_mb")
+    columns = ("name", "backend", "precision", "ours_s", "baseline_s", "speedup", "dice_vs_fp32", "dice_over",
+               "peak_rss_mb", "baseline_peak_rss_mb")
     cells = [[str(r[c]) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     print("  ".join(c.rjust(w) for c, w in zip(columns, widths)))
@@ -494,6 +557,7 @@ def main() -> int:
     parser.add_argument("--model-2d", help="2D card for the MIP case (default: mip-pet-2d when its weights are "
                                            "present, else 'random')")
     parser.add_argument("--cases", nargs="+", choices=list(CASES), default=list(CASES))
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="only these variants (and the baseline)")
     parser.add_argument("--repeats", type=int, default=1, help="timed calls per run; the fastest is reported")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both sides run")
     parser.add_argument("--click", action="store_true", help="the click case (issue 13) instead of the others")
@@ -511,6 +575,8 @@ def main() -> int:
         name, variant, model, folder, out, threshold, repeats, device = args.worker
         worker(name, variant, model, Path(folder), Path(out), float(threshold), int(repeats), device)
         return 0
+    from cpu_limits import cpu_description
+
     models = {"3d": args.model or default_model("3d"), "2d": args.model_2d or default_model("2d"), "random": "random"}
     load = {"start": os.getloadavg()}
     print(f"models: 3D {models['3d']}, 2D {models['2d']} (random = random weights, seed 0); "
@@ -519,13 +585,19 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="tumorseg-bench-") as folder:
         for name in args.cases:
             print(f"case {name}", flush=True)
-            rows += run_case(name, models[CASES[name]["model"]], Path(folder), args.repeats, args.device)
+            rows += run_case(name, models[CASES[name]["model"]], Path(folder), args.repeats, args.device, args.variants)
             load["end"] = os.getloadavg()
             if args.json:  # after every case, so that the finished cases survive an interrupted run
                 Path(args.json).write_text(json.dumps({"models": models, "cpu_cores": os.cpu_count(),
+                                                       "cpu": cpu_description(), "openvino": openvino_version(),
                                                        "torch_threads": rows[0]["threads"], "load_avg": load,
                                                        "cases": rows}, indent=2) + "\n")
     print_table(rows)
+    for row in rows:
+        baseline = row["baseline_hardware"]["fraction_of_peak"]
+        print(f"{row['name']}: {row['macs_per_window'] / 1e9:.2f} GMAC per window x {row['windows_computed']} "
+              f"computed, {row['fraction_of_peak']:.1%} of the {row['precision']} peak (baseline {baseline:.1%} "
+              f"of the fp32 peak); kernels {row['kernels']}")
     print(f"load average (1, 5, 15 min) at the end: {load['end']}")
     return 0
 

@@ -2,7 +2,8 @@
 
 For each card (default: every shipped model), the validation cases of its own training split
 (``TumorSegLib.training.data.card_validation_cases``) are segmented twice on the CPU by
-``Segmenter.predict``: with ``precision "fp32"`` and ``"bf16"`` (autocast; the card's
+``Segmenter.predict`` (``--backend``: PyTorch or OpenVINO): with ``precision "fp32"`` and ``"bf16"``
+(PyTorch autocast or OpenVINO's bf16 inference precision; the card's
 ``recheck_margin`` applies), so that a card can choose its precision from the figures (the
 table also says what the card's precision runs as on this CPU). Whole MIP images run whole; CT nodule cases run as a click
 on the nodule (the mask voxel nearest its centroid), as in ``evaluate_ct_lesions.py``. Per case:
@@ -75,7 +76,8 @@ def report(summaries: dict, rows: dict, precisions: dict, environment: str) -> s
     lines = ["# Reduced precision against fp32\n\n",
              "Made by `Testing/benchmarks/precision_agreement.py`; every figure below was measured by that script "
              f"in one run ({environment}). Each shipped model's validation cases (its own training split) are "
-             "segmented in fp32 and in bf16 autocast; agreement is the Dice between the two final masks "
+             "segmented in fp32 and in bf16 (PyTorch autocast, or OpenVINO's bf16 inference precision with "
+             "backend openvino); agreement is the Dice between the two final masks "
              "(1 when both are empty). CT nodules are segmented from a click, MIP images whole. The last "
              "column is what the card's own precision runs as on this CPU.\n\n",
              "| model | cases | agreement min | median | pooled | cases < 0.99 | "
@@ -102,6 +104,8 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--models-dir", help="folder of the cards (default: the installed ones)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--backend", choices=("auto", "torch", "openvino"), default="auto",
+                        help="what runs the network (auto: OpenVINO when installed); bf16 is its bf16 precision")
     parser.add_argument("--limit", type=int, help="only the first N validation cases of each model (a quick look)")
     parser.add_argument("--report", default=str(REPO / "docs" / "precision-agreement.md"))
     parser.add_argument("--rows", help="write per-case rows and summaries as JSON here")
@@ -122,7 +126,8 @@ def main(argv=None) -> int:
         precision = card.inference.get("precision", "auto")
         dtype = autocast_dtype(torch.device("cpu"), precision)
         precisions[name] = f"{precision} = {'fp32' if dtype is None else str(dtype).replace('torch.', '')}"
-        segmenter = Segmenter(card, "cpu")
+        segmenter = Segmenter(card, "cpu", backend=args.backend)
+        backend = segmenter.backend
         cases = card_validation_cases(card)[: args.limit]
         compare_case(segmenter, cases[0])  # warm-up: the first calls pay one-off set-up costs
         rows[name] = []
@@ -133,7 +138,8 @@ def main(argv=None) -> int:
         summaries[name] = summary(rows[name])
         print(json.dumps({name: summaries[name]}), flush=True)
     environment = (f"{platform.processor() or platform.machine()}, torch {torch.__version__}, "
-                   f"{torch.get_num_threads()} threads")
+                   f"{torch.get_num_threads()} threads, backend {backend}"
+                   f"{', first ' + str(args.limit) + ' validation cases per model' if args.limit else ''}")
     Path(args.report).write_text(report(summaries, rows, precisions, environment))
     if args.rows:
         Path(args.rows).write_text(json.dumps({"summaries": summaries, "rows": rows}, indent=1) + "\n")

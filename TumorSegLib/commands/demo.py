@@ -73,7 +73,7 @@ def run(args) -> int:
     source = write_image(folder / "input.nii.gz", image)
     cancel = Cancel()
     with cancel_on_signals(cancel), progress_reporter(False, f"demo ({card.name})") as progress:
-        segmenter = Segmenter(card, args.device)
+        segmenter = Segmenter(card, args.device, backend=args.backend)
         prediction, written = segment_file(source, folder / "mask.nii.gz", segmenter, progress=progress, cancel=cancel)
     values = readouts(prediction, card)
     agreement = case_metrics(prediction.mask, truth, prediction.image)

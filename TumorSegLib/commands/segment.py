@@ -75,6 +75,8 @@ def add_dicom_arguments(parser) -> None:
 def add_model_arguments(parser) -> None:
     parser.add_argument("--model", help="model name or card file (default: the one installed model that fits INPUT)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the network runs")
+    parser.add_argument("--backend", choices=("auto", "torch", "openvino"),
+                        help="what runs the network (default: the card's, else auto = OpenVINO on a CPU when installed)")
     parser.add_argument("--models-dir", help="extra folder of model cards (also: TUMORSEG_MODELS)")
 
 
@@ -124,7 +126,7 @@ def run(args) -> int:
     say = sys.stderr if args.progress_json else sys.stdout
     results, failed = [], []
     with cancel_on_signals(cancel), progress_reporter(args.progress_json, f"segment ({card.name})") as progress:
-        segmenter = Segmenter(card, args.device)
+        segmenter = Segmenter(card, args.device, backend=args.backend)
         if Path(args.input).is_dir() and not is_dicom(Path(args.input)):  # folder mode
             Path(args.output).mkdir(exist_ok=True)
         for number, (source, target) in enumerate(zip(inputs, outputs)):

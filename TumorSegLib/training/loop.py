@@ -309,7 +309,7 @@ def validate(network: torch.nn.Module, card, cases: list, device: torch.device) 
     from ..engine import Segmenter
     from ..metrics import case_metrics, summarize
 
-    segmenter = Segmenter(card, device=device.type, network=network)
+    segmenter = Segmenter(card, device=device.type, network=network, backend="torch")  # weights change every epoch: no conversion
     rows = []
     with torch.no_grad():
         for case in cases:
