@@ -36,7 +36,7 @@ from scipy import ndimage
 from .cards import ModelCard, flip_axes_problem, list_cards, weights_status
 from .errors import Cancelled, TumorSegError
 from .image import Image, superior_axis
-from .io import image_suffix, read_image, write_image, write_mask, PNG_SUFFIXES
+from .io import image_suffix, write_image, write_mask, PNG_SUFFIXES
 from .progress import check_cancel, no_progress, scaled
 from .report import require_writable
 
@@ -126,7 +126,7 @@ def check_input(image: Image, card: ModelCard) -> None:
             raise TumorSegError(f"{what} needs a MIP image with values 0..255 (as the MIP PNGs), got "
                                 f"{np.min(image.array)}..{np.max(image.array)}")
     elif card.spatial_dims == 3 or card.mode == "slice-2d":
-        if image.ndim != 3:
+        if image.ndim != 3 and not (card.mode == "slice-2d" and "picture" in image.meta):
             raise TumorSegError(f"{what} needs a 3D volume, got a {image.ndim}D image of shape {image.shape}")
     elif image.ndim != 2:
         raise TumorSegError(f"{what} needs a 2D image, got a {image.ndim}D volume of shape {image.shape}")
@@ -280,7 +280,7 @@ class Segmenter:
             spacing = None
         if spacing:
             spacing = list(spacing)
-            if self.card.mode == "slice-2d" and len(spacing) == 2:
+            if self.card.mode == "slice-2d" and len(spacing) == 2 and axis is not None:
                 spacing.insert(axis, None)
             shape = resampled_shape(array.shape, oriented.spacing, spacing)
             array = resample(array, shape)
@@ -339,7 +339,7 @@ class Segmenter:
             return inferers.sliding_window_3d(
                 array, predictor_args, patch, float(settings["overlap"]), settings["blending"],
                 int(settings["sw_batch_size"]), self.device, self._volume_device(array, settings), active)
-        if self.card.mode == "slice-2d":
+        if self.card.mode == "slice-2d" and axis is not None:  # a 2D picture is one axial slice
             return inferers.slices_2d(array, axis, predictor_args, int(settings["batch_size"]), divisible_by(self.card),
                                       self.device, active)
         return inferers.whole_image_2d(array, predictor_args, divisible_by(self.card), self.device)
@@ -381,13 +381,15 @@ def default_card(image: Image, extra_dir=None) -> ModelCard:
 
 
 def output_path_for(input_image: Image, prediction_image: Image, output) -> tuple:
-    """Where the mask goes: ``output``, or with .png when a 3D input was segmented on its MIP."""
+    """Where the mask goes: ``output``, or with .png when a 3D input was segmented on its MIP or
+    ``output`` names a (lossy) JPEG."""
     output = Path(output)
     notes = []
-    if input_image.ndim == 3 and prediction_image.ndim == 2 and image_suffix(output) not in PNG_SUFFIXES:
+    if prediction_image.ndim == 2 and image_suffix(output) not in PNG_SUFFIXES:
         suffix = image_suffix(output)
         output = output.with_name(output.name[: len(output.name) - len(suffix)] + ".png")
-        notes.append(f"the mask is a 2D MIP mask, written as PNG: {output}")
+        what = "2D MIP mask" if input_image.ndim == 3 else "mask of a 2D picture"
+        notes.append(f"the mask is a {what}, written as PNG (never JPEG): {output}")
     return output, notes
 
 
@@ -400,12 +402,14 @@ def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, point=
     """
     image_suffix(output_path)
     require_writable(output_path, "mask")
-    image = read_image(input_path, "input image")
+    from .windowed import picture_notes, read_input
+
+    image = read_input(input_path, segmenter.card)
     if image.ndim == 3 and Path(output_path).suffix.lower() == ".png" and segmenter.card.modality != "MIP-PET":
         raise TumorSegError(f"cannot write the mask of a 3D volume as PNG ({output_path}); use .nii.gz or .nrrd")
     prediction = segmenter.predict(image, roi=roi, point=point, progress=progress, cancel=cancel, overrides=overrides)
     output, notes = output_path_for(image, prediction.image, output_path)
-    prediction.notes.extend(notes)
+    prediction.notes.extend(notes + picture_notes(image))
     check_cancel(cancel)
     written = [write_mask(output, prediction.mask, prediction.image)]
     try:

@@ -1,8 +1,9 @@
 """``tumorseg segment INPUT -o OUTPUT [--model NAME] [--device auto|cpu|cuda] [--roi ...] [--point R A S] ...``.
 
-INPUT is a NIfTI, NRRD or PNG file, or a folder of them (OUTPUT is then a folder; the network
+INPUT is a NIfTI, NRRD, PNG or JPEG file, or a folder of them (OUTPUT is then a folder; the network
 is loaded once). The mask lands on INPUT's grid in the same kind of file (PNG masks 0/255); a
-MIP-PET model given a 3D PET volume writes the 2D MIP mask as PNG, with the MIP beside it.
+MIP-PET model given a 3D PET volume writes the 2D MIP mask as PNG, with the MIP beside it. A JPEG
+(a windowed CT slice, read through the card's picture channel) gets a PNG mask, never a JPEG.
 SIGINT/SIGTERM cancel the run: exit 130 and no output file for the case in progress.
 """
 
@@ -17,7 +18,7 @@ import threading
 from pathlib import Path
 
 from ..errors import TumorSegError
-from ..io import SUFFIXES, case_name, image_suffix, read_image
+from ..io import JPEG_SUFFIXES, PNG_SUFFIXES, SUFFIXES, case_name, image_suffix, read_image
 from ..progress import Cancel, ProgressBar, json_lines, scaled
 from ..report import readouts_text, require_writable, write_json
 
@@ -30,7 +31,7 @@ def register(subparsers) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_model_arguments(parser)
-    parser.add_argument("input", help="image file (.nii, .nii.gz, .nrrd, .png) or a folder of them")
+    parser.add_argument("input", help="image file (.nii, .nii.gz, .nrrd, .png, .jpg) or a folder of them")
     parser.add_argument("-o", "--output", required=True, help="mask file (same kind as INPUT) or folder")
     parser.add_argument("--roi", type=int, nargs="+", metavar="I0 I1",
                         help="restrict to a voxel box I0 I1 J0 J1 [K0 K1], half-open (I0 <= i < I1), "
@@ -84,11 +85,17 @@ def progress_reporter(as_json: bool, description: str):
 def run(args) -> int:
     from ..cards import find_card
     from ..engine import Segmenter, default_card
+    from ..windowed import default_picture_card, is_picture
 
     inputs, outputs = _pairs(Path(args.input), Path(args.output))
     if args.json:
         require_writable(args.json, "readouts")
-    card = find_card(args.model, args.models_dir) if args.model else default_card(read_image(inputs[0]), args.models_dir)
+    if args.model:
+        card = find_card(args.model, args.models_dir)
+    elif is_picture(inputs[0]):
+        card = default_picture_card(args.models_dir)
+    else:
+        card = default_card(read_image(inputs[0]), args.models_dir)
     overrides = {"overlap": args.overlap, "threshold": args.threshold, "min_lesion_ml": args.min_lesion_ml,
                  "min_lesion_px": args.min_lesion_px, "precision": args.precision, "flip_axes": args.flip_axes}
     cancel = Cancel()
@@ -138,10 +145,16 @@ def _pairs(source: Path, target: Path) -> tuple:
     inputs = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith(".")
                     and str(p).lower().endswith(SUFFIXES))
     if not inputs:
-        raise TumorSegError(f"no image files (.nii, .nii.gz, .nrrd, .png) in folder {source}")
+        raise TumorSegError(f"no image files (.nii, .nii.gz, .nrrd, .png, .jpg) in folder {source}")
     if target.exists() and not target.is_dir():
         raise TumorSegError(f"INPUT is a folder, so OUTPUT must be a folder; {target} is a file")
     if not target.exists():
         require_writable(target, "output folder")
         target.mkdir()
-    return inputs, [target / f"{case_name(p)}{image_suffix(p)}" for p in inputs]
+    return inputs, [target / f"{case_name(p)}{mask_suffix(p)}" for p in inputs]
+
+
+def mask_suffix(path: Path) -> str:
+    """The suffix of the mask of input ``path``: its own, PNG for a (lossy) JPEG."""
+    suffix = image_suffix(path)
+    return PNG_SUFFIXES[0] if suffix in JPEG_SUFFIXES else suffix
