@@ -42,15 +42,17 @@ REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
 NAME = "ct-liver-lesion-2d"
 LIVER = 1  # the network's liver channel
+COPIES = ("LPS", "SAR", "ILP")  # axis codes of flipped and permuted copies of the example CT
 SMALL_PX = 100  # LiTS pictures: tumour regions below 100 pixels (about 64 mm^2 at 0.8 mm) are "small"
 
 
-def liver_card(card):
-    """The same card and weights, reading the liver channel (no tumour-in-liver rule)."""
+def channel_card(card, channel: int):
+    """The same card and weights reading one output channel alone (no tumour-in-liver rule)."""
     from TumorSegLib.cards import card_from_dict
 
     fields = json.loads(Path(card.path).read_text())
-    return card_from_dict({**fields, "output": {"activation": "sigmoid", "channel": LIVER, "threshold": 0.5}}, card.path)
+    return card_from_dict({**fields, "output": {"activation": "sigmoid", "channel": channel, "threshold": 0.5}},
+                          card.path)
 
 
 def scan_of(case) -> str:
@@ -59,6 +61,17 @@ def scan_of(case) -> str:
 
 def slice_of(case) -> int:
     return int(re.search(r"volume-(\d+)_slice_(\d+)", case.name).group(2))
+
+
+def first_slices(cases: list, count: int) -> list:
+    """The first ``count`` cases of each scan."""
+    seen = defaultdict(int)
+    kept = []
+    for case in cases:
+        seen[scan_of(case)] += 1
+        if seen[scan_of(case)] <= count:
+            kept.append(case)
+    return kept
 
 
 def slice_weights(root: Path) -> dict:
@@ -72,15 +85,19 @@ def slice_weights(root: Path) -> dict:
     return {key: total[key] / stored[key] for key in total if stored[key]}
 
 
-def evaluate_slice(tumour_segmenter, liver_segmenter, case, card) -> dict:
-    """Pixel counts and lesion detection of one validation slice (and the arrays for overlays)."""
+def evaluate_slice(segmenters: dict, case, card) -> dict:
+    """Pixel counts and lesion detection of one validation slice (and the arrays for overlays).
+
+    ``segmenters``: "tumour" (the card), "liver" (channel 1) and "ungated" (channel 0 without the
+    tumour-in-liver rule, to measure what that rule does).
+    """
     from TumorSegLib.metrics import case_metrics
     from TumorSegLib.training.transforms import read_channels
 
     image, (tumour, liver) = read_channels(case, card, [[2], [1, 2]])
     fp32 = {"precision": "fp32"}
-    predicted = tumour_segmenter.predict(image, overrides=fp32).mask
-    predicted_liver = liver_segmenter.predict(image, overrides=fp32).mask
+    predicted, predicted_liver, ungated = (segmenters[k].predict(image, overrides=fp32).mask
+                                           for k in ("tumour", "liver", "ungated"))
     lesions = case_metrics(predicted, tumour, image, recist=False)
     sizes = region_sizes(tumour)
     found = region_sizes(tumour & predicted, labels_of=tumour)
@@ -90,6 +107,7 @@ def evaluate_slice(tumour_segmenter, liver_segmenter, case, card) -> dict:
         "tp": int(np.count_nonzero(predicted & tumour)), "pred": int(predicted.sum()), "true": int(tumour.sum()),
         "liver_tp": int(np.count_nonzero(predicted_liver & liver)), "liver_pred": int(predicted_liver.sum()),
         "liver_true": int(liver.sum()),
+        "ungated_tp": int(np.count_nonzero(ungated & tumour)), "ungated_pred": int(ungated.sum()),
         "lesions": len(sizes), "found": len(found), "fp_lesions": lesions["fp_lesions"],
         "small_lesions": sum(1 for s in sizes.values() if s < SMALL_PX),
         "small_found": sum(1 for label in found if sizes[label] < SMALL_PX),
@@ -117,7 +135,8 @@ def scan_figures(rows: list, weights: dict) -> list:
     for scan in sorted({r["scan"] for r in rows}, key=int):
         mine = [r for r in rows if r["scan"] == scan]
         entry = {"scan": scan, "slices": len(mine), "tumour_slices": sum(r["kind"] == "tumour" for r in mine)}
-        for prefix, keys in (("", ("tp", "pred", "true")), ("liver_", ("liver_tp", "liver_pred", "liver_true"))):
+        for prefix, keys in (("", ("tp", "pred", "true")), ("liver_", ("liver_tp", "liver_pred", "liver_true")),
+                             ("ungated_", ("ungated_tp", "ungated_pred", "true"))):
             sums = [sum(r[k] for r in mine) for k in keys]
             weighted = [sum(r[k] * weights.get((scan, r["kind"]), 1.0) for r in mine) for k in keys]
             entry[f"{prefix}dice"] = dice_of(*sums)
@@ -126,6 +145,11 @@ def scan_figures(rows: list, weights: dict) -> list:
         entry["fp_px_non_tumour_slices"] = sum(r["pred"] for r in mine if r["kind"] != "tumour")
         figures.append(entry)
     return figures
+
+
+def mean_of(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
 
 
 def summary(rows: list, scans: list) -> dict:
@@ -138,12 +162,15 @@ def summary(rows: list, scans: list) -> dict:
     return {
         "scans": len(scans), "scans_with_tumour": len(with_tumour), "slices": len(rows),
         "tumour_slices": sum(r["kind"] == "tumour" for r in rows),
-        "dice_per_scan_mean": float(np.mean([s["dice"] for s in with_tumour])),
-        "dice_per_scan_median": float(np.median([s["dice"] for s in with_tumour])),
-        "dice_per_scan_mean_weighted": float(np.mean([s["dice_weighted"] for s in with_tumour])),
+        "dice_per_scan_mean": mean_of(s["dice"] for s in with_tumour),
+        "dice_per_scan_median": float(np.median([s["dice"] for s in with_tumour])) if with_tumour else None,
+        "dice_per_scan_mean_weighted": mean_of(s["dice_weighted"] for s in with_tumour),
         "dice_global": dice_of(*pooled),
-        "liver_dice_per_scan_mean": float(np.mean([s["liver_dice"] for s in scans])),
-        "liver_dice_per_scan_mean_weighted": float(np.mean([s["liver_dice_weighted"] for s in scans])),
+        "ungated_dice_per_scan_mean": mean_of(s["ungated_dice"] for s in with_tumour),
+        "ungated_fp_px_per_non_tumour_slice": float(np.mean([r["ungated_pred"] for r in rows if r["kind"] != "tumour"]
+                                                            or [0])),
+        "liver_dice_per_scan_mean": mean_of(s["liver_dice"] for s in scans),
+        "liver_dice_per_scan_mean_weighted": mean_of(s["liver_dice_weighted"] for s in scans),
         "liver_dice_global": dice_of(*pooled_liver),
         "lesions": lesions, "lesions_found": found, "lesion_sensitivity": found / lesions if lesions else None,
         "lesions_100px_or_more": lesions - small,
@@ -171,28 +198,38 @@ def overlay(path: Path, rows: list) -> Path:
 
 
 def example_ct(card, path: Path, figure: Path) -> dict:
-    """Tumour (false-positive) and liver volume on a whole CT without labels, the liver's side, the time."""
+    """On a whole CT without labels: tumour (false-positive) and liver volume, the liver's place, the
+    time, and the liver masks of flipped and permuted copies of the volume mapped back (differing voxels)."""
     from TumorSegLib.engine import Segmenter
     from TumorSegLib.io import read_image
     from TumorSegLib.measure import label_lesions
     from TumorSegLib.overlay import overlay_png
+    from TumorSegLib.preprocess import reorient
 
     image = read_image(path)
+    fp32 = {"precision": "fp32"}
     started = time.perf_counter()
-    tumour = Segmenter(card, device="cpu").predict(image, overrides={"precision": "fp32"}).mask
+    tumour = Segmenter(card, device="cpu").predict(image, overrides=fp32).mask
     seconds = time.perf_counter() - started
-    liver = Segmenter(liver_card(card), device="cpu").predict(image, overrides={"precision": "fp32"}).mask
+    liver_segmenter = Segmenter(channel_card(card, LIVER), device="cpu")
+    liver = liver_segmenter.predict(image, overrides=fp32).mask
+    copies = {}
+    for codes in COPIES:
+        copy, _ = reorient(image, codes)
+        expected = reorient(image.with_array(liver.astype(np.uint8)), codes)[0].array.astype(bool)
+        copies[codes] = int(np.count_nonzero(liver_segmenter.predict(copy, overrides=fp32).mask != expected))
     millilitres = image.voxel_volume / 1000.0
     body = image.to_world(np.argwhere(image.array > -300))
     centre = image.to_world(np.argwhere(liver)).mean(axis=0) if liver.any() else None
-    overlay_png(figure, image, liver, window=(-160, 240))
+    overlay_png(figure, image, liver | tumour, window=(-160, 240))
     return {
         "file": f"{path.parent.name}/{path.name}", "shape": list(image.shape),
         "spacing_mm": [round(float(s), 3) for s in image.spacing],
         "tumour_ml": float(tumour.sum() * millilitres), "tumour_regions": label_lesions(tumour)[1],
-        "liver_ml": float(liver.sum() * millilitres),
+        "liver_ml": float(liver.sum() * millilitres), "liver_voxels": int(liver.sum()),
         "liver_centre_minus_body_centre_mm": None if centre is None else
         [round(float(c), 1) for c in centre - np.median(body, axis=0)],
+        "copies_differing_liver_voxels": copies,
         "seconds_tumour_run": round(seconds, 2),
     }
 
@@ -228,6 +265,10 @@ def report_text(card, result: dict) -> str:
         f"| false-positive regions / precision of regions | {s['false_positive_regions']} / "
         f"{f(s['lesion_precision'])} | |",
         f"| mean false-positive pixels per slice without tumour | {f(s['fp_px_per_non_tumour_slice'], 1)} | |",
+        f"| without the tumour-in-liver rule (output.within): tumour Dice per scan, mean | "
+        f"{f(s['ungated_dice_per_scan_mean'])} | |",
+        f"| without the rule: false-positive pixels per slice without tumour | "
+        f"{f(s['ungated_fp_px_per_non_tumour_slice'], 1)} | |",
         "", "Targets (issue 18): mean per-scan tumour Dice >= 0.65, liver Dice >= 0.93.", "",
         "\"Weighted\": the dev folder stores every tumour slice but only every 4th liver-only slice and a few slices "
         "without liver; each stored slice is counted for all slices of its kind in its scan (`dev/slices.csv`), which "
@@ -237,8 +278,9 @@ def report_text(card, result: dict) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for e in scans:
-        lines.append(f"| {e['scan']} | {e['slices']} | {e['tumour_slices']} | {e['true_px']} | {f(e['dice'])} | "
-                     f"{f(e['dice_weighted'])} | {f(e['liver_dice'])} | {e['fp_px_non_tumour_slices']} |")
+        tumour = (f"{f(e['dice'])} | {f(e['dice_weighted'])}" if e["true_px"] else "no tumour | no tumour")
+        lines.append(f"| {e['scan']} | {e['slices']} | {e['tumour_slices']} | {e['true_px']} | {tumour} | "
+                     f"{f(e['liver_dice'])} | {e['fp_px_non_tumour_slices']} |")
     lines += ["", "## Overlays (best, median and worst scan by tumour Dice)", "",
               "Each shows the scan's slice with the most tumour (R channel, W150/L30): truth green, predicted tumour "
               "red, predicted liver blue (outlines).", ""]
@@ -251,7 +293,11 @@ def report_text(card, result: dict) -> str:
               f"positive as far as known: the file has no labels); liver {ct['liver_ml']:.0f} mL, its centre "
               f"{ct['liver_centre_minus_body_centre_mm']} mm (RAS) from the body's median point (positive x = patient "
               f"right, positive z = superior); {ct['seconds_tumour_run']} s for the tumour run on this CPU (indicative: "
-              "shared machine).", "", "![example CT liver](figures/liver-example-ct.png)", "",
+              "shared machine). Flipped and permuted copies of the volume (axis codes: voxels whose liver label "
+              f"differs after mapping back, of {ct['liver_voxels']}): {ct['copies_differing_liver_voxels']}.", "",
+              "Overlay: predicted liver and tumour (red) in the axial, coronal and sagittal planes through the "
+              "largest region (patient right on the image left).", "",
+              "![example CT liver](figures/liver-example-ct.png)", "",
               "## Limits", "",
               "- The pictures carry no spacing: they are taken as 0.8 mm pixels (LiTS in-plane spacing is about "
               "0.55-1.0 mm), so scans at other spacings were seen 0.7-1.25x too large or small in training; scale "
@@ -269,6 +315,7 @@ def main(argv=None) -> int:
     parser.add_argument("--example-ct", default=str(SHARED / "totalseg-example-ct" / "example_ct.nii.gz"))
     parser.add_argument("--report", default=str(REPO / "docs" / "liver-report.md"))
     parser.add_argument("--json", help="also write the figures as JSON")
+    parser.add_argument("--slices-per-scan", type=int, help="only the first N stored slices of each scan (a quick check)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
@@ -283,15 +330,20 @@ def main(argv=None) -> int:
     card = load_card(args.card) if args.card else find_card(NAME)
     root = Path(args.data_root)
     cases = card_validation_cases(card, data_root=root)
-    tumour_segmenter = Segmenter(card, device="cpu")
-    liver_segmenter = Segmenter(liver_card(card), device="cpu", network=tumour_segmenter.network)
-    rows = [evaluate_slice(tumour_segmenter, liver_segmenter, case, card) for case in cases]
+    if args.slices_per_scan:
+        cases = first_slices(cases, args.slices_per_scan)
+    segmenters = {"tumour": Segmenter(card, device="cpu")}
+    network = segmenters["tumour"].network
+    segmenters.update(liver=Segmenter(channel_card(card, LIVER), device="cpu", network=network),
+                      ungated=Segmenter(channel_card(card, 0), device="cpu", network=network))
+    rows = [evaluate_slice(segmenters, case, card) for case in cases]
     scans = scan_figures(rows, slice_weights(root))
     figures_dir = Path(args.report).parent / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     ranked = sorted((s for s in scans if s["true_px"]), key=lambda s: s["dice"], reverse=True)
     figures = {}
-    for label, entry in (("best", ranked[0]), ("median", ranked[len(ranked) // 2]), ("worst", ranked[-1])):
+    picks = (("best", ranked[0]), ("median", ranked[len(ranked) // 2]), ("worst", ranked[-1])) if ranked else ()
+    for label, entry in picks:
         title = f"{label}: scan {entry['scan']}, tumour Dice {entry['dice']:.3f}"
         path = figures_dir / f"liver-{label}.png"
         figures[title] = str(overlay(path, [r for r in rows if r["scan"] == entry["scan"]]))
