@@ -168,6 +168,7 @@ def test_liver_lies_on_the_patients_right_in_the_upper_abdomen_of_any_copy_of_a_
     world = image.to_world(np.argwhere(liver))
     body = image.to_world(np.argwhere(image.array > -300))
     assert world[:, 0].mean() > np.median(body[:, 0]) + 20  # RAS x: patient right
+    assert world[:, 2].mean() > np.median(body[:, 2])  # RAS z: the upper part of this abdomen-pelvis scan
     for codes in ("LPS", "SAR"):
         copy, _ = reorient(image, codes)
         copy_liver = segmenter.predict(copy, overrides={"precision": "fp32"}).mask
