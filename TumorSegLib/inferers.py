@@ -110,8 +110,8 @@ class Predictor:
             return torch.softmax(logits, dim=1)[:, self.channel : self.channel + 1]
         probability = torch.sigmoid(logits[:, self.channel : self.channel + 1])
         if self.within:  # tumour only inside the organ channel (card output.within)
-            organ = int(self.within["channel"])
-            probability = probability * (torch.sigmoid(logits[:, organ : organ + 1]) >= float(self.within.get("threshold", 0.5)))
+            organ = torch.sigmoid(logits[:, int(self.within["channel"])][:, None])
+            probability = probability * (organ >= float(self.within.get("threshold", 0.5)))
         return probability
 
 

@@ -250,6 +250,11 @@ def report_text(card, result: dict) -> str:
         "LiTS terms: non-commercial research use, CC BY-NC-SA 4.0, cite Bilic et al., MedIA 2023). "
         f"Validation = the {s['scans']} scans the training split held out (by scan, seed 20240607): "
         f"{s['slices']} stored slices, {s['tumour_slices']} with tumour. No cross-validation (CPU time).", "",
+        "Training history: the card's `provenance.config.notes` (three phases; the first two used MONAI's DiceCELoss, "
+        "whose softmax cross-entropy across the two sigmoid channels taught the tumour channel to copy the liver; the "
+        "third phase, with a sigmoid Dice + binary cross-entropy, is what corrected it). Loss and validation Dice "
+        "(per-slice mean, the training loop's selection figure) per epoch:", "",
+        "![training curve](figures/liver-training-curve.png)", "",
         "## LiTS figures", "",
         "| figure | stored slices | weighted to whole scans |", "|---|---|---|",
         f"| tumour Dice per scan, mean over {s['scans_with_tumour']} scans with tumour | {f(s['dice_per_scan_mean'])} "
