@@ -274,7 +274,9 @@ def report_text(card, result: dict) -> str:
         f"{f(s['ungated_dice_per_scan_mean'])} | |",
         f"| without the rule: false-positive pixels per slice without tumour | "
         f"{f(s['ungated_fp_px_per_non_tumour_slice'], 1)} | |",
-        "", "Targets (issue 18): mean per-scan tumour Dice >= 0.65, liver Dice >= 0.93.", "",
+        "", "Targets (issue 18): mean per-scan tumour Dice >= 0.65, liver Dice >= 0.93. "
+        f"Reached: tumour {'yes' if (s['dice_per_scan_mean'] or 0) >= 0.65 else 'no'}, "
+        f"liver {'yes' if (s['liver_dice_per_scan_mean'] or 0) >= 0.93 else 'no'}.", "",
         "\"Weighted\": the dev folder stores every tumour slice but only every 4th liver-only slice and a few slices "
         "without liver; each stored slice is counted for all slices of its kind in its scan (`dev/slices.csv`), which "
         "estimates the whole-scan Dice including false positives on slices that are not stored.", "",
