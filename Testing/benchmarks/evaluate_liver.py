@@ -245,15 +245,17 @@ def report_text(card, result: dict) -> str:
         "# ct-liver-lesion-2d: validation report (LiTS slices)", "",
         f"Produced by `Testing/benchmarks/evaluate_liver.py` on {result['machine']} from the published card "
         f"(weights sha256 `{card.weights.get('sha256', '')[:12]}...`), CPU, fp32. Training: {training.get('epochs')} "
-        f"epochs, {training.get('steps')} steps on a shared 2-core CPU ({training.get('stopped')}).", "",
+        f"epochs in the last phase, {training.get('steps')} steps in all on a shared 2-core CPU ({training.get('stopped')}).", "",
         "Data: LiTS 2017 training scans as windowed JPEG slices (`../shared/data/lits-liver-2d`, 26 dev scans; "
         "LiTS terms: non-commercial research use, CC BY-NC-SA 4.0, cite Bilic et al., MedIA 2023). "
         f"Validation = the {s['scans']} scans the training split held out (by scan, seed 20240607): "
         f"{s['slices']} stored slices, {s['tumour_slices']} with tumour. No cross-validation (CPU time).", "",
-        "Training history: the card's `provenance.config.notes` (three phases; the first two used MONAI's DiceCELoss, "
-        "whose softmax cross-entropy across the two sigmoid channels taught the tumour channel to copy the liver; the "
-        "third phase, with a sigmoid Dice + binary cross-entropy, is what corrected it). Loss and validation Dice "
-        "(per-slice mean, the training loop's selection figure) per epoch:", "",
+        "Training history: the card's `provenance.config.notes` (four phases, 80 epochs in all; the first two used "
+        "MONAI's DiceCELoss, whose softmax cross-entropy across the two sigmoid channels taught the tumour channel to "
+        "copy the liver; with a sigmoid Dice + binary cross-entropy the third phase, at a low learning rate, did not "
+        "correct it, the fourth, a warm restart of the schedule, did; the card holds the best per-slice validation "
+        "Dice, epoch 6 of that phase). Loss and validation Dice (per-slice mean, the training loop's selection "
+        "figure) per epoch of that last phase:", "",
         "![training curve](figures/liver-training-curve.png)", "",
         "## LiTS figures", "",
         "| figure | stored slices | weighted to whole scans |", "|---|---|---|",
