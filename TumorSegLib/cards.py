@@ -11,7 +11,8 @@ its weights file sits next to it. Fields (see ``Resources/Models/README.md``)::
     preprocessing   {"intensity": {"window": [lo, hi], "invert": bool},   -> clip to [0, 1]
                      "orientation": null | "RAS" (axis codes: exact reorientation before inference),
                      "spacing": null | [mm per array axis],
-                     "mip": {"window": [0, suv_hi], "invert": bool}}     (MIP-PET from 3D PET)
+                     "mip": {"window": [0, suv_hi], "invert": bool},     (MIP-PET from 3D PET)
+                     "picture": {"channel", "window", "spacing"}}  (JPEG slices, see ``windowed``)
     inference       {"patch_size": [...], "overlap": 0.25, "blending": "gaussian"|"constant",
                      "sw_batch_size": 1, "batch_size": 8 (slices), "divisible_by": 16,
                      "context_mm": [...] (click-to-segment), "min_roi_mm": [...] (smallest ROI),
@@ -22,7 +23,9 @@ its weights file sits next to it. Fields (see ``Resources/Models/README.md``)::
                                       probability is the mean over the identity and each flip)}
     click           {"max_distance_mm": 5.0} (a click keeps the lesion holding it, else the nearest one
                                            within this distance, else nothing)
-    output          {"activation": "sigmoid"|"softmax", "channel": 0, "threshold": 0.5}
+    output          {"activation": "sigmoid"|"softmax", "channel": 0, "threshold": 0.5,
+                     "within": {"channel": 1, "threshold": 0.5} (optional: tumour only where the
+                               sigmoid of that channel, e.g. an organ, reaches its threshold)}
     postprocessing  {"min_lesion_ml": 0.0 (3D), "min_lesion_px": 0 (2D), "largest_component": false,
                      "fill_holes": false}
     weights         {"file": "name.pt", "sha256": "...", "format": "state_dict"|"torchscript"}
@@ -178,7 +181,24 @@ def _engine_problems(data: dict) -> list:
         problems.append(f"click must be {{'max_distance_mm': mm >= 0}}, got {click!r}")
     if data.get("modality") == "MIP-PET" and data.get("mode") != "whole-image-2d":
         problems.append("a MIP-PET model must have mode 'whole-image-2d'")
-    return problems
+    from .windowed import picture_problems
+
+    return problems + picture_problems(preprocessing) + _within_problems(data)
+
+
+def _within_problems(data: dict) -> list:
+    """Problems with ``output.within`` ({"channel", "threshold"}: tumour only where that channel is on)."""
+    output = data.get("output") or {}
+    within = output.get("within")
+    if within is None:
+        return []
+    channels = int(((data.get("network") or {}).get("args") or {}).get("out_channels", 1))
+    channel = within.get("channel") if isinstance(within, dict) else None
+    if output.get("activation", "sigmoid") != "sigmoid" or not isinstance(channel, int) or not 0 <= channel < channels \
+            or channel == output.get("channel", 0) or not 0.0 < _number(within.get("threshold", 0.5), 0.0) < 1.0:
+        return [f"output.within must be {{'channel': another of the {channels} sigmoid output channels, "
+                f"'threshold': in (0, 1)}}, got {within!r}"]
+    return []
 
 
 def flip_axes_problem(axes, dims: int) -> str | None:

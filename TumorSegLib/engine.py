@@ -42,7 +42,7 @@ from . import boxes
 from .cards import USABLE, ModelCard, flip_axes_problem, list_cards, weights_status
 from .errors import TumorSegError
 from .image import Image, superior_axis
-from .io import PNG_SUFFIXES, image_suffix, read_image, write_image, write_mask
+from .io import PNG_SUFFIXES, image_suffix, write_image, write_mask
 from .progress import check_cancel, no_progress, scaled
 from .files import require_not_input, require_writable
 
@@ -193,7 +193,7 @@ def check_input(image: Image, card: ModelCard, sample: bool = False) -> None:
             raise TumorSegError(f"{what} needs a MIP image with values 0..255 (as the MIP PNGs), got "
                                 f"{low:g}..{high:g}")
     elif card.spatial_dims == 3 or card.mode == "slice-2d":
-        if image.ndim != 3:
+        if image.ndim != 3 and not (card.mode == "slice-2d" and "picture" in image.meta):
             raise TumorSegError(f"{what} needs a 3D volume, got a {image.ndim}D image of shape {image.shape}")
     elif image.ndim != 2:
         raise TumorSegError(f"{what} needs a 2D image, got a {image.ndim}D volume of shape {image.shape}")
@@ -377,7 +377,7 @@ class Segmenter:
             spacing = None
         if spacing:
             spacing = list(spacing)
-            if self.card.mode == "slice-2d" and len(spacing) == 2:
+            if self.card.mode == "slice-2d" and len(spacing) == 2 and axis is not None:
                 spacing.insert(axis, None)
             shape = resampled_shape(array.shape, oriented.spacing, spacing)
             array = resample(array, shape)
@@ -436,7 +436,7 @@ class Segmenter:
             return inferers.sliding_window_3d(
                 array, predictor_args, patch, float(settings["overlap"]), settings["blending"],
                 int(settings["sw_batch_size"]), self.device, self._volume_device(array, settings), active)
-        if self.card.mode == "slice-2d":
+        if self.card.mode == "slice-2d" and axis is not None:  # a 2D picture is one axial slice
             return inferers.slices_2d(array, axis, predictor_args, int(settings["batch_size"]), divisible_by(self.card),
                                       self.device, active)
         return inferers.whole_image_2d(array, predictor_args, divisible_by(self.card), self.device)
@@ -534,13 +534,15 @@ def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, points
     each with the MIP image beside it. Every output is checked before any work, none may be the
     input, and nothing is written when the run fails or is cancelled. ``image``: the input already
     read (a DICOM series converted to SUV; the worker keeps it between requests), else it is read
-    here. ``clicks_only``: after clicks, write only the box holding every click's box (its own exact
-    geometry), not the whole grid.
+    here (a JPEG through the card's picture channel, ``windowed``). ``clicks_only``: after clicks,
+    write only the box holding every click's box (its own exact geometry), not the whole grid.
     """
+    from .windowed import picture_notes, read_input
+
     image_suffix(output_path)
     require_writable(output_path, "mask")
     require_not_input([output_path], [input_path])
-    image = read_image(input_path, "input image") if image is None else image
+    image = read_input(input_path, segmenter.card) if image is None else image
     flat_paths = planned_flat_masks(image, segmenter.card, output_path, mip_mask)
     outputs = [Path(output_path), *flat_paths, *map(mip_image_path, flat_paths)]
     for path in outputs:
@@ -554,6 +556,7 @@ def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, points
     else:
         prediction = flat = segmenter.predict(image, roi=roi, points=points, progress=progress, cancel=cancel,
                                               overrides=overrides)
+    prediction.notes.extend(picture_notes(image))
     check_cancel(cancel)
     grid, mask = prediction.image, prediction.mask
     if clicks_only and prediction.clicks:

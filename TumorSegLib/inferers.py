@@ -41,6 +41,7 @@ class Predictor:
         self.flip_dims = [[2 + int(axis)] for axis in flip_axes]  # batch dims of the spatial axes
         self.activation = output.get("activation", "sigmoid")
         self.channel = int(output.get("channel", 0))
+        self.within = output.get("within")
         self.device = device
         self.dtype = dtype
         self.total = max(int(total), 1)
@@ -110,7 +111,11 @@ class Predictor:
         logits = logits.float()
         if self.activation == "softmax":
             return torch.softmax(logits, dim=1)[:, self.channel : self.channel + 1]
-        return torch.sigmoid(logits[:, self.channel : self.channel + 1])
+        probability = torch.sigmoid(logits[:, self.channel : self.channel + 1])
+        if self.within:  # tumour only inside the organ channel (card output.within)
+            organ = torch.sigmoid(logits[:, int(self.within["channel"])][:, None])
+            probability = probability * (organ >= float(self.within.get("threshold", 0.5)))
+        return probability
 
 
 def window_count(shape, patch, overlap: float) -> int:

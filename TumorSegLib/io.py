@@ -7,6 +7,8 @@
 - DICOM: a series folder or one file of a series, read by ``TumorSegLib.dicom.read_series``.
 - PNG: one channel. Gray, gray+alpha, RGB and RGBA with R=G=B keep that gray channel; true colour
   is reduced to ITU-R 601 luma; alpha is ignored. Pixel spacing is unknown (identity affine).
+- JPEG (read only): the channel a card names (``channel``: 0 = R, 1 = G, 2 = B; a grey JPEG has
+  only 0); without one, as PNG. JPEG is lossy, so masks are never written as JPEG.
 
 Writes are atomic: the file appears complete under its name or not at all.
 """
@@ -14,6 +16,7 @@ Writes are atomic: the file appears complete under its name or not at all.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -24,7 +27,8 @@ from .image import Image
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 PNG_SUFFIXES = (".png",)
-SUFFIXES = NIFTI_SUFFIXES + NRRD_SUFFIXES + PNG_SUFFIXES
+JPEG_SUFFIXES = (".jpg", ".jpeg")
+SUFFIXES = NIFTI_SUFFIXES + NRRD_SUFFIXES + PNG_SUFFIXES + JPEG_SUFFIXES
 
 _NRRD_SPACE_TO_RAS = {
     "left-posterior-superior": (-1, -1, 1),
@@ -40,7 +44,7 @@ def image_suffix(path) -> str:
     for suffix in SUFFIXES:
         if name.endswith(suffix):
             return suffix
-    raise TumorSegError(f"unsupported file type: {path} (use .nii, .nii.gz, .nrrd or .png)")
+    raise TumorSegError(f"unsupported file type: {path} (use .nii, .nii.gz, .nrrd, .png or, to read, .jpg)")
 
 
 def is_dicom(path) -> bool:
@@ -59,11 +63,12 @@ def case_name(path) -> str:
     return name[: len(name) - len(image_suffix(name))]
 
 
-def read_image(path, what: str = "image", *, series_uid: str | None = None) -> Image:
+def read_image(path, what: str = "image", channel: Optional[int] = None, *, series_uid: str | None = None) -> Image:
     """Read a 2D or 3D image. 4D data (other than a trailing singleton axis) is refused.
 
     A DICOM series folder (or a file of one: .dcm or no image suffix) is read as one volume;
-    ``series_uid`` picks the series when the folder holds several.
+    ``series_uid`` picks the series when the folder holds several. ``channel`` picks one colour
+    channel of a JPEG (see the module docstring).
     """
     path = Path(path)
     if is_dicom(path):
@@ -80,6 +85,8 @@ def read_image(path, what: str = "image", *, series_uid: str | None = None) -> I
             image = _read_nifti(path)
         elif suffix in NRRD_SUFFIXES:
             image = _read_nrrd(path)
+        elif suffix in JPEG_SUFFIXES and channel is not None:
+            image = _read_jpeg_channel(path, int(channel))
         else:
             image = _read_png(path)
     except TumorSegError:
@@ -159,6 +166,22 @@ def _read_png(path) -> Image:
     return Image(array=np.ascontiguousarray(array), affine=np.eye(3), spacing_known=False, meta={"png_mode": mode})
 
 
+def _read_jpeg_channel(path, channel: int) -> Image:
+    from PIL import Image as PILImage
+
+    with PILImage.open(path) as pil:
+        if pil.format != "JPEG":
+            raise TumorSegError(f"{path} is not a JPEG file (format {pil.format})")
+        mode = pil.mode
+        array = np.asarray(pil.convert("RGB") if pil.mode not in ("L", "RGB") else pil)
+    bands = 1 if array.ndim == 2 else array.shape[-1]
+    if not 0 <= channel < bands:
+        raise TumorSegError(f"{path}: JPEG channel {channel} requested, the image has {bands} channel(s) ({mode})")
+    array = array if array.ndim == 2 else array[..., channel]
+    return Image(array=np.ascontiguousarray(array), affine=np.eye(3), spacing_known=False,
+                 meta={"jpeg_mode": mode, "jpeg_channel": channel})
+
+
 def write_mask(path, mask: np.ndarray, like: Image) -> Path:
     """Write a binary or label mask on the grid of ``like`` (its shape and affine exactly).
 
@@ -176,6 +199,8 @@ def write_image(path, image: Image) -> Path:
     """Write ``image`` atomically; the suffix picks the format. 2D images go to PNG only."""
     path = Path(path)
     suffix = image_suffix(path)
+    if suffix in JPEG_SUFFIXES:
+        raise TumorSegError(f"cannot write {path}: JPEG is lossy; write masks and images as PNG")
     if (image.ndim == 2) != (suffix in PNG_SUFFIXES):
         raise TumorSegError(f"cannot write a {image.ndim}D image as {suffix} ({path})")
     if suffix == ".nhdr":

@@ -222,6 +222,18 @@ def test_losses_prefer_the_right_answer(name):
     assert torch.isfinite(right) and right < 0.05 < wrong
 
 
+@pytest.mark.parametrize("name", ["dicece", "dice", "bce"])
+def test_sigmoid_losses_take_overlapping_label_channels(name):
+    """Tumour inside liver: two sigmoid channels that are both on must cost nothing when predicted
+    (MONAI's DiceCELoss would apply a softmax cross-entropy across them)."""
+    target = torch.zeros(2, 2, 16, 16)
+    target[:, 1, 2:12, 2:12] = 1  # liver
+    target[:, 0, 4:8, 4:8] = 1  # tumour, inside the liver
+    loss = build_loss({"name": name})
+    right, wrong = loss(10 * (2 * target - 1), target), loss(10 * (2 * target.flip(1) - 1), target)
+    assert torch.isfinite(right) and right < 0.05 < wrong
+
+
 # ---- end to end ------------------------------------------------------------------------------------------------
 
 def test_train_2d_end_to_end_card_reproduces_validation(tmp_path):

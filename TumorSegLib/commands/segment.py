@@ -1,9 +1,10 @@
 """``tumorseg segment INPUT -o OUTPUT [--model NAME] [--device auto|cpu|cuda] [--roi ...] [--point R A S] ...``.
 
-INPUT is a NIfTI, NRRD or PNG file, or a folder of them (OUTPUT is then a folder; the network
+INPUT is a NIfTI, NRRD, PNG or JPEG file, or a folder of them (OUTPUT is then a folder; the network
 is loaded once), or a DICOM series (its folder or one of its files; one input; --series picks a
 series in a folder of several). The mask lands on INPUT's grid in the same kind of file (PNG masks
-0/255; a DICOM series gives .nii.gz/.nrrd, or a DICOM SEG with -o NAME.dcm or --dicom-seg). A
+0/255; a JPEG, a windowed CT slice read through the card's picture channel, gets a PNG mask, never
+a JPEG; a DICOM series gives .nii.gz/.nrrd, or a DICOM SEG with -o NAME.dcm or --dicom-seg). A
 MIP-PET model given a 3D PET volume writes a 3D mask (each MIP lesion traced back to the depth of
 its maximum and delineated in 3D) and, with --mip-mask (or an OUTPUT ending in .png instead), the 2D
 MIP mask as PNG with the MIP image beside it. PET models need SUV: a PT series converts from its
@@ -25,10 +26,11 @@ from . import HelpFormatter
 from ..errors import TumorSegError
 from ..dicom_seg import card_version, is_dicom_seg_path, write_dicom_seg
 from ..files import require_not_input, require_writable, same_file, write_json
-from ..io import SUFFIXES, case_name, image_suffix, is_dicom
+from ..io import JPEG_SUFFIXES, PNG_SUFFIXES, SUFFIXES, case_name, image_suffix, is_dicom
 from ..progress import Cancel, ProgressBar, check_cancel, json_lines, scaled
 from ..report import readouts_text
 from ..suv import read_input, require_suv
+from ..windowed import default_picture_card, is_picture, read_input as read_picture
 
 
 def register(subparsers) -> None:
@@ -39,7 +41,7 @@ def register(subparsers) -> None:
         formatter_class=HelpFormatter,
     )
     add_model_arguments(parser)
-    parser.add_argument("input", help="image file (.nii, .nii.gz, .nrrd, .png) or a folder of them, or a DICOM series")
+    parser.add_argument("input", help="image file (.nii, .nii.gz, .nrrd, .png, .jpg) or a folder of them, or a DICOM series")
     parser.add_argument("-o", "--output", required=True,
                         help="mask file (same kind as INPUT; .dcm: DICOM SEG of a DICOM series) or folder")
     add_dicom_arguments(parser)
@@ -113,9 +115,16 @@ def run(args) -> int:
         if path:
             require_writable(path, "output")
     require_not_input(outputs + [args.json, args.mip_mask, *seg_paths], inputs)
-    first = read_input(inputs[0], "input image", args.series, args.suv_factor) if len(inputs) == 1 or not args.model \
-        else None
-    card = find_card(args.model, args.models_dir) if args.model else default_card(first, args.models_dir)
+    first = None
+    if args.model:
+        card = find_card(args.model, args.models_dir)
+    elif is_picture(inputs[0]):
+        card = default_picture_card(args.models_dir)
+    else:
+        first = read_input(inputs[0], "input image", args.series, args.suv_factor)
+        card = default_card(first, args.models_dir)
+    if first is None and len(inputs) == 1:
+        first = _read(inputs[0], card, args)
     if seg_paths and card.modality == "MIP-PET":
         raise TumorSegError(f"model {card.name!r} gives a 2D MIP mask, which a DICOM SEG of the series cannot hold")
     if first is not None:
@@ -133,7 +142,7 @@ def run(args) -> int:
             step = scaled(progress, number / len(inputs), (number + 1) / len(inputs))
             try:
                 image = first if number == 0 and first is not None else \
-                    read_input(source, "input image", args.series, args.suv_factor)
+                    _read(source, card, args)
                 _require_units(image, card, source)
                 results.append(_segment_one(segmenter, source, target, image, args, step, cancel, overrides))
             except TumorSegError as error:
@@ -181,6 +190,14 @@ def _segment_one(segmenter, source: Path, target: Path, image, args, progress, c
             "notes": notes, "readouts": values.to_dict(), "text": readouts_text(values)}
 
 
+def _read(source: Path, card, args):
+    """One input: a JPEG through the card's picture channel and window, else an image file or DICOM series
+    (times ``--suv-factor`` when given)."""
+    if is_picture(source):
+        return read_picture(source, card)
+    return read_input(source, "input image", args.series, args.suv_factor)
+
+
 def _require_units(image, card, source) -> None:
     """PET models take SUV: a PT series whose header gave none is refused with the reason."""
     if card.modality in ("PET", "MIP-PET"):
@@ -210,7 +227,7 @@ def _pairs(source: Path, target: Path) -> tuple:
     inputs = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith(".")
                     and str(p).lower().endswith(SUFFIXES))
     if not inputs:
-        raise TumorSegError(f"no image files (.nii, .nii.gz, .nrrd, .png) in folder {source}")
+        raise TumorSegError(f"no image files (.nii, .nii.gz, .nrrd, .png, .jpg) in folder {source}")
     if target.exists() and not target.is_dir():
         raise TumorSegError(f"INPUT is a folder, so OUTPUT must be a folder; {target} is a file")
     if same_file(target, source):
@@ -218,4 +235,10 @@ def _pairs(source: Path, target: Path) -> tuple:
                             "choose another output folder")
     if not target.exists():
         require_writable(target, "output folder")  # made by ``run`` once the model is loaded
-    return inputs, [target / f"{case_name(p)}{image_suffix(p)}" for p in inputs]
+    return inputs, [target / f"{case_name(p)}{mask_suffix(p)}" for p in inputs]
+
+
+def mask_suffix(path: Path) -> str:
+    """The suffix of the mask of input ``path``: its own, PNG for a (lossy) JPEG."""
+    suffix = image_suffix(path)
+    return PNG_SUFFIXES[0] if suffix in JPEG_SUFFIXES else suffix

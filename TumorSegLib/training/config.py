@@ -13,6 +13,9 @@ Sections (every default is listed in ``DATA_DEFAULTS`` / ``TRAIN_DEFAULTS``)::
               patient      patient id template (default: the case); all cases of a patient fall on
                            the same side of the train/validation split
               controls     glob of mask-less healthy controls (all background), or null
+              label_values null (every non-zero mask value is tumour), or one list of mask values per
+                           sigmoid output channel, tumour first: e.g. [[2], [1, 2]] trains tumour
+                           (label 2) and liver (labels 1 and 2) from LiTS masks
               validation_fraction, split_seed   patient-level split (controls split alike, seed + 1)
               folds, fold  k-fold cross-validation instead: patients dealt into ``folds`` folds
                            (seeded by split_seed), fold ``fold`` (0-based) held out
@@ -37,6 +40,7 @@ DATA_DEFAULTS = {
     "mask": None,
     "patient": "{case}",
     "controls": None,
+    "label_values": None,
     "validation_fraction": 0.2,
     "split_seed": 20240607,
     "folds": None,
@@ -181,7 +185,15 @@ def _check(config: TrainConfig, card: ModelCard, where: str) -> None:
         problems.append(f"train.schedule.name must be one of {SCHEDULES}")
     channels = int(card.network.get("args", {}).get("out_channels", 1))
     activation = card.output.get("activation", "sigmoid")
-    if (activation, channels) not in (("sigmoid", 1), ("softmax", 2)):
+    values = data["label_values"]
+    if values is not None:
+        if (not isinstance(values, list) or not values
+                or not all(isinstance(v, list) and v and all(isinstance(x, int) and x > 0 for x in v) for v in values)):
+            problems.append(f"data.label_values must be null or a list of lists of positive mask values, got {values!r}")
+        elif (activation, channels) != ("sigmoid", len(values)):
+            problems.append(f"data.label_values gives {len(values)} channel(s): needs as many sigmoid out_channels, "
+                            f"got {channels} with {activation}")
+    elif (activation, channels) not in (("sigmoid", 1), ("softmax", 2)):
         problems.append(f"training needs out_channels 1 with sigmoid or 2 with softmax, got {channels} with {activation}")
     if card.in_channels != 1:
         problems.append("training reads one-channel images: network.args.in_channels must be 1")

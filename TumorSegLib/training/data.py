@@ -134,14 +134,16 @@ def check_cases(cases: list, card, load) -> None:
 
     ``load(case) -> {"image", "label", "axis"}`` is the loader training uses.
     """
-    dims = 2 if card.mode == "whole-image-2d" else 3
+    dims = {"whole-image-2d": (2,), "slice-2d": (2, 3)}.get(card.mode, (3,))  # slice-2d: volumes or single slices
     for case in cases:
         arrays = load(case)
-        if arrays["image"].ndim != dims:
+        if arrays["image"].ndim not in dims:
             raise TumorSegError(f"{case.name}: a {arrays['image'].ndim}D image does not suit a {card.mode} model")
         label = arrays["label"]
+        if label.ndim > arrays["image"].ndim:  # label channels: the first is tumour
+            label = label[0]
         case.positive = bool(label.any())
-        if card.mode == "slice-2d":
+        if card.mode == "slice-2d" and label.ndim == 3:
             case.slice_axis = arrays["axis"]
             case.positive_slices = np.moveaxis(label, case.slice_axis, 0).reshape(label.shape[case.slice_axis], -1).any(1)
 
@@ -224,10 +226,11 @@ class TrainingDataset(torch.utils.data.Dataset):
         case = self.cases[case_index]
         arrays = self.cache[case_index] if self.cache is not None else self.load_arrays(case)
         image, label = arrays["image"], arrays["label"]
+        stacked = label.ndim > image.ndim  # label channels first
         if slice_index is not None:
             image = np.take(image, slice_index, axis=case.slice_axis)
-            label = np.take(label, slice_index, axis=case.slice_axis)
-        return self.augment({"image": image[None], "label": label[None]})
+            label = np.take(label, slice_index, axis=case.slice_axis + int(stacked))
+        return self.augment({"image": image[None], "label": label if stacked else label[None]})
 
 
 def manifest_sha256(cases: list, root: Path) -> tuple:

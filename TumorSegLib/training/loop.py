@@ -22,7 +22,6 @@ import torch
 
 from ..device import autocast
 from ..errors import TumorSegError
-from ..io import read_image
 from ..networks import build_network, load_error_reason
 from ..progress import ProgressCallback, no_progress
 from . import distributed
@@ -61,7 +60,7 @@ class _Run:
     def _data(self):
         cases = find_cases(self.config)
         self.progress(0.0, f"checking {len(cases)} cases")
-        check_cases(cases, self.card, load_arrays(self.card))
+        check_cases(cases, self.card, load_arrays(self.card, self.config.data["label_values"]))
         split = config_split(self.config, cases)
         require_usable(split, self.card)
         limit = self.train_cfg["validation_controls"]
@@ -110,7 +109,8 @@ class _Run:
         items = training_items(cases)
         seed = int(cfg["seed"])
         transform = augmentation(cfg, self.card.spatial_dims, seed + 1000 * context.rank)
-        dataset = TrainingDataset(cases, items, load_arrays(self.card), transform, bool(cfg["cache"]))
+        dataset = TrainingDataset(cases, items, load_arrays(self.card, self.config.data["label_values"]), transform,
+                                  bool(cfg["cache"]))
         self.sampler = EpochSampler(items, float(cfg["positive_weight"]), cfg["cases_per_epoch"],
                                     int(cfg["controls_per_epoch"]), seed, int(cfg["cases_per_step"]),
                                     context.rank, context.world)
@@ -230,7 +230,9 @@ class _Run:
         if context.main:
             self.progress(min(1.0, self.state["step"] / max(1, self.steps_per_epoch * int(self.train_cfg["epochs"]))),
                           f"validating on {len(self.validation)} cases")
-            result = validate(distributed.unwrap(self.network), self.card, self.validation, context.device)
+            values = self.config.data["label_values"]
+            result = validate(distributed.unwrap(self.network), self.card, self.validation, context.device,
+                              values[0] if values else None)
             self.network.train()
         result = distributed.from_main(result, context)
         row.update({"val_dice": result["dice_mean"], "val_dice_median": result["dice_median"],
@@ -300,11 +302,12 @@ def load_checkpoint(path, device) -> dict:
     return saved
 
 
-def validate(network: torch.nn.Module, card, cases: list, device: torch.device) -> dict:
+def validate(network: torch.nn.Module, card, cases: list, device: torch.device, tumour_values=None) -> dict:
     """Segment every validation case with the engine and score it as ``tumorseg evaluate`` does.
 
     Returns ``metrics.summarize`` of the cases (Dice mean/median over tumour cases) plus the
-    healthy controls' false-positive pixels (voxels in 3D).
+    healthy controls' false-positive pixels (voxels in 3D). ``tumour_values``: the mask values
+    that are tumour (None: every non-zero value).
     """
     from ..engine import Segmenter
     from ..metrics import case_metrics, summarize
@@ -313,8 +316,7 @@ def validate(network: torch.nn.Module, card, cases: list, device: torch.device) 
     rows = []
     with torch.no_grad():
         for case in cases:
-            image = read_image(case.image, "validation image")
-            _, truth = read_pair(case)
+            image, truth = read_pair(case, card, tumour_values)
             prediction = segmenter.predict(image)
             rows.append(case_metrics(prediction.mask, truth, prediction.image, recist=False))
     summary = summarize(rows)

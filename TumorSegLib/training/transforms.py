@@ -16,59 +16,95 @@ from monai import transforms as mt
 
 from ..image import binary_mask, superior_axis
 from ..io import read_image
+from ..windowed import read_input
 from ..preprocess import normalize_intensity, reorient, resample, resampled_shape
 
 # RandCropByPosNegLabeld warns for every control (no tumour to centre on); that is intended.
 warnings.filterwarnings("ignore", message=".*unable to generate class balanced samples.*")
 
 
-def read_pair(case) -> tuple:
-    """(Image, bool mask on its grid) of a case; controls get an all-background mask."""
-    image = read_image(case.image, "training image")
+def read_pair(case, card=None, values=None) -> tuple:
+    """(Image, bool mask on its grid) of a case; controls get an all-background mask.
+
+    ``card``: read JPEG pictures the way it says (``windowed.read_input``); ``values``: the mask
+    values that count (None: every non-zero value).
+    """
+    image, labels = _read_case(case, card)
+    return image, _select(image, labels, values, case)
+
+
+def read_channels(case, card, label_values) -> tuple:
+    """(Image, bool stack (channel, ...) with one mask per entry of ``label_values``) of a case."""
+    image, labels = _read_case(case, card)
+    return image, np.stack([_select(image, labels, values, case) for values in label_values])
+
+
+def _read_case(case, card) -> tuple:
+    image = read_input(case.image, card, "training image") if card is not None else read_image(case.image, "training image")
     image.require_finite(f"training image {case.name}")
     if case.mask is None:
-        return image, np.zeros(image.shape, dtype=bool)
+        return image, None
     mask_image = read_image(case.mask, "training mask")
+    if "picture" in image.meta and mask_image.shape == image.shape:  # the picture's grid is the mask's, spacing assumed
+        mask_image = image.with_array(mask_image.array)
     mask_image.require_same_grid(image, f"mask {case.mask.name}", f"image {case.name}")
-    return image, binary_mask(mask_image, f"mask {case.mask.name}")
+    return image, mask_image
+
+
+def _select(image, labels, values, case) -> np.ndarray:
+    if labels is None:
+        return np.zeros(image.shape, dtype=bool)
+    if values is None:
+        return binary_mask(labels, f"mask {case.mask.name}")
+    return np.isin(labels.array, values)
 
 
 def prepare(image, mask: np.ndarray, card) -> dict:
     """The engine's preprocessing of an image and its mask: reorient, resample, window.
 
-    Returns {"image": float32 in [0, 1], "label": uint8, "axis": the axial voxel axis (3D) or None}.
+    ``mask`` is on the image's grid, or a stack (channel, ...) of such masks. Returns {"image":
+    float32 in [0, 1], "label": uint8 (stacked like ``mask``), "axis": the axial voxel axis (3D) or None}.
     """
     preprocessing = card.preprocessing
+    stacked = mask.ndim > image.ndim
     oriented, _ = reorient(image, preprocessing.get("orientation"))
-    label, _ = reorient(image.with_array(mask.astype(np.uint8)), preprocessing.get("orientation"))
-    array, label = np.asarray(oriented.array, dtype=np.float32), label.array
+    labels = [reorient(image.with_array(m.astype(np.uint8)), preprocessing.get("orientation"))[0].array
+              for m in (mask if stacked else [mask])]
+    array = np.asarray(oriented.array, dtype=np.float32)
     axis = superior_axis(oriented.affine) if oriented.ndim == 3 else None
     spacing = preprocessing.get("spacing")
     if spacing and oriented.spacing_known:
         spacing = list(spacing)
-        if card.mode == "slice-2d" and len(spacing) == 2:
+        if card.mode == "slice-2d" and len(spacing) == 2 and axis is not None:
             spacing.insert(axis, None)
         shape = resampled_shape(array.shape, oriented.spacing, spacing)
         array = resample(array, shape)
-        label = resample(label.astype(np.float32), shape) >= 0.5
+        labels = [resample(label.astype(np.float32), shape) >= 0.5 for label in labels]
+    label = np.stack(labels) if stacked else labels[0]
     return {"image": normalize_intensity(array, card), "label": np.asarray(label, dtype=np.uint8), "axis": axis}
 
 
 class LoadCased(mt.MapTransform):
     """{"case": Case} -> ``prepare`` of its image and mask (what the network trains on)."""
 
-    def __init__(self, card):
+    def __init__(self, card, label_values=None):
         super().__init__(keys=["case"])
-        self.card = card
+        self.card, self.label_values = card, label_values
 
     def __call__(self, data: dict) -> dict:
-        image, mask = read_pair(data["case"])
+        if self.label_values is None:
+            image, mask = read_pair(data["case"], self.card)
+        else:
+            image, mask = read_channels(data["case"], self.card, self.label_values)
         return prepare(image, mask, self.card)
 
 
-def load_arrays(card):
-    """A callable ``case -> {"image", "label", "axis"}`` (what the training dataset caches)."""
-    loader = LoadCased(card)
+def load_arrays(card, label_values=None):
+    """A callable ``case -> {"image", "label", "axis"}`` (what the training dataset caches).
+
+    ``label_values`` (the config's ``data.label_values``): one label channel per entry, tumour first.
+    """
+    loader = LoadCased(card, label_values)
     return lambda case: loader({"case": case})
 
 

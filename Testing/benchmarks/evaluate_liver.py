@@ -1,0 +1,371 @@
+"""Validation report of ``ct-liver-lesion-2d`` the way LiTS reports it (issue 18).
+
+The validation scans of the card's own training split (its provenance config, same seed: never a
+scan on both sides) are segmented slice by slice with the engine, on the CPU, in fp32: the tumour
+mask of the card and the liver (the same network's channel 1). Figures:
+
+- per-scan tumour Dice: true positives, predicted and true pixels summed over all slices of a scan,
+  Dice of the sums; the mean over scans with tumour (LiTS "Dice per case") and the global Dice
+  (all slices of all scans pooled);
+- liver Dice, per scan and global, alike;
+- lesion detection: connected tumour regions (8-connected) per slice: a true region is found when
+  the prediction overlaps it, a predicted region is false when it overlaps no true one;
+- the dev folder holds every tumour slice of a scan but only a subset of the others (every 4th
+  liver-only slice, a few without liver; ``dev/slices.csv``), so the false positives of the missing
+  slices are not seen. The "weighted" figures count each stored slice for all slices of its kind
+  (tumour / liver only / no liver) in its scan, an estimate of the whole-scan figures.
+
+Then the model runs on a whole abdominal CT without labels (the TotalSegmentator example): tumour
+volume there (all false positive unless that patient has liver lesions), liver volume and side.
+
+Writes ``docs/liver-report.md``, overlays ``docs/figures/liver-*.png`` and, with ``--json``, the
+figures. Run from the repository root::
+
+    .venv/bin/python Testing/benchmarks/evaluate_liver.py --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import re
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = REPO.parent / "shared" / "data"
+NAME = "ct-liver-lesion-2d"
+LIVER = 1  # the network's liver channel
+COPIES = ("LPS", "SAR", "ILP")  # axis codes of flipped and permuted copies of the example CT
+SMALL_PX = 100  # LiTS pictures: tumour regions below 100 pixels (about 64 mm^2 at 0.8 mm) are "small"
+
+
+def channel_card(card, channel: int):
+    """The same card and weights reading one output channel alone (no tumour-in-liver rule)."""
+    from TumorSegLib.cards import card_from_dict
+
+    fields = json.loads(Path(card.path).read_text())
+    return card_from_dict({**fields, "output": {"activation": "sigmoid", "channel": channel, "threshold": 0.5}},
+                          card.path)
+
+
+def scan_of(case) -> str:
+    return re.search(r"volume-(\d+)_slice_(\d+)", case.name).group(1)
+
+
+def slice_of(case) -> int:
+    return int(re.search(r"volume-(\d+)_slice_(\d+)", case.name).group(2))
+
+
+def first_slices(cases: list, count: int) -> list:
+    """The first ``count`` cases of each scan."""
+    seen = defaultdict(int)
+    kept = []
+    for case in cases:
+        seen[scan_of(case)] += 1
+        if seen[scan_of(case)] <= count:
+            kept.append(case)
+    return kept
+
+
+def slice_weights(root: Path) -> dict:
+    """(scan, kind) -> all slices of that kind in the scan / stored slices of that kind (dev/slices.csv)."""
+    total, stored = defaultdict(int), defaultdict(int)
+    with open(root / "slices.csv", newline="") as stream:
+        for row in csv.DictReader(stream):
+            kind = "tumour" if int(row["tumour_px"]) else "liver" if int(row["liver_px"]) else "none"
+            total[row["volume"], kind] += 1
+            stored[row["volume"], kind] += row["included"] != "no"
+    return {key: total[key] / stored[key] for key in total if stored[key]}
+
+
+def evaluate_slice(segmenters: dict, case, card) -> dict:
+    """Pixel counts and lesion detection of one validation slice (and the arrays for overlays).
+
+    ``segmenters``: "tumour" (the card), "liver" (channel 1) and "ungated" (channel 0 without the
+    tumour-in-liver rule, to measure what that rule does).
+    """
+    from TumorSegLib.metrics import case_metrics
+    from TumorSegLib.training.transforms import read_channels
+
+    image, (tumour, liver) = read_channels(case, card, [[2], [1, 2]])
+    fp32 = {"precision": "fp32"}
+    predicted, predicted_liver, ungated = (segmenters[k].predict(image, overrides=fp32).mask
+                                           for k in ("tumour", "liver", "ungated"))
+    lesions = case_metrics(predicted, tumour, image, recist=False)
+    sizes = region_sizes(tumour)
+    found = region_sizes(tumour & predicted, labels_of=tumour)
+    return {
+        "scan": scan_of(case), "slice": slice_of(case),
+        "kind": "tumour" if tumour.any() else "liver" if liver.any() else "none",
+        "tp": int(np.count_nonzero(predicted & tumour)), "pred": int(predicted.sum()), "true": int(tumour.sum()),
+        "liver_tp": int(np.count_nonzero(predicted_liver & liver)), "liver_pred": int(predicted_liver.sum()),
+        "liver_true": int(liver.sum()),
+        "ungated_tp": int(np.count_nonzero(ungated & tumour)), "ungated_pred": int(ungated.sum()),
+        "lesions": len(sizes), "found": len(found), "fp_lesions": lesions["fp_lesions"],
+        "small_lesions": sum(1 for s in sizes.values() if s < SMALL_PX),
+        "small_found": sum(1 for label in found if sizes[label] < SMALL_PX),
+        "arrays": (image.array, tumour, predicted, predicted_liver),
+    }
+
+
+def region_sizes(mask: np.ndarray, labels_of: np.ndarray | None = None) -> dict:
+    """Label -> pixel count of the 8-connected regions of ``labels_of`` (default ``mask``) that ``mask`` touches."""
+    from TumorSegLib.measure import label_lesions
+
+    labels, _ = label_lesions(mask if labels_of is None else labels_of)
+    touched = np.unique(labels[mask & (labels > 0)])
+    counts = np.bincount(labels.ravel())
+    return {int(label): int(counts[label]) for label in touched}
+
+
+def dice_of(tp: float, pred: float, true: float):
+    return None if pred + true == 0 else 2.0 * tp / (pred + true)
+
+
+def scan_figures(rows: list, weights: dict) -> list:
+    """Per scan: tumour and liver Dice pooled over its slices, stored and weighted."""
+    figures = []
+    for scan in sorted({r["scan"] for r in rows}, key=int):
+        mine = [r for r in rows if r["scan"] == scan]
+        entry = {"scan": scan, "slices": len(mine), "tumour_slices": sum(r["kind"] == "tumour" for r in mine)}
+        for prefix, keys in (("", ("tp", "pred", "true")), ("liver_", ("liver_tp", "liver_pred", "liver_true")),
+                             ("ungated_", ("ungated_tp", "ungated_pred", "true"))):
+            sums = [sum(r[k] for r in mine) for k in keys]
+            weighted = [sum(r[k] * weights.get((scan, r["kind"]), 1.0) for r in mine) for k in keys]
+            entry[f"{prefix}dice"] = dice_of(*sums)
+            entry[f"{prefix}dice_weighted"] = dice_of(*weighted)
+            entry[f"{prefix}true_px"] = sums[2]
+        entry["fp_px_non_tumour_slices"] = sum(r["pred"] for r in mine if r["kind"] != "tumour")
+        figures.append(entry)
+    return figures
+
+
+def mean_of(values):
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def summary(rows: list, scans: list) -> dict:
+    with_tumour = [s for s in scans if s["true_px"] > 0]
+    pooled = [sum(r[k] for r in rows) for k in ("tp", "pred", "true")]
+    pooled_liver = [sum(r[k] for r in rows) for k in ("liver_tp", "liver_pred", "liver_true")]
+    lesions, found = sum(r["lesions"] for r in rows), sum(r["found"] for r in rows)
+    small, small_found = sum(r["small_lesions"] for r in rows), sum(r["small_found"] for r in rows)
+    fp = sum(r["fp_lesions"] for r in rows)
+    return {
+        "scans": len(scans), "scans_with_tumour": len(with_tumour), "slices": len(rows),
+        "tumour_slices": sum(r["kind"] == "tumour" for r in rows),
+        "dice_per_scan_mean": mean_of(s["dice"] for s in with_tumour),
+        "dice_per_scan_median": float(np.median([s["dice"] for s in with_tumour])) if with_tumour else None,
+        "dice_per_scan_mean_weighted": mean_of(s["dice_weighted"] for s in with_tumour),
+        "dice_global": dice_of(*pooled),
+        "ungated_dice_per_scan_mean": mean_of(s["ungated_dice"] for s in with_tumour),
+        "ungated_fp_px_per_non_tumour_slice": float(np.mean([r["ungated_pred"] for r in rows if r["kind"] != "tumour"]
+                                                            or [0])),
+        "liver_dice_per_scan_mean": mean_of(s["liver_dice"] for s in scans),
+        "liver_dice_per_scan_mean_weighted": mean_of(s["liver_dice_weighted"] for s in scans),
+        "liver_dice_global": dice_of(*pooled_liver),
+        "lesions": lesions, "lesions_found": found, "lesion_sensitivity": found / lesions if lesions else None,
+        "lesions_100px_or_more": lesions - small,
+        "lesion_sensitivity_100px_or_more": (found - small_found) / (lesions - small) if lesions > small else None,
+        "false_positive_regions": fp,
+        "lesion_precision": found / (found + fp) if found + fp else None,
+        "fp_px_per_non_tumour_slice": float(np.mean([r["pred"] for r in rows if r["kind"] != "tumour"] or [0])),
+    }
+
+
+def overlay(path: Path, rows: list) -> Path:
+    """The scan's slice with the most tumour: R-channel grey, truth green, tumour red, liver blue (outlines)."""
+    from PIL import Image as PILImage
+    from scipy import ndimage
+
+    row = max(rows, key=lambda r: r["true"])
+    picture, truth, predicted, liver = row["arrays"]
+    grey = np.clip((picture + 45) / 150 * 255, 0, 255).astype(np.uint8)
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    for mask, colour in ((liver, (60, 120, 255)), (truth, (40, 220, 40)), (predicted, (240, 40, 40))):
+        edge = mask & ~ndimage.binary_erosion(mask, iterations=2)
+        rgb[edge] = colour
+    PILImage.fromarray(rgb).resize((256, 256), PILImage.BILINEAR).save(path, optimize=True)
+    return path
+
+
+def example_ct(card, path: Path, figure: Path) -> dict:
+    """On a whole CT without labels: tumour (false-positive) and liver volume, the liver's place, the
+    time, and the liver masks of flipped and permuted copies of the volume mapped back (differing voxels)."""
+    from TumorSegLib.engine import Segmenter
+    from TumorSegLib.io import read_image
+    from TumorSegLib.measure import label_lesions
+    from TumorSegLib.overlay import overlay_png
+    from TumorSegLib.preprocess import reorient
+
+    image = read_image(path)
+    fp32 = {"precision": "fp32"}
+    started = time.perf_counter()
+    tumour = Segmenter(card, device="cpu").predict(image, overrides=fp32).mask
+    seconds = time.perf_counter() - started
+    liver_segmenter = Segmenter(channel_card(card, LIVER), device="cpu")
+    liver = liver_segmenter.predict(image, overrides=fp32).mask
+    copies = {}
+    for codes in COPIES:
+        copy, _ = reorient(image, codes)
+        expected = reorient(image.with_array(liver.astype(np.uint8)), codes)[0].array.astype(bool)
+        copies[codes] = int(np.count_nonzero(liver_segmenter.predict(copy, overrides=fp32).mask != expected))
+    millilitres = image.voxel_volume / 1000.0
+    body = image.to_world(np.argwhere(image.array > -300))
+    centre = image.to_world(np.argwhere(liver)).mean(axis=0) if liver.any() else None
+    overlay_png(figure, image, liver | tumour, window=(-160, 240))
+    return {
+        "file": f"{path.parent.name}/{path.name}", "shape": list(image.shape),
+        "spacing_mm": [round(float(s), 3) for s in image.spacing],
+        "tumour_ml": float(tumour.sum() * millilitres), "tumour_regions": label_lesions(tumour)[1],
+        "liver_ml": float(liver.sum() * millilitres), "liver_voxels": int(liver.sum()),
+        "liver_centre_minus_body_centre_mm": None if centre is None else
+        [round(float(c), 1) for c in centre - np.median(body, axis=0)],
+        "copies_differing_liver_voxels": copies,
+        "seconds_tumour_run": round(seconds, 2),
+    }
+
+
+def report_text(card, result: dict) -> str:
+    s, scans, ct = result["summary"], result["scans"], result["example_ct"]
+    training = card.provenance.get("training", {})
+
+    def f(value, digits=3):
+        return "n/a" if value is None else f"{value:.{digits}f}"
+
+    lines = [
+        "# ct-liver-lesion-2d: validation report (LiTS slices)", "",
+        f"Produced by `Testing/benchmarks/evaluate_liver.py` on {result['machine']} from the published card "
+        f"(weights sha256 `{card.weights.get('sha256', '')[:12]}...`), CPU, fp32. Training: {training.get('epochs')} "
+        f"epochs in the last phase, {training.get('steps')} steps in all on a shared 2-core CPU ({training.get('stopped')}).", "",
+        "Data: LiTS 2017 training scans as windowed JPEG slices (`../shared/data/lits-liver-2d`, 26 dev scans; "
+        "LiTS terms: non-commercial research use, CC BY-NC-SA 4.0, cite Bilic et al., MedIA 2023). "
+        f"Validation = the {s['scans']} scans the training split held out (by scan, seed 20240607): "
+        f"{s['slices']} stored slices, {s['tumour_slices']} with tumour. No cross-validation (CPU time).", "",
+        "Training history: the card's `provenance.config.notes` (four phases, 80 epochs in all; the first two used "
+        "MONAI's DiceCELoss, whose softmax cross-entropy across the two sigmoid channels taught the tumour channel to "
+        "copy the liver; with a sigmoid Dice + binary cross-entropy the third phase, at a low learning rate, did not "
+        "correct it, the fourth, a warm restart of the schedule, did; the card holds the best per-slice validation "
+        "Dice, epoch 6 of that phase). Loss and validation Dice (per-slice mean, the training loop's selection "
+        "figure) per epoch of that last phase:", "",
+        "![training curve](figures/liver-training-curve.png)", "",
+        "## LiTS figures", "",
+        "| figure | stored slices | weighted to whole scans |", "|---|---|---|",
+        f"| tumour Dice per scan, mean over {s['scans_with_tumour']} scans with tumour | {f(s['dice_per_scan_mean'])} "
+        f"| {f(s['dice_per_scan_mean_weighted'])} |",
+        f"| tumour Dice per scan, median | {f(s['dice_per_scan_median'])} | |",
+        f"| tumour Dice, global (all slices pooled) | {f(s['dice_global'])} | |",
+        f"| liver Dice per scan, mean | {f(s['liver_dice_per_scan_mean'])} | {f(s['liver_dice_per_scan_mean_weighted'])} |",
+        f"| liver Dice, global | {f(s['liver_dice_global'])} | |",
+        f"| tumour regions found (2D, 8-connected) | {s['lesions_found']} / {s['lesions']} = "
+        f"{f(s['lesion_sensitivity'])} | |",
+        f"| regions of >= {SMALL_PX} px found | {f(s['lesion_sensitivity_100px_or_more'])} of "
+        f"{s['lesions_100px_or_more']} | |",
+        f"| false-positive regions / precision of regions | {s['false_positive_regions']} / "
+        f"{f(s['lesion_precision'])} | |",
+        f"| mean false-positive pixels per slice without tumour | {f(s['fp_px_per_non_tumour_slice'], 1)} | |",
+        f"| without the tumour-in-liver rule (output.within): tumour Dice per scan, mean | "
+        f"{f(s['ungated_dice_per_scan_mean'])} | |",
+        f"| without the rule: false-positive pixels per slice without tumour | "
+        f"{f(s['ungated_fp_px_per_non_tumour_slice'], 1)} | |",
+        "", "Targets (issue 18): mean per-scan tumour Dice >= 0.65, liver Dice >= 0.93. "
+        f"Reached: tumour {'yes' if (s['dice_per_scan_mean'] or 0) >= 0.65 else 'no'}, "
+        f"liver {'yes' if (s['liver_dice_per_scan_mean'] or 0) >= 0.93 else 'no'}.", "",
+        "\"Weighted\": the dev folder stores every tumour slice but only every 4th liver-only slice and a few slices "
+        "without liver; each stored slice is counted for all slices of its kind in its scan (`dev/slices.csv`), which "
+        "estimates the whole-scan Dice including false positives on slices that are not stored.", "",
+        "## Per scan", "",
+        "| scan | stored slices | tumour slices | tumour px | tumour Dice | weighted | liver Dice | FP px on non-tumour slices |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for e in scans:
+        tumour = (f"{f(e['dice'])} | {f(e['dice_weighted'])}" if e["true_px"] else "no tumour | no tumour")
+        lines.append(f"| {e['scan']} | {e['slices']} | {e['tumour_slices']} | {e['true_px']} | {tumour} | "
+                     f"{f(e['liver_dice'])} | {e['fp_px_non_tumour_slices']} |")
+    lines += ["", "## Overlays (best, median and worst scan by tumour Dice)", "",
+              "Each shows the scan's slice with the most tumour (R channel, W150/L30): truth green, predicted tumour "
+              "red, predicted liver blue (outlines).", ""]
+    for label, figure in result["figures"].items():
+        lines.append(f"![{label}](figures/{Path(figure).name}) {label}")
+        lines.append("")
+    lines += ["## Whole abdominal CT without labels", "",
+              f"`{ct['file']}` (TotalSegmentator example, shape {ct['shape']}, spacing {ct['spacing_mm']} mm), the whole "
+              f"volume without a click: tumour {ct['tumour_ml']:.2f} mL in {ct['tumour_regions']} region(s) (false "
+              f"positive as far as known: the file has no labels); liver {ct['liver_ml']:.0f} mL, its centre "
+              f"{ct['liver_centre_minus_body_centre_mm']} mm (RAS) from the body's median point (positive x = patient "
+              f"right, positive z = superior); {ct['seconds_tumour_run']} s for the tumour run on this CPU (indicative: "
+              "shared machine). Flipped and permuted copies of the volume (axis codes: voxels whose liver label "
+              f"differs after mapping back, of {ct['liver_voxels']}): {ct['copies_differing_liver_voxels']}.", "",
+              "Overlay: predicted liver and tumour (red) in the axial, coronal and sagittal planes through the "
+              "largest region (patient right on the image left).", "",
+              "![example CT liver](figures/liver-example-ct.png)", "",
+              "## Limits", "",
+              "- The pictures carry no spacing: they are taken as 0.8 mm pixels (LiTS in-plane spacing is about "
+              "0.55-1.0 mm), so scans at other spacings were seen 0.7-1.25x too large or small in training; scale "
+              "augmentation (15 %) covers part of that. Areas of JPEG inputs assume 0.8 mm.",
+              "- Slices only (no neighbouring slices as channels: not tried, CPU time); validation on 5 scans, "
+              "so the figures have wide uncertainty.",
+              "- The JPEG window clips HU to -45..105; the model sees the same clipping on HU volumes.", ""]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--card", help="card file (default: the shipped ct-liver-lesion-2d)")
+    parser.add_argument("--data-root", default=str(SHARED / "lits-liver-2d" / "dev"))
+    parser.add_argument("--example-ct", default=str(SHARED / "totalseg-example-ct" / "example_ct.nii.gz"))
+    parser.add_argument("--report", default=str(REPO / "docs" / "liver-report.md"))
+    parser.add_argument("--json", help="also write the figures as JSON")
+    parser.add_argument("--slices-per-scan", type=int, help="only the first N stored slices of each scan (a quick check)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(REPO))
+    import torch
+
+    from TumorSegLib.cards import find_card, load_card
+    from TumorSegLib.engine import Segmenter
+    from TumorSegLib.training.data import card_validation_cases
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    card = load_card(args.card) if args.card else find_card(NAME)
+    root = Path(args.data_root)
+    cases = card_validation_cases(card, data_root=root)
+    if args.slices_per_scan:
+        cases = first_slices(cases, args.slices_per_scan)
+    segmenters = {"tumour": Segmenter(card, device="cpu")}
+    network = segmenters["tumour"].network
+    segmenters.update(liver=Segmenter(channel_card(card, LIVER), device="cpu", network=network),
+                      ungated=Segmenter(channel_card(card, 0), device="cpu", network=network))
+    rows = [evaluate_slice(segmenters, case, card) for case in cases]
+    scans = scan_figures(rows, slice_weights(root))
+    figures_dir = Path(args.report).parent / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    ranked = sorted((s for s in scans if s["true_px"]), key=lambda s: s["dice"], reverse=True)
+    figures = {}
+    picks = (("best", ranked[0]), ("median", ranked[len(ranked) // 2]), ("worst", ranked[-1])) if ranked else ()
+    for label, entry in picks:
+        title = f"{label}: scan {entry['scan']}, tumour Dice {entry['dice']:.3f}"
+        path = figures_dir / f"liver-{label}.png"
+        figures[title] = str(overlay(path, [r for r in rows if r["scan"] == entry["scan"]]))
+    result = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "summary": summary(rows, scans),
+              "scans": scans, "figures": figures,
+              "example_ct": example_ct(card, Path(args.example_ct), figures_dir / "liver-example-ct.png")}
+    Path(args.report).write_text(report_text(card, result))
+    if args.json:
+        Path(args.json).write_text(json.dumps({k: v for k, v in result.items()}, indent=2))
+    print(json.dumps(result["summary"], indent=2))
+    print(json.dumps(result["example_ct"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,96 @@
+"""Windowed 8-bit CT pictures (JPEG slices) turned back into HU as a card's ``preprocessing.picture`` says.
+
+Some CT data sets ship axial slices as display pictures: one HU window per colour channel, scaled
+to 0..255, in a fixed display orientation and without pixel spacing (the LiTS JPEGs: R = W150/L30).
+A card that was trained on such pictures names them::
+
+    "picture": {"channel": 0, "window": [-45, 105], "spacing": [0.8, 0.8]}
+
+``channel`` is the colour channel to read, ``window`` the HU range 0..255 stands for, ``spacing``
+the pixel size (mm) assumed for pictures, which carry none. The picture becomes a 2D image in HU
+(values outside the window are lost: the picture clipped them), so the engine and training apply
+the card's ordinary HU preprocessing to pictures and CT volumes alike.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .cards import ModelCard
+from .errors import TumorSegError
+from .image import Image
+from .io import JPEG_SUFFIXES, image_suffix, read_image
+
+
+def is_picture(path) -> bool:
+    """Whether ``path`` names a JPEG picture."""
+    return image_suffix(path) in JPEG_SUFFIXES
+
+
+def picture_to_hu(image: Image, card: ModelCard) -> Image:
+    """A 0..255 picture as HU on a grid of the card's assumed pixel spacing (``meta["picture"]`` set)."""
+    spec = card.preprocessing.get("picture")
+    if not spec:
+        raise TumorSegError(f"model {card.name!r} does not take windowed pictures (no preprocessing.picture)")
+    if image.ndim != 2:
+        raise TumorSegError(f"a windowed picture must be 2D, got shape {image.shape}")
+    low, high = (float(v) for v in spec["window"])
+    values = np.asarray(image.array, dtype=np.float32)
+    if values.min() < 0 or values.max() > 255:
+        raise TumorSegError(f"a windowed picture needs values 0..255, got {values.min():g}..{values.max():g}")
+    hu = np.float32(low) + values * np.float32((high - low) / 255.0)
+    spacing = spec.get("spacing")
+    affine = np.diag([*(float(s) for s in spacing), 1.0]) if spacing else np.eye(3)
+    return Image(hu, affine, spacing_known=bool(spacing), meta={**image.meta, "picture": dict(spec)})
+
+
+def read_input(path, card: ModelCard, what: str = "input image") -> Image:
+    """Read ``path`` for ``card``: a JPEG through its ``picture`` channel and window, anything else as is."""
+    if not is_picture(path):
+        return read_image(path, what)
+    spec = card.preprocessing.get("picture")
+    if not spec:
+        raise TumorSegError(f"{what} {path} is a JPEG, but model {card.name!r} does not take windowed pictures")
+    return picture_to_hu(read_image(path, what, channel=int(spec.get("channel", 0))), card)
+
+
+def picture_notes(image: Image) -> list:
+    """What a user must know about the readouts of a picture (none for other images)."""
+    spec = image.meta.get("picture")
+    if not spec:
+        return []
+    low, high = spec["window"]
+    size = "x".join(f"{s:g}" for s in spec["spacing"]) + " mm pixels" if spec.get("spacing") else "no pixel spacing"
+    return [f"the input is a windowed picture: HU outside {low:g}..{high:g} were clipped by it, and its areas assume "
+            f"{size} (the file has no spacing)"]
+
+
+def default_picture_card(extra_dir=None) -> ModelCard:
+    """The one model with weights present that takes windowed pictures (for a JPEG input without --model)."""
+    from .cards import list_cards, weights_status
+
+    cards = [c for c in list_cards(extra_dir) if c.preprocessing.get("picture")
+             and weights_status(c) not in ("missing", "sha256 mismatch")]
+    if len(cards) != 1:
+        names = ", ".join(c.name for c in cards) or "none"
+        raise TumorSegError(f"a JPEG input needs a model that takes windowed pictures; found {names}: choose one with --model")
+    return cards[0]
+
+
+def picture_problems(preprocessing: dict) -> list:
+    """Problems with a card's ``preprocessing.picture`` (empty when absent or valid)."""
+    spec = preprocessing.get("picture")
+    if spec is None:
+        return []
+    problems = []
+    if not isinstance(spec, dict):
+        return ["preprocessing.picture must be {'channel', 'window', 'spacing'}"]
+    if spec.get("channel", 0) not in (0, 1, 2):
+        problems.append("preprocessing.picture.channel must be 0, 1 or 2")
+    window = spec.get("window")
+    if not isinstance(window, list) or len(window) != 2 or not float(window[0]) < float(window[1]):
+        problems.append(f"preprocessing.picture.window must be [low, high] HU with low < high, got {window!r}")
+    spacing = spec.get("spacing")
+    if spacing is not None and (not isinstance(spacing, list) or len(spacing) != 2 or any(float(s) <= 0 for s in spacing)):
+        problems.append(f"preprocessing.picture.spacing must be null or 2 positive mm values, got {spacing!r}")
+    return problems
