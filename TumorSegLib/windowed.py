@@ -19,12 +19,12 @@ import numpy as np
 from .cards import ModelCard
 from .errors import TumorSegError
 from .image import Image
-from .io import JPEG_SUFFIXES, image_suffix, read_image
+from .io import JPEG_SUFFIXES, read_image
 
 
 def is_picture(path) -> bool:
     """Whether ``path`` names a JPEG picture."""
-    return image_suffix(path) in JPEG_SUFFIXES
+    return str(path).lower().endswith(JPEG_SUFFIXES)
 
 
 def picture_to_hu(image: Image, card: ModelCard) -> Image:
