@@ -89,6 +89,14 @@ def study_of(logic, node) -> int:
     return shNode.GetItemParent(shNode.GetItemByDataNode(node))
 
 
+def cli_mask(ws, folder_name, image, output_name, card) -> np.ndarray:
+    """The mask ``tumorseg segment`` writes for ``image`` with ``card``: what the module's result must equal."""
+    folder = ws.folder(folder_name)
+    write_image(folder / "input.nii.gz", image)
+    cli("segment", folder / "input.nii.gz", "-o", folder / output_name, "--model", card.path, "--device", "cpu")
+    return read_image(folder / output_name).array != 0
+
+
 def cli(*args) -> None:
     """Run ``tumorseg ARGS`` with the same Python the module uses; fail with its error line."""
     process = BackgroundProcess([python_executable(), "-m", "TumorSegLib", *map(str, args)])
@@ -596,10 +604,7 @@ def test_mip_model_segments_the_mip(logic: TumorSegLogic, ws: Workspace) -> None
     expected_mip = coronal_mip(image, card)
     check(np.allclose(mip.GetSpacing()[:2], expected_mip.spacing), f"MIP spacing {mip.GetSpacing()} != {expected_mip.spacing}")
     check(np.array_equal(mrml.image_from_volume(mip).array, expected_mip.array), "MIP pixels differ from the engine's MIP")
-    folder = ws.folder("mip")
-    write_image(folder / "pet.nii.gz", image)
-    cli("segment", folder / "pet.nii.gz", "-o", folder / "mask.png", "--model", card.path, "--device", "cpu")
-    expected = read_image(folder / "mask.png").array != 0
+    expected = cli_mask(ws, "mip", image, "mask.png", card)
     mask = logic.tumorMask(segmentation)
     check(mask.shape == expected.shape and np.array_equal(mask, expected), "MIP mask differs from the CLI's PNG mask")
     check(mask.any(), "the tiny MIP model found no lesion")
@@ -628,10 +633,7 @@ def test_pet_volume_gets_a_3d_segmentation(logic: TumorSegLogic, ws: Workspace) 
     volume, image, truth = add_case(logic, "PET")
     segmentation = logic.segment(volume, str(card.path), device="cpu")
     check(segmentation.GetNodeReference(INPUT_ROLE) is volume, "the segmentation must be on the PET volume, not a MIP")
-    folder = ws.folder("pet3d")
-    write_image(folder / "pet.nii.gz", image)
-    cli("segment", folder / "pet.nii.gz", "-o", folder / "mask.nii.gz", "--model", card.path, "--device", "cpu")
-    expected = read_image(folder / "mask.nii.gz").array != 0
+    expected = cli_mask(ws, "pet3d", image, "mask.nii.gz", card)
     mask = logic.tumorMask(segmentation)
     check(mask.shape == image.shape and np.array_equal(mask, expected), "traced 3D mask differs from the CLI's")
     check(dice(mask, truth) > 0.5, f"traced lesions miss the truth (Dice {dice(mask, truth):.2f})")
