@@ -38,7 +38,7 @@ import hashlib
 import json
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PureWindowsPath
 from typing import Optional
 
 from .errors import TumorSegError
@@ -211,11 +211,11 @@ def flip_axes_problem(axes, dims: int) -> str | None:
 
 
 def _inside_folder(name) -> bool:
-    """Whether ``name`` is a relative path that stays in its folder (no drive, root or '..')."""
+    """Whether ``name`` is a relative path that stays in its folder (no drive, root or '..', in either path style)."""
     if not isinstance(name, str) or not name.strip():
         return False
-    parts = Path(name.replace("\\", "/")).parts
-    return not Path(name).is_absolute() and not Path(name).drive and ".." not in parts and not name.startswith(("/", "\\"))
+    path = PureWindowsPath(name)  # reads both '/' and '\\' as separators
+    return not (path.drive or path.root or ".." in path.parts)
 
 
 def _number(value, default: float) -> float:

@@ -178,14 +178,12 @@ def check_input(image: Image, card: ModelCard, sample: bool = False) -> None:
     ``SAMPLE_VOXELS`` evenly spread voxels and reads them all only when those do not settle it.
     """
     step = int(np.ceil((image.array.size / SAMPLE_VOXELS) ** (1.0 / image.ndim))) if sample else 1
-    low, high = value_range(image.array, step) if card.modality == "CT" else (np.nan, np.nan)
-    if not (np.isfinite(low) and np.isfinite(high) and low < CT_MIN_BELOW):
+    low, high = value_range(image.array, step) if card.modality == "CT" and step > 1 else (np.nan, np.nan)
+    if not (np.isfinite(low) and np.isfinite(high) and low < min(CT_MIN_BELOW, high)):  # the sample did not settle it
         low, high = value_range(image.array)
     if not (np.isfinite(low) and np.isfinite(high)):
         image.require_finite("input image")
     what = f"model {card.name!r} ({card.modality}, {card.mode})"
-    if low == high and step > 1:
-        low, high = value_range(image.array)
     if low == high:
         raise TumorSegError(f"the input image is constant (every voxel {low:g}): there is nothing to segment")
     if card.modality == "MIP-PET":

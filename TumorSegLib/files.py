@@ -15,6 +15,7 @@ Rules every output of TumorSeg follows:
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import re
@@ -86,16 +87,12 @@ def remove_stale_partials(path) -> list:
     pattern = re.compile(re.escape(f".{path.name}{PARTIAL_TAG}") + r"(\d+)")
     removed = []
     folder = path.parent if str(path.parent) else Path(".")
-    for candidate in folder.glob(f".{glob_escape(path.name)}{PARTIAL_TAG}*"):
+    for candidate in folder.glob(f".{glob.escape(path.name)}{PARTIAL_TAG}*"):
         match = pattern.match(candidate.name)
         if match and not _running(int(match.group(1))):
             candidate.unlink(missing_ok=True)
             removed.append(candidate)
     return removed
-
-
-def glob_escape(name: str) -> str:
-    return re.sub(r"([*?\[])", r"[\1]", name)
 
 
 def write_bytes(path, data: bytes, what: str = "output") -> Path:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import shared_data
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"

@@ -8,7 +8,6 @@ phantom's known lesions. Without a model whose weights are present it stops with
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from . import HelpFormatter

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 
 from . import HelpFormatter
 from ..dicom_seg import is_dicom_seg_path, read_dicom_seg

@@ -14,7 +14,6 @@ SIGINT/SIGTERM cancel the run: exit 130 and no output file for the case in progr
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import signal
