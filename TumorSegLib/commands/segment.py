@@ -214,8 +214,7 @@ def _dicom_seg_paths(args, inputs: list) -> list:
 
 
 def _write_seg(path, prediction, card) -> Path:
-    if prediction.image.ndim != 3:
-        raise TumorSegError(f"model {card.name!r} gives a 2D MIP mask, which a DICOM SEG of the series cannot hold")
+    """The 3D mask as a DICOM SEG of its series (``run`` refused MIP models, whose mask here is 2D, before any work)."""
     return write_dicom_seg(path, prediction.mask, prediction.image, card.name, card_version(card))
 
 
