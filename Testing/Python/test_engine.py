@@ -117,9 +117,10 @@ def test_roi_agrees_with_the_full_run_inside_the_roi(segmenter):
     outside[inside] = False
     assert not part.probability[outside].any() and not part.mask[outside].any()
     assert full.mask[inside].sum() >= 0.5 * truth[inside].sum() > 0  # the box holds a lesion
-    # the crop lays its windows out differently, so the probabilities differ a little
-    assert np.mean(np.abs(part.probability[inside] - full.probability[inside])) < 0.01
-    assert dice(part.mask[inside], full.mask[inside]) >= 0.97
+    # The crop lays its windows out differently, so the probabilities differ a little: measured mean 0.008-0.009
+    # and Dice of at least 0.966 on AMX and AVX2-only CPUs; a one-voxel shift in pasting back gives Dice 0.71-0.87.
+    assert np.mean(np.abs(part.probability[inside] - full.probability[inside])) < 0.02
+    assert dice(part.mask[inside], full.mask[inside]) >= 0.9
 
 
 def test_point_segments_a_box_around_it(segmenter):
