@@ -45,6 +45,7 @@ def logic():
     tumorseg = TumorSegLogic()
     yield tumorseg
     tumorseg.stopObserving()
+    tumorseg.shutdown()
     del slicer.mrmlScene, slicer.modules
     scene.Clear(1)
 
