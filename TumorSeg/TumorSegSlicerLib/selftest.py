@@ -691,54 +691,47 @@ def test_clicks_add_up(logic: TumorSegLogic, ws: Workspace) -> None:
     (worker,) = logic.workers.processes()
     check(logic.confirmationNeeded(segmentation).endswith("holds 1 clicked lesion(s)"), "one clicked lesion")
     (record,) = logic.clickHistory[segmentation.GetID()]
-    box = np.zeros(image.shape, dtype=bool)
-    box[box_slices(record.box)] = True
-    check(np.any(~box), "the click's box must not cover the whole volume")
+    first_box = np.zeros(image.shape, dtype=bool)
+    first_box[box_slices(record.box)] = True
     far = ellipsoid(image.shape, image.affine, image.to_world(np.array([2, 2, 2])), (3.0, 3.0, 4.0))
-    near = ellipsoid(image.shape, image.affine, np.array(CLICK_LESIONS[1]) + [0.0, 0.0, -14.0], (2.0, 2.0, 3.0))
-    check(far.any() and near.any() and not np.any((far | near) & expected), "edits must not touch the lesions")
-    edited = first_lesion | far | near
-    mrml.set_segment_mask(segmentation, logic.tumorSegmentId(segmentation), edited, volume)
+    away = np.subtract(CLICK_LESIONS[1], CLICK_LESIONS[0])  # beyond the second lesion, seen from the first
+    near = ellipsoid(image.shape, image.affine, CLICK_LESIONS[1] + 12.0 * away / np.linalg.norm(away), (2.0, 2.0, 3.0))
+    check(far.any() and near.any() and not np.any((far | near) & (expected | first_box)),
+          "the edits must touch neither the lesions nor the first click's box")
+    edits = far | near
+    mrml.set_segment_mask(segmentation, logic.tumorSegmentId(segmentation), first_lesion | edits, volume)
     before = logic.tumorMask(segmentation)
     again = logic.click(volume, card, points, outputSegmentation=segmentation, device="cpu", pointIndex=1)
     check(again is segmentation, "the second click must go into the same segmentation")
     check(logic.workers.processes() == [worker], "the second click must reuse the warm worker")
-    record = logic.clickHistory[segmentation.GetID()][-1]
     inside = np.zeros(image.shape, dtype=bool)
-    inside[box_slices(record.box)] = True
+    inside[box_slices(logic.clickHistory[segmentation.GetID()][-1].box)] = True
     check(np.any(near & inside) and not np.any(far & inside), "one edit inside the second box, one outside it")
     after = logic.tumorMask(segmentation)
-    check(np.array_equal(after, expected | edited), "the second click lost the first lesion or an edit, or differs "
+    check(np.array_equal(after, expected | edits), "the second click lost the first lesion or an edit, or differs "
           "from the CLI's mask")
     check(not np.any((after != before) & ~inside), "the second click changed voxels outside its box")
     check(segmentation.GetID() in logic.pendingReadouts, "a click must mark the readouts stale")
     check(len(logic.updatePendingReadouts()) == 1 and len(logic.readouts[segmentation.GetID()].lesions) == 4,
           "the readouts must count two clicked lesions and two edits")
-    logic.removeLastLesion(segmentation)
-    check(np.array_equal(logic.tumorMask(segmentation), before), "Remove lesion did not restore the box exactly")
-    check(points.GetNumberOfControlPoints() == 1, "Remove lesion must remove its click point")
-    first_box = np.zeros(image.shape, dtype=bool)
-    first_box[box_slices(logic.clickHistory[segmentation.GetID()][-1].box)] = True
-    touched = np.zeros(image.shape, dtype=bool)
-    touched[tuple(np.argwhere(first_box & ~before)[0])] = True  # an edit in the first click's box, after the click
-    mrml.set_segment_mask(segmentation, logic.tumorSegmentId(segmentation), before | touched, volume)
+    mrml.set_segment_mask(segmentation, logic.tumorSegmentId(segmentation), after & ~near, volume)  # erase, in box 2
     try:
         logic.removeLastLesion(segmentation)
     except EditedSegmentationError:
         pass
     else:
-        raise AssertionError("Remove lesion erased an edit made after the click without confirmation")
-    check(np.array_equal(logic.tumorMask(segmentation), before | touched), "a refused Remove lesion changed voxels")
+        raise AssertionError("Remove lesion overrode an edit made after the click without confirmation")
+    check(np.array_equal(logic.tumorMask(segmentation), after & ~near), "a refused Remove lesion changed voxels")
     logic.removeLastLesion(segmentation, overwrite=True)
-    kept = (far | near) & ~first_box
-    check(np.any(far & kept), "an edit outside the first click's box")
-    check(np.array_equal(logic.tumorMask(segmentation), kept), "confirmed Remove lesion must restore the box as before "
-          "the first click (empty), keeping the edits outside it")
+    check(np.array_equal(logic.tumorMask(segmentation), before), "Remove lesion did not restore the box exactly")
+    check(points.GetNumberOfControlPoints() == 1, "Remove lesion must remove its click point")
+    logic.removeLastLesion(segmentation)
+    check(np.array_equal(logic.tumorMask(segmentation), edits), "removing the first lesion must leave the edits only")
     check(points.GetNumberOfControlPoints() == 0, "both click points went with their lesions")
     points.AddControlPoint((matrix @ np.append(CLICK_LESIONS[0], 1.0))[:3].tolist())
     logic.click(volume, card, points, outputSegmentation=segmentation, device="cpu")
     clicked = logic.tumorMask(segmentation)
-    check(np.array_equal(clicked, kept | first_lesion), "a click after Remove lesion")
+    check(np.array_equal(clicked, edits | first_lesion), "a click after Remove lesion")
     logic.processFactory = fake_factory(write=mask_writer(image, expected))
     reason = logic.confirmationNeeded(segmentation)
     check("clicked lesion" in reason, f"a segmentation holding clicked lesions must need confirmation: {reason!r}")
