@@ -442,9 +442,16 @@ class TumorSegLogic:
         records.pop()
         segmentationNode.SetAttribute(CLICKS_ATTRIBUTE, str(max(self.clickedLesions(segmentationNode) - 1, 0)))
         pointList = self.scene.GetNodeByID(record.point[0]) if record.point else None
-        if pointList is not None and pointList.GetControlPointIndexByID(record.point[1]) >= 0:
-            pointList.RemoveNthControlPoint(pointList.GetControlPointIndexByID(record.point[1]))
+        index = self.controlPointIndex(pointList, record.point[1]) if pointList is not None else -1
+        if index >= 0:
+            pointList.RemoveNthControlPoint(index)
         self.scheduleReadoutsUpdate(segmentationNode.GetID())
+
+    @staticmethod
+    def controlPointIndex(pointList, controlPointId: str) -> int:
+        """The index of the control point with this ID in the markups point list, -1 when it is not there."""
+        ids = [pointList.GetNthControlPointID(i) for i in range(pointList.GetNumberOfControlPoints())]
+        return ids.index(controlPointId) if controlPointId in ids else -1
 
     def shutdown(self) -> None:
         """End the warm workers and remove their input files (module cleanup, scene close)."""

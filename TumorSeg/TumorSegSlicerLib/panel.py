@@ -216,7 +216,7 @@ class TumorSegPanel(VTKObservationMixin):
         """Click the oldest queued point that still exists."""
         points = self.observedPoints
         while self.pendingClicks and points is not None:
-            index = points.GetControlPointIndexByID(self.pendingClicks.pop(0))
+            index = self.logic.controlPointIndex(points, self.pendingClicks.pop(0))
             if index >= 0:
                 self.startClick(index)
                 return
@@ -362,6 +362,7 @@ class TumorSegPanel(VTKObservationMixin):
                 self.showResult(segmentation)
         else:
             self.ui.readoutsTableView.setMRMLTableNode(None)
+        self.updateButtons()
 
     def onReadoutsTimer(self):
         with showErrors("Could not update the readouts."):
