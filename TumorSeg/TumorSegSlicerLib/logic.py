@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import slicer
 
+from TumorSegLib import boxes
 from TumorSegLib.cards import find_card, list_cards, scan_cards
 from TumorSegLib.errors import Cancelled, TumorSegError
 from TumorSegLib.io import read_image, write_image
@@ -351,6 +352,10 @@ class TumorSegLogic:
                                 "the click point instead")
         if outputSegmentation is not None:
             self.checkOutput(outputSegmentation, inputVolume, overwrite=True)  # adding erases nothing: no edit check
+            shown = outputSegmentation.GetNodeReference(INPUT_ROLE)
+            if shown is not None and mrml.affine_2d(shown) is not None:
+                raise TumorSegError(f"segmentation {outputSegmentation.GetName()!r} holds a 2D MIP result; click into "
+                                    "a new segmentation")
         position = self.pointPosition(point, inputVolume, pointIndex)
         marker = None
         if hasattr(point, "GetNthControlPointID"):
@@ -593,16 +598,29 @@ class TumorSegLogic:
         segmentationNode.RemoveAttribute(CLICKS_ATTRIBUTE)
 
     # ---- edit tracking --------------------------------------------------------------------
-    def tumorMask(self, segmentationNode, volumeNode=None) -> np.ndarray:
-        """The tumour voxels now (bool, i, j, k on the volume grid): the TumorSeg segment, else all segments."""
+    def tumorMask(self, segmentationNode, volumeNode=None, box=None) -> np.ndarray:
+        """The tumour voxels now (bool, i, j, k on the volume grid, or only its ``box`` of a 3D volume): the TumorSeg
+        segment, else all segments."""
         volumeNode = volumeNode or self.inputVolume(segmentationNode)
+        mask = np.zeros(mrml.grid_shape(volumeNode) if box is None else [hi - lo for lo, hi in box], dtype=bool)
+        for sid in self._tumorSegmentIds(segmentationNode):
+            mask |= (mrml.segment_mask(segmentationNode, sid, volumeNode) if box is None
+                     else mrml.segment_box(segmentationNode, sid, box, volumeNode))
+        return mask
+
+    def tumorBounds(self, segmentationNode, volumeNode):
+        """The smallest box of the 3D volume's grid holding every tumour voxel (``tumorMask``), None when none."""
+        found = [mrml.segment_bounds(segmentationNode, sid, volumeNode) for sid in self._tumorSegmentIds(segmentationNode)]
+        found = [box for box in found if box is not None]
+        if not found:
+            return None
+        return tuple((min(box[a][0] for box in found), max(box[a][1] for box in found)) for a in range(3))
+
+    @staticmethod
+    def _tumorSegmentIds(segmentationNode) -> list:
         segmentation = segmentationNode.GetSegmentation()
         segment_id = segmentationNode.GetAttribute(SEGMENT_ATTRIBUTE)
-        ids = [segment_id] if segment_id and segmentation.GetSegment(segment_id) else list(segmentation.GetSegmentIDs())
-        mask = np.zeros(mrml.grid_shape(volumeNode), dtype=bool)
-        for sid in ids:
-            mask |= mrml.segment_mask(segmentationNode, sid, volumeNode)
-        return mask
+        return [segment_id] if segment_id and segmentation.GetSegment(segment_id) else list(segmentation.GetSegmentIDs())
 
     def inputVolume(self, segmentationNode):
         volume = segmentationNode.GetNodeReference(INPUT_ROLE)
@@ -660,15 +678,19 @@ class TumorSegLogic:
         from TumorSegLib.measure import measure_lesions
 
         volumeNode = volumeNode or self.inputVolume(segmentationNode)
-        image = mrml.image_from_volume(volumeNode)
-        mask = self.tumorMask(segmentationNode, volumeNode)
+        is_3d = mrml.affine_2d(volumeNode) is None
         modality = segmentationNode.GetAttribute(MODALITY_ATTRIBUTE)
         if modality is None:
-            modality = self.detectModality(volumeNode) if image.ndim == 3 else ""
+            modality = self.detectModality(volumeNode) if is_3d else ""
+        box = self._measuredBox(segmentationNode, volumeNode, modality) if is_3d and modality else None
+        image = mrml.image_from_volume(volumeNode, box)
+        mask = self.tumorMask(segmentationNode, volumeNode, box)
         suv_note = None
-        if modality == "PET" and image.ndim == 3:
+        if modality == "PET" and is_3d:
             image, suv_note = dicomsuv.suv_image(image, volumeNode)
         result = measure_lesions(mask, image, modality or None)
+        if box is not None:
+            result.offset_indices([lo for lo, _ in box])
         result.notes.extend([suv_note] if suv_note else [])
         self.readouts[segmentationNode.GetID()] = result
         table = segmentationNode.GetNodeReference(READOUTS_ROLE)
@@ -681,6 +703,17 @@ class TumorSegLogic:
         if segmentationNode.GetAttribute(RECIST_ATTRIBUTE) == "true":
             recist.show_lines(segmentationNode, volumeNode, result)
         return table
+
+    def _measuredBox(self, segmentationNode, volumeNode, modality: str) -> tuple:
+        """What a 3D volume's readouts read: the box of the tumour voxels, grown by the SUVpeak sphere for PET (the
+        same figures as on the whole volume, at a cost that follows the lesions, not the volume)."""
+        from TumorSegLib.measure import SUV_PEAK_RADIUS_MM
+
+        bounds = self.tumorBounds(segmentationNode, volumeNode) or ((0, 1),) * 3
+        reach = np.ceil(SUV_PEAK_RADIUS_MM / np.asarray(volumeNode.GetSpacing())).astype(int) if modality == "PET" \
+            else np.zeros(3, dtype=int)
+        return boxes.clip(tuple((lo - r, hi + r) for (lo, hi), r in zip(bounds, reach)),
+                         volumeNode.GetImageData().GetDimensions())
 
     def setRecistLinesVisible(self, segmentationNode, visible: bool) -> list:
         """Show (create or refresh) or remove the RECIST long/short-axis lines of every lesion."""

@@ -21,6 +21,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from TumorSegLib import boxes
 from TumorSegLib.errors import TumorSegError
 from TumorSegLib.image import Image
 
@@ -33,17 +34,24 @@ def ijk_to_ras(volumeNode) -> np.ndarray:
     return slicer.util.arrayFromVTKMatrix(matrix)
 
 
-def image_from_volume(volumeNode) -> Image:
-    """The volume's voxels (a copy) and geometry; the 2D image back for a single-slice MIP volume."""
+def image_from_volume(volumeNode, box=None) -> Image:
+    """The volume's voxels (a copy) and geometry; the 2D image back for a single-slice MIP volume.
+
+    box: only the voxels of this box of a 3D volume (half-open, i j k), with its exact geometry.
+    """
     if volumeNode is None or volumeNode.GetImageData() is None:
         raise TumorSegError("the input volume has no image data")
     if volumeNode.GetImageData().GetNumberOfScalarComponents() != 1:
         raise TumorSegError(f"volume {volumeNode.GetName()!r} is not a scalar (single-component) volume")
-    array = np.array(slicer.util.arrayFromVolume(volumeNode)).transpose(2, 1, 0)
+    array = slicer.util.arrayFromVolume(volumeNode)  # a view, (k, j, i)
     affine = affine_2d(volumeNode)
     if affine is not None:
-        return Image(np.ascontiguousarray(array[:, :, 0]), affine)
-    return Image(np.ascontiguousarray(array), ijk_to_ras(volumeNode))
+        return Image(np.ascontiguousarray(np.array(array).transpose(2, 1, 0)[:, :, 0]), affine)
+    affine = ijk_to_ras(volumeNode)
+    if box is not None:
+        array = array[tuple(slice(lo, hi) for lo, hi in reversed(box))]
+        affine[:3, 3] = (affine @ [*(lo for lo, _ in box), 1.0])[:3]
+    return Image(np.ascontiguousarray(np.array(array).transpose(2, 1, 0)), affine)
 
 
 # A 2D image's (row, col) mm plane shown as a coronal slice in radiological view:
@@ -206,17 +214,50 @@ def segment_box(segmentationNode, segmentId: str, box, volumeNode) -> np.ndarray
     geometry = _oriented_geometry(volumeNode, box)
     extent = geometry.GetExtent()
     mask = np.zeros([extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3)], dtype=bool)
+    resampled = _segment_on_grid(segmentationNode, segmentId, volumeNode, geometry)
+    if resampled is not None:
+        _paste(mask, resampled, extent)
+    return mask
+
+
+def segment_bounds(segmentationNode, segmentId: str, volumeNode):
+    """The smallest box of the volume's 3D grid holding every voxel of the segment, None when it is empty.
+
+    Found on the labelmap as it is stored (k, j, i), without making a full-grid copy.
+    """
+    resampled = _segment_on_grid(segmentationNode, segmentId, volumeNode, _oriented_geometry(volumeNode))
+    if resampled is None:
+        return None
+    own = resampled.GetExtent()
+    shape = [own[2 * a + 1] - own[2 * a] + 1 for a in range(3)]
+    found = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).reshape(shape[::-1]) != 0
+    box = []
+    for axis, others in ((2, (0, 1)), (1, (0, 2)), (0, (1, 2))):  # i, j, k of the (k, j, i) array
+        hits = np.flatnonzero(found.any(axis=others))
+        if hits.size == 0:
+            return None
+        low = own[2 * (2 - axis)]
+        box.append((int(low + hits[0]), int(low + hits[-1] + 1)))
+    return boxes.clip(box, volumeNode.GetImageData().GetDimensions())
+
+
+def _segment_on_grid(segmentationNode, segmentId: str, volumeNode, geometry):
+    """The segment's labelmap resampled onto ``geometry`` (the volume's grid, in the volume's frame), None if empty.
+
+    The labelmap is read in the segmentation's own frame (through the transform between their frames when
+    the parent transforms differ); the result may reach beyond ``geometry``'s extent.
+    """
     labelmap = slicer.vtkOrientedImageData()
     slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
         segmentationNode, segmentId, labelmap, False)
-    if labelmap.GetPointData().GetScalars() is not None and not labelmap.IsEmpty():
-        resampled = slicer.vtkOrientedImageData()
-        same_frame = segmentationNode.GetParentTransformNode() is volumeNode.GetParentTransformNode()
-        transform = None if same_frame else _frame_transform(segmentationNode, volumeNode)
-        slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-            labelmap, geometry, resampled, False, False, transform)
-        _paste(mask, resampled, extent)
-    return mask
+    if labelmap.GetPointData().GetScalars() is None or labelmap.IsEmpty():
+        return None
+    resampled = slicer.vtkOrientedImageData()
+    same_frame = segmentationNode.GetParentTransformNode() is volumeNode.GetParentTransformNode()
+    transform = None if same_frame else _frame_transform(segmentationNode, volumeNode)
+    slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+        labelmap, geometry, resampled, False, False, transform)
+    return resampled if resampled.GetPointData().GetScalars() is not None else None
 
 
 def _paste(mask: np.ndarray, image, extent) -> None:

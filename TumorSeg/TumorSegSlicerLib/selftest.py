@@ -24,6 +24,7 @@ from scipy import ndimage
 from TumorSegLib import testing
 from TumorSegLib.errors import Cancelled, TumorSegError
 from TumorSegLib.io import read_image, write_image
+from TumorSegLib.measure import measure_lesions
 from TumorSegLib.metrics import dice
 from TumorSegLib.mip import coronal_mip
 from TumorSegLib.phantoms import ellipsoid
@@ -639,6 +640,10 @@ def test_pet_volume_gets_a_3d_segmentation(logic: TumorSegLogic, ws: Workspace) 
     check(dice(mask, truth) > 0.5, f"traced lesions miss the truth (Dice {dice(mask, truth):.2f})")
     rows = readouts_table.table_rows(segmentation.GetNodeReference(READOUTS_ROLE))
     check(rows and "mtv_ml" in rows[0] and "suv_max" in rows[0], f"3D PET readouts expected: {list(rows[0]) if rows else rows}")
+    whole = logic.scene.AddNewNodeByClass("vtkMRMLTableNode", "measured on the whole volume")
+    readouts_table.update_table(whole, measure_lesions(mask, image, "PET"))
+    check(same_rows(rows, readouts_table.table_rows(whole)), "the readouts (read in the lesions' box grown by the SUVpeak "
+          "sphere) differ from the whole volume's")
     pet3d = ws.model("sliding-window-3d", "PET")
     lesion = np.argwhere(truth)[0]
     clicked = logic.segment(volume, str(pet3d.path), device="cpu", point=image.to_world(lesion).tolist())
