@@ -7,7 +7,8 @@ segments in sync, and the readouts always follow the voxels.
 
 Safety: the fingerprint of the labelmap TumorSeg wrote is stored on the segmentation; a later
 run into that segmentation refuses (``EditedSegmentationError``) when the voxels have changed or it
-holds clicked lesions (``confirmationNeeded`` says why), unless ``overwrite=True``. A segmentation holding another volume's result is never written to.
+holds clicked lesions (``confirmationNeeded`` says why), unless ``overwrite=True``. A segmentation
+holding another volume's result is never written to.
 Nothing in the scene changes until a run has succeeded; an error while its result is imported (any
 exception) removes what the import added and restores the output segmentation, so a cancelled or
 failed run leaves the scene as it was and ends as one error (``SegmentationRun.error``/``message``).
