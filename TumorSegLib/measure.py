@@ -76,6 +76,14 @@ class Readouts:
     acquisition_axis: int | None
     notes: list = field(default_factory=list)
 
+    def offset_indices(self, corner) -> None:
+        """Measured on a crop whose first voxel is ``corner`` of a larger grid: give the voxel indices (``bbox``,
+        ``recist_slice``) on that grid. World positions and sizes do not change."""
+        for lesion in self.lesions:
+            lesion.bbox = [[int(a + o), int(b + o)] for (a, b), o in zip(lesion.bbox, corner)]
+            if lesion.recist_slice is not None:
+                lesion.recist_slice = int(lesion.recist_slice + corner[self.acquisition_axis])
+
     def _omitted(self) -> set:
         """Fields that do not apply to this kind of image (left out of dicts and tables)."""
         size = size_key(self.ndim, self.length_unit)

@@ -68,6 +68,7 @@ SLICER_5_6_API = {
     "GetNodeByID": "vtkMRMLScene",
     "GetNodeReference": "vtkMRMLNode",
     "GetNodeReferenceID": "vtkMRMLNode",
+    "GetNthControlPointID": "vtkMRMLMarkupsNode",
     "GetNthControlPointPositionWorld": "vtkMRMLMarkupsNode",
     "GetNthNode": "vtkMRMLScene",
     "GetNthNodeReference": "vtkMRMLNode",
@@ -111,6 +112,7 @@ SLICER_5_6_API = {
     "RemoveAttribute": "vtkMRMLNode",
     "RemoveItem": "vtkMRMLSubjectHierarchyNode",
     "RemoveNode": "vtkMRMLScene",
+    "RemoveNthControlPoint": "vtkMRMLMarkupsNode",
     "RemoveNodeReferenceIDs": "vtkMRMLNode",
     "RemoveObserver": "vtkObject",
     "ResampleOrientedImageToReferenceOrientedImage": "vtkOrientedImageDataResample",
@@ -148,14 +150,14 @@ SLICER_5_6_API = {
 }
 
 OTHER_API = {  # not Slicer's C++ API: Python's standard library, Qt, the PyTorch extension
-    "DictReader": "csv", "DictWriter": "csv", "Popen": "subprocess", "Queue": "queue", "Thread": "threading", "Timer": "threading",
+    "DictReader": "csv", "DictWriter": "csv", "Lock": "threading", "Popen": "subprocess", "Queue": "queue", "Thread": "threading", "Timer": "threading",
     "OpenProcess": "ctypes.windll.kernel32", "GetExitCodeProcess": "ctypes.windll.kernel32",
     "CloseHandle": "ctypes.windll.kernel32", "QIcon": "qt", "QTimer": "qt", "QMessageBox": "qt",
     "QSettings": "qt", "PyTorchUtilsLogic": "PyTorchUtils (extension)",
 }
 
 SLICER_UTIL_5_6 = {  # slicer.util functions of Slicer 5.6
-    "arrayFromVTKMatrix", "arrayFromVolume", "childWidgetVariables", "confirmYesNoDisplay", "errorDisplay", "loadUI",
+    "arrayFromVTKMatrix", "arrayFromVolume", "childWidgetVariables", "confirmOkCancelDisplay", "confirmYesNoDisplay", "errorDisplay", "loadUI",
     "pip_install", "setSliceViewerLayers", "updateVolumeFromArray", "vtkMatrixFromArray", "warningDisplay",
     "tryWithErrorDisplay", "VTKObservationMixin", "settingsValue", "getNodesByClass",
 }

@@ -1,13 +1,12 @@
 """The Slicer module's logic against real MRML (slicer-core wheel), headless.
 
-A fixture builds the small "application" Slicer would provide (scene, application logic,
-colours, Volumes / Segmentations / SubjectHierarchy logics, ``slicer.mrmlScene`` and a
+A fixture builds the small "application" Slicer would provide (``slicer_app``: scene, application
+logic, colours, Volumes / Segmentations / SubjectHierarchy logics, ``slicer.mrmlScene`` and a
 ``slicer.modules`` stand-in for logic lookup); MRML itself is real. The test bodies are the
 module's self-test (TumorSeg/TumorSegSlicerLib/selftest.py), so CI runs what Slicer runs.
 """
 
 import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -18,35 +17,19 @@ if not hasattr(slicer, "vtkMRMLScene"):
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "TumorSeg"))
 
+import slicer_app  # noqa: E402
 from TumorSegSlicerLib import selftest  # noqa: E402
 from TumorSegSlicerLib.logic import TumorSegLogic  # noqa: E402
 
 
 @pytest.fixture
 def logic():
-    scene = slicer.vtkMRMLScene()
-    app = slicer.vtkSlicerApplicationLogic()
-    app.SetMRMLScene(scene)
-    colors = slicer.vtkMRMLColorLogic()
-    colors.SetMRMLScene(scene)
-    colors.AddDefaultColorNodes()
-    logics = {"Colors": colors}
-    for name, cls in (("Volumes", slicer.vtkSlicerVolumesLogic), ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
-                      ("SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic)):
-        module_logic = cls()
-        module_logic.SetMRMLApplicationLogic(app)
-        module_logic.SetMRMLScene(scene)
-        logics[name] = module_logic
-    for name, module_logic in logics.items():
-        app.SetModuleLogic(name, module_logic)
-    slicer.mrmlScene = scene
-    slicer.modules = types.SimpleNamespace(**{name.lower(): types.SimpleNamespace(logic=lambda l=l: l)
-                                              for name, l in logics.items()})
+    scene = slicer_app.start()
     tumorseg = TumorSegLogic()
     yield tumorseg
     tumorseg.stopObserving()
-    del slicer.mrmlScene, slicer.modules
-    scene.Clear(1)
+    tumorseg.shutdown()
+    slicer_app.stop(scene)
 
 
 @pytest.fixture(scope="session")

@@ -28,7 +28,7 @@ EXPECTED_WIDGETS = {
     "outputSelector": "qMRMLNodeComboBox", "modalityComboBox": "QComboBox", "modelComboBox": "QComboBox",
     "deviceComboBox": "QComboBox", "modalityLabel": "QLabel", "modelDescriptionLabel": "QLabel", "deviceLabel": "QLabel",
     "dependenciesLabel": "QLabel", "statusLabel": "QLabel", "installButton": "QPushButton",
-    "segmentButton": "QPushButton", "resetAdvancedButton": "QPushButton", "exportButton": "QPushButton",
+    "segmentButton": "QPushButton", "removeLesionButton": "QPushButton", "resetAdvancedButton": "QPushButton", "exportButton": "QPushButton",
     "overlapSpinBox": "QDoubleSpinBox", "thresholdSpinBox": "QDoubleSpinBox", "minLesionSpinBox": "QDoubleSpinBox",
     "progressBar": "QProgressBar", "readoutsTableView": "qMRMLTableView", "showRecistCheckBox": "QCheckBox", "mipViewCheckBox": "QCheckBox",
     "inputsCollapsibleButton": "ctkCollapsibleButton", "advancedCollapsibleButton": "ctkCollapsibleButton",

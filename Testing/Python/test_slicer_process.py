@@ -85,3 +85,26 @@ def test_cancel_returns_at_once_and_ends_a_process_that_ignores_sigterm():
         time.sleep(0.02)
     assert background.cancelled and background.returncode is not None
     assert time.monotonic() - started < process.KILL_AFTER_S + 2
+
+
+def test_interactive_process_takes_requests_and_reports_every_line():
+    """A worker's stdin takes JSON requests (``send``); lines other than progress and done come as messages."""
+    script = ("import json, sys\n"
+              "print(json.dumps({'ready': True}), flush=True)\n"
+              "for line in sys.stdin:\n"
+              "    request = json.loads(line)\n"
+              "    print(json.dumps({'id': request['id'], 'progress': 0.5, 'message': 'half'}), flush=True)\n"
+              "    print(json.dumps({'id': request['id'], 'done': True}), flush=True)\n")
+    background = process.BackgroundProcess([sys.executable, "-c", script], interactive=True)
+    background.send({"id": 7})
+    events, deadline = [], time.monotonic() + 30
+    while len(events) < 3:
+        assert time.monotonic() < deadline, events
+        events += background.poll()
+        time.sleep(0.02)
+    assert events == [("message", {"ready": True}), ("progress", 0.5, "half"), ("done", {"id": 7, "done": True})]
+    background.cancel()
+    while background.returncode is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    background.send({"id": 8})  # an ended process: nothing to write to, no error

@@ -6,8 +6,9 @@ segment as it is now. One segment means Segment Editor edits never have to keep 
 segments in sync, and the readouts always follow the voxels.
 
 Safety: the fingerprint of the labelmap TumorSeg wrote is stored on the segmentation; a later
-run into that segmentation refuses (``EditedSegmentationError``) when the voxels have changed,
-unless ``overwrite=True``. A segmentation holding another volume's result is never written to.
+run into that segmentation refuses (``EditedSegmentationError``) when the voxels have changed or it
+holds clicked lesions (``confirmationNeeded`` says why), unless ``overwrite=True``. A segmentation
+holding another volume's result is never written to.
 Nothing in the scene changes until a run has succeeded; an error while its result is imported (any
 exception) removes what the import added and restores the output segmentation, so a cancelled or
 failed run leaves the scene as it was and ends as one error (``SegmentationRun.error``/``message``).
@@ -16,8 +17,13 @@ Parent transforms: the volume is segmented and measured in its own frame (its fi
 the segmentation, the MIP volume and the RECIST lines go under the volume's parent transform, and
 markups (ROI, click point) are mapped from world into the volume's frame.
 
+Clicks add up (``click``): each click is one request to a warm ``tumorseg worker`` (``workers.py``,
+one per model and device, ended on its idle timeout, by ``shutdown`` and on scene close); its
+lesion is added to the "Tumor" segment inside the click's own box only, so no earlier lesion or
+edit elsewhere is ever erased, and ``removeLastLesion`` restores that box as it was (``clicks.py``).
+
 The process is made by ``processFactory`` (``ProcessProtocol``): ``BackgroundProcess`` by default,
-a fake in tests of the error and cancel paths.
+a fake in tests of the error and cancel paths; ``processFactory(command, interactive=True)`` starts a worker.
 """
 
 from __future__ import annotations
@@ -32,13 +38,16 @@ from pathlib import Path
 import numpy as np
 import slicer
 
+from TumorSegLib import boxes
 from TumorSegLib.cards import find_card, list_cards, scan_cards
 from TumorSegLib.errors import Cancelled, TumorSegError
 from TumorSegLib.io import read_image, write_image
 from TumorSegLib.mip import coronal_mip
 
 from . import dicomsuv, mrml, readouts as readouts_table, recist
-from .process import BackgroundProcess, ProcessFactory, segment_command
+from .clicks import ClickRecord, box_on_grid
+from .process import BackgroundProcess, ProcessFactory, segment_command, worker_command
+from .workers import Workers
 
 SEGMENT_NAME = "Tumor"
 # The 3D Slicer >= 5.6 terminology entry string (vtkSegment tag "TerminologyEntry").
@@ -51,11 +60,14 @@ SEGMENT_ATTRIBUTE = "TumorSeg.SegmentID"
 MODALITY_ATTRIBUTE = "TumorSeg.Modality"
 MODEL_ATTRIBUTE = "TumorSeg.Model"
 RECIST_ATTRIBUTE = "TumorSeg.ShowRecist"
+CLICKS_ATTRIBUTE = "TumorSeg.ClickedLesions"  # how many clicked lesions the segment holds (kept with the scene)
 INPUT_ROLE = "TumorSegInput"
 SOURCE_ROLE = "TumorSegSource"  # a MIP volume -> the PET volume it was computed from
 READOUTS_ROLE = "TumorSegReadouts"
 MODALITIES = ("PET", "CT")
 CT_AIR_HU = -200.0
+CLICK_OUTPUT = "box.nrrd"  # the worker's mask of the click's box (NRRD: its geometry in double precision)
+WORKER_IDLE_TIMEOUT_S = 600.0
 
 
 class EditedSegmentationError(TumorSegError):
@@ -74,8 +86,10 @@ class SegmentationRun:
     """
 
     def __init__(self, logic, process, temp_dir, input_volume, card, output_segmentation, overwrite, progress,
-                 mip_view=False):
+                 mip_view=False, click=False, point=None):
         self.logic = logic
+        self.click = click  # a click that adds its lesion (``TumorSegLogic.click``), not a run that replaces the segment
+        self.point = point  # the click's (point list node ID, control point ID), when it was a markups point
         self.mip_view = mip_view
         self.overwrite = overwrite
         self.process = process
@@ -114,7 +128,7 @@ class SegmentationRun:
             raise TumorSegError(self.process.error_message())
         if self.progress:
             self.progress(1.0, f"done: {self.process.done.get('lesions', '?')} lesion(s)")
-        self.segmentation = self.logic._importResult(self)
+        self.segmentation = (self.logic._importClick if self.click else self.logic._importResult)(self)
         self._end()
 
     def _fail(self, error: Exception) -> None:
@@ -129,6 +143,11 @@ class SegmentationRun:
     def _end(self) -> None:
         shutil.rmtree(self.temp_dir, ignore_errors=True)
         self.finished = True
+
+    @property
+    def notes(self) -> list:
+        """The backend's notes on the result (what each click found), once it has succeeded."""
+        return list((self.process.done or {}).get("notes", [])) if self.segmentation is not None else []
 
     @property
     def message(self) -> str:
@@ -166,6 +185,12 @@ class TumorSegLogic:
         self.readouts = {}  # segmentation node ID -> TumorSegLib.measure.Readouts
         self._observations = {}  # segmentation node ID -> [(vtkSegmentation, tag)]
         self._writing = False
+        self.workers = Workers()
+        self.workerIdleTimeout = WORKER_IDLE_TIMEOUT_S
+        self.clickHistory = {}  # segmentation node ID -> [ClickRecord], the last click last
+        self._clickInput = None  # (key, path) of the volume file the workers read
+        self._clickFolder = None
+        self._sceneObservation = None  # (scene, tag) of the EndCloseEvent observer, while workers may run
 
     @property
     def scene(self):
@@ -284,16 +309,175 @@ class TumorSegLogic:
         return [int(v) for pair in zip(low, high + 1) for v in pair]
 
     @staticmethod
-    def pointPosition(point, volumeNode=None) -> list:
-        """A markups point list's first point, or a world (R, A, S) triple, in ``volumeNode``'s own frame."""
+    def pointPosition(point, volumeNode=None, index=0) -> list:
+        """A markups point list's point ``index`` (-1: the last), or a world (R, A, S) triple, in ``volumeNode``'s
+        own frame."""
         if hasattr(point, "GetNthControlPointPositionWorld"):
-            if point.GetNumberOfControlPoints() < 1:
-                raise TumorSegError(f"point list {point.GetName()!r} has no points")
+            count = point.GetNumberOfControlPoints()
+            if not -count <= index < count:
+                raise TumorSegError(f"point list {point.GetName()!r} has no point {index}" if count else
+                                    f"point list {point.GetName()!r} has no points")
             position = np.zeros(3)
-            point.GetNthControlPointPositionWorld(0, position)
+            point.GetNthControlPointPositionWorld(index % count, position)
         else:
             position = np.array([float(v) for v in point])
         return (mrml.world_to_local(volumeNode, position) if volumeNode is not None else position).tolist()
+
+    # ---- clicks that add up ----------------------------------------------------------------
+    @staticmethod
+    def canClick(card, volumeNode=None) -> bool:
+        """Whether clicks with this model add up (``click``): a 3D mask whose clicks have boxes on the volume's grid.
+
+        A MIP-PET model (and a single-slice MIP volume) segments with the click point through ``segment`` instead.
+        """
+        if card is None or card.modality == "MIP-PET" or card.mode == "whole-image-2d":
+            return False
+        return volumeNode is None or mrml.affine_2d(volumeNode) is None
+
+    def click(self, inputVolume, modelName, point, outputSegmentation=None, device="auto", pointIndex=-1,
+              progressCallback=None, waitForCompletion=True, overrides=None, modelsDir=None):
+        """Add the lesion at one click to the "Tumor" segment, through the model's warm worker.
+
+        point: a markups point list (its point ``pointIndex``, -1: the last) or a world (R, A, S) triple.
+        Only voxels inside the click's box change, and only by being added: earlier lesions and edits stay.
+        A click that adds voxels is kept in ``clickHistory`` (``removeLastLesion`` takes it back). A click on
+        background changes nothing (``SegmentationRun.notes`` says so). The readouts are marked stale, as after an
+        edit (``updatePendingReadouts``). Returns the segmentation node (a new one when ``outputSegmentation`` is
+        None), or with ``waitForCompletion=False`` a ``SegmentationRun``.
+        """
+        if inputVolume is None or not inputVolume.IsA("vtkMRMLScalarVolumeNode"):
+            raise TumorSegError("select a scalar input volume")
+        card = find_card(modelName, modelsDir)
+        if not self.canClick(card, inputVolume):
+            raise TumorSegError(f"clicks with model {card.name!r} do not add up (it segments a 2D MIP): segment with "
+                                "the click point instead")
+        if outputSegmentation is not None:
+            self.checkOutput(outputSegmentation, inputVolume, overwrite=True)  # adding erases nothing: no edit check
+            shown = outputSegmentation.GetNodeReference(INPUT_ROLE)
+            if shown is not None and mrml.affine_2d(shown) is not None:
+                raise TumorSegError(f"segmentation {outputSegmentation.GetName()!r} holds a 2D MIP result; click into "
+                                    "a new segmentation")
+        position = self.pointPosition(point, inputVolume, pointIndex)
+        marker = None
+        if hasattr(point, "GetNthControlPointID"):
+            marker = (point.GetID(), point.GetNthControlPointID(pointIndex % point.GetNumberOfControlPoints()))
+        input_path = self._clickInputFile(inputVolume, card)
+        temp_dir = Path(tempfile.mkdtemp(prefix="TumorSeg-click-", dir=self.tempRoot))
+        try:
+            request = {"command": "segment", "input": str(input_path), "output": str(temp_dir / CLICK_OUTPUT),
+                       "points": [position], "clicks_only": True, "overrides": overrides or {}}
+            command = worker_command(str(card.path or card.name), device, self.workerIdleTimeout, modelsDir)
+            process = self.workers.submit(tuple(command[4:]), lambda: self.processFactory(command, interactive=True),
+                                          self.workerIdleTimeout, request)
+        except BaseException:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+            raise
+        self._observeSceneClose()
+        run = SegmentationRun(self, process, temp_dir, inputVolume, card, outputSegmentation, False, progressCallback,
+                              click=True, point=marker)
+        return run.wait() if waitForCompletion else run
+
+    def _clickInputFile(self, volumeNode, card) -> Path:
+        """The volume as the workers' input file, written once while the volume is unchanged (the worker then
+        keeps it in memory between clicks)."""
+        key = (volumeNode.GetID(), volumeNode.GetImageData().GetMTime(), mrml.ijk_to_ras(volumeNode).tobytes(),
+               card.modality in ("PET", "MIP-PET"))
+        if self._clickInput is not None and self._clickInput[0] == key and self._clickInput[1].is_file():
+            return self._clickInput[1]
+        if self._clickFolder is None or not self._clickFolder.is_dir():
+            self._clickFolder = Path(tempfile.mkdtemp(prefix="TumorSeg-clicks-", dir=self.tempRoot))
+        if self._clickInput is not None:
+            self._clickInput[1].unlink(missing_ok=True)
+        path = self._clickFolder / f"input-{volumeNode.GetID()}-{key[1]}.nii"
+        self._writeInput(volumeNode, card, path)
+        self._clickInput = (key, path)
+        return path
+
+    def _importClick(self, run):
+        """Add the click's lesion inside its box (main thread); record the box's voxels before and after."""
+        mask_image = read_image(run.temp_dir / CLICK_OUTPUT, "click result")
+        volume = run.input_volume
+        box = box_on_grid(mask_image, mrml.ijk_to_ras(volume), mrml.grid_shape(volume))
+        lesion = mask_image.array != 0
+        segmentation = run.output_segmentation
+        if segmentation is not None:
+            if segmentation.GetScene() is not self.scene:
+                raise TumorSegError(f"the output segmentation {segmentation.GetName()!r} was removed during the run")
+            self.checkOutput(segmentation, volume, overwrite=True)
+        record = None
+        with self._undoOnError(segmentation):
+            segmentation = segmentation or self._newSegmentation(volume)
+            self._adopt(segmentation, volume)
+            segment_id = self.tumorSegmentId(segmentation)
+            before = mrml.segment_box(segmentation, segment_id, box, volume)
+            if np.any(lesion & ~before):
+                mrml.add_to_segment_box(segmentation, segment_id, box, lesion, volume)
+                record = ClickRecord(box, before, before | lesion, run.point)
+                segmentation.SetAttribute(CLICKS_ATTRIBUTE, str(self.clickedLesions(segmentation) + 1))
+            segmentation.SetAttribute(MODALITY_ATTRIBUTE, _card_modality(run.card))
+            segmentation.SetAttribute(MODEL_ATTRIBUTE, run.card.name)
+        if record is not None:
+            self.clickHistory.setdefault(segmentation.GetID(), []).append(record)
+        self.observeSegmentation(segmentation)
+        self.scheduleReadoutsUpdate(segmentation.GetID())
+        return segmentation
+
+    @staticmethod
+    def clickedLesions(segmentationNode) -> int:
+        """How many clicked lesions the segmentation holds (clicks that added voxels, less those removed)."""
+        return int(segmentationNode.GetAttribute(CLICKS_ATTRIBUTE) or 0)
+
+    def removeLastLesion(self, segmentationNode, overwrite=False) -> None:
+        """Take back the last click of this session: its box becomes exactly what it was before the click.
+
+        Refuses (``EditedSegmentationError``) when the box's voxels were edited since the click, unless
+        ``overwrite`` (those edits would go too). The click's markups point is removed with it.
+        """
+        records = self.clickHistory.get(segmentationNode.GetID()) if segmentationNode is not None else None
+        if not records:
+            raise TumorSegError("no clicked lesion to remove (only clicks made since the scene was opened can be)")
+        record = records[-1]
+        volume = self.inputVolume(segmentationNode)
+        segment_id = self.tumorSegmentId(segmentationNode)
+        if not overwrite and not np.array_equal(mrml.segment_box(segmentationNode, segment_id, record.box, volume),
+                                                record.after):
+            raise EditedSegmentationError(
+                "the voxels around the last clicked lesion were edited after the click; removing the lesion restores "
+                "them as they were before it and loses those edits (pass overwrite=True to do so)")
+        mrml.set_segment_box(segmentationNode, segment_id, record.box, record.before, volume)
+        records.pop()
+        segmentationNode.SetAttribute(CLICKS_ATTRIBUTE, str(max(self.clickedLesions(segmentationNode) - 1, 0)))
+        pointList = self.scene.GetNodeByID(record.point[0]) if record.point else None
+        index = self.controlPointIndex(pointList, record.point[1]) if pointList is not None else -1
+        if index >= 0:
+            pointList.RemoveNthControlPoint(index)
+        self.scheduleReadoutsUpdate(segmentationNode.GetID())
+
+    @staticmethod
+    def controlPointIndex(pointList, controlPointId: str) -> int:
+        """The index of the control point with this ID in the markups point list, -1 when it is not there."""
+        ids = [pointList.GetNthControlPointID(i) for i in range(pointList.GetNumberOfControlPoints())]
+        return ids.index(controlPointId) if controlPointId in ids else -1
+
+    def shutdown(self) -> None:
+        """End the warm workers and remove their input files (module cleanup, scene close)."""
+        self.workers.stop()
+        if self._clickFolder is not None:
+            shutil.rmtree(self._clickFolder, ignore_errors=True)
+        self._clickFolder = self._clickInput = None
+        if self._sceneObservation is not None:
+            scene, tag = self._sceneObservation
+            scene.RemoveObserver(tag)
+            self._sceneObservation = None
+
+    def _observeSceneClose(self) -> None:
+        if self._sceneObservation is None:
+            scene = self.scene
+            self._sceneObservation = (scene, scene.AddObserver(scene.EndCloseEvent, lambda *_: self._onSceneClosed()))
+
+    def _onSceneClosed(self) -> None:
+        self.clickHistory.clear()
+        self.shutdown()
 
     def _importResult(self, run):
         """Put the run's mask into the output segmentation (main thread), after checking its grid.
@@ -320,6 +504,7 @@ class TumorSegLogic:
             segmentation.SetAttribute(MODALITY_ATTRIBUTE, _card_modality(run.card) if target.ndim == 3 else "")
             segmentation.SetAttribute(MODEL_ATTRIBUTE, run.card.name)
             self.computeReadouts(segmentation, volume)
+        self.clickHistory.pop(segmentation.GetID(), None)  # the clicked lesions were replaced
         self.observeSegmentation(segmentation)
         return segmentation
 
@@ -398,25 +583,45 @@ class TumorSegLogic:
         segmentationNode.SetAttribute(SEGMENT_ATTRIBUTE, segment_id)
         return segment_id
 
-    def _writeTumor(self, segmentationNode, volumeNode, mask) -> None:
-        """Write the mask (``checkOutput`` has made sure the segmentation holds no other volume's result)."""
+    @staticmethod
+    def _adopt(segmentationNode, volumeNode) -> None:
+        """Make ``volumeNode`` the segmentation's input and geometry (``checkOutput`` has made sure it holds no other
+        volume's result)."""
         if segmentationNode.GetNodeReference(INPUT_ROLE) is not volumeNode:
             segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(volumeNode)
             segmentationNode.SetNodeReferenceID(INPUT_ROLE, volumeNode.GetID())
+
+    def _writeTumor(self, segmentationNode, volumeNode, mask) -> None:
+        """Replace the segment by the mask; it holds no clicked lesion afterwards."""
+        self._adopt(segmentationNode, volumeNode)
         mrml.set_segment_mask(segmentationNode, self.tumorSegmentId(segmentationNode), mask, volumeNode)
         segmentationNode.SetAttribute(FINGERPRINT_ATTRIBUTE, mrml.fingerprint(mask))
+        segmentationNode.RemoveAttribute(CLICKS_ATTRIBUTE)
 
     # ---- edit tracking --------------------------------------------------------------------
-    def tumorMask(self, segmentationNode, volumeNode=None) -> np.ndarray:
-        """The tumour voxels now (bool, i, j, k on the volume grid): the TumorSeg segment, else all segments."""
+    def tumorMask(self, segmentationNode, volumeNode=None, box=None) -> np.ndarray:
+        """The tumour voxels now (bool, i, j, k on the volume grid, or only its ``box`` of a 3D volume): the TumorSeg
+        segment, else all segments."""
         volumeNode = volumeNode or self.inputVolume(segmentationNode)
+        mask = np.zeros(mrml.grid_shape(volumeNode) if box is None else [hi - lo for lo, hi in box], dtype=bool)
+        for sid in self._tumorSegmentIds(segmentationNode):
+            mask |= (mrml.segment_mask(segmentationNode, sid, volumeNode) if box is None
+                     else mrml.segment_box(segmentationNode, sid, box, volumeNode))
+        return mask
+
+    def tumorBounds(self, segmentationNode, volumeNode):
+        """The smallest box of the 3D volume's grid holding every tumour voxel (``tumorMask``), None when none."""
+        found = [mrml.segment_bounds(segmentationNode, sid, volumeNode) for sid in self._tumorSegmentIds(segmentationNode)]
+        found = [box for box in found if box is not None]
+        if not found:
+            return None
+        return tuple((min(box[a][0] for box in found), max(box[a][1] for box in found)) for a in range(3))
+
+    @staticmethod
+    def _tumorSegmentIds(segmentationNode) -> list:
         segmentation = segmentationNode.GetSegmentation()
         segment_id = segmentationNode.GetAttribute(SEGMENT_ATTRIBUTE)
-        ids = [segment_id] if segment_id and segmentation.GetSegment(segment_id) else list(segmentation.GetSegmentIDs())
-        mask = np.zeros(mrml.grid_shape(volumeNode), dtype=bool)
-        for sid in ids:
-            mask |= mrml.segment_mask(segmentationNode, sid, volumeNode)
-        return mask
+        return [segment_id] if segment_id and segmentation.GetSegment(segment_id) else list(segmentation.GetSegmentIDs())
 
     def inputVolume(self, segmentationNode):
         volume = segmentationNode.GetNodeReference(INPUT_ROLE)
@@ -451,11 +656,22 @@ class TumorSegLogic:
         self.checkOverwrite(segmentationNode, overwrite)
 
     def checkOverwrite(self, segmentationNode, overwrite=False) -> None:
-        """Refuse to overwrite an edited segmentation unless ``overwrite`` is True."""
-        if not overwrite and self.isEdited(segmentationNode):
+        """Refuse to replace clicked lesions or edits (``confirmationNeeded``) unless ``overwrite`` is True."""
+        reason = "" if overwrite else self.confirmationNeeded(segmentationNode)
+        if reason:
             raise EditedSegmentationError(
-                f"segmentation {segmentationNode.GetName()!r} was edited after TumorSeg wrote it (or was not made by "
-                "TumorSeg); segment into a new segmentation, or pass overwrite=True to replace the edits")
+                f"{reason}; segment into a new segmentation, or pass overwrite=True to replace them")
+
+    def confirmationNeeded(self, segmentationNode) -> str:
+        """Why replacing the segmentation's content needs the user's confirmation ("" when it does not): it holds
+        clicked lesions, or voxels TumorSeg did not write (edited, or made elsewhere)."""
+        name = segmentationNode.GetName()
+        clicked = self.clickedLesions(segmentationNode)
+        if clicked:
+            return f"segmentation {name!r} holds {clicked} clicked lesion(s)"
+        if self.isEdited(segmentationNode):
+            return f"segmentation {name!r} was edited after TumorSeg wrote it (or was not made by TumorSeg)"
+        return ""
 
     # ---- readouts ---------------------------------------------------------------------------
     def computeReadouts(self, segmentationNode, volumeNode=None):
@@ -463,15 +679,19 @@ class TumorSegLogic:
         from TumorSegLib.measure import measure_lesions
 
         volumeNode = volumeNode or self.inputVolume(segmentationNode)
-        image = mrml.image_from_volume(volumeNode)
-        mask = self.tumorMask(segmentationNode, volumeNode)
+        is_3d = mrml.affine_2d(volumeNode) is None
         modality = segmentationNode.GetAttribute(MODALITY_ATTRIBUTE)
         if modality is None:
-            modality = self.detectModality(volumeNode) if image.ndim == 3 else ""
+            modality = self.detectModality(volumeNode) if is_3d else ""
+        box = self._measuredBox(segmentationNode, volumeNode, modality) if is_3d and modality else None
+        image = mrml.image_from_volume(volumeNode, box)
+        mask = self.tumorMask(segmentationNode, volumeNode, box)
         suv_note = None
-        if modality == "PET" and image.ndim == 3:
+        if modality == "PET" and is_3d:
             image, suv_note = dicomsuv.suv_image(image, volumeNode)
         result = measure_lesions(mask, image, modality or None)
+        if box is not None:
+            result.offset_indices([lo for lo, _ in box])
         result.notes.extend([suv_note] if suv_note else [])
         self.readouts[segmentationNode.GetID()] = result
         table = segmentationNode.GetNodeReference(READOUTS_ROLE)
@@ -484,6 +704,17 @@ class TumorSegLogic:
         if segmentationNode.GetAttribute(RECIST_ATTRIBUTE) == "true":
             recist.show_lines(segmentationNode, volumeNode, result)
         return table
+
+    def _measuredBox(self, segmentationNode, volumeNode, modality: str) -> tuple:
+        """What a 3D volume's readouts read: the box of the tumour voxels, grown by the SUVpeak sphere for PET (the
+        same figures as on the whole volume, at a cost that follows the lesions, not the volume)."""
+        from TumorSegLib.measure import SUV_PEAK_RADIUS_MM
+
+        bounds = self.tumorBounds(segmentationNode, volumeNode) or ((0, 1),) * 3
+        reach = np.ceil(SUV_PEAK_RADIUS_MM / np.asarray(volumeNode.GetSpacing())).astype(int) if modality == "PET" \
+            else np.zeros(3, dtype=int)
+        return boxes.clip(tuple((lo - r, hi + r) for (lo, hi), r in zip(bounds, reach)),
+                         volumeNode.GetImageData().GetDimensions())
 
     def setRecistLinesVisible(self, segmentationNode, visible: bool) -> list:
         """Show (create or refresh) or remove the RECIST long/short-axis lines of every lesion."""

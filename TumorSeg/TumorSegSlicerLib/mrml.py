@@ -21,6 +21,7 @@ import slicer
 import vtk
 from vtk.util import numpy_support
 
+from TumorSegLib import boxes
 from TumorSegLib.errors import TumorSegError
 from TumorSegLib.image import Image
 
@@ -33,17 +34,24 @@ def ijk_to_ras(volumeNode) -> np.ndarray:
     return slicer.util.arrayFromVTKMatrix(matrix)
 
 
-def image_from_volume(volumeNode) -> Image:
-    """The volume's voxels (a copy) and geometry; the 2D image back for a single-slice MIP volume."""
+def image_from_volume(volumeNode, box=None) -> Image:
+    """The volume's voxels (a copy) and geometry; the 2D image back for a single-slice MIP volume.
+
+    box: only the voxels of this box of a 3D volume (half-open, i j k), with its exact geometry.
+    """
     if volumeNode is None or volumeNode.GetImageData() is None:
         raise TumorSegError("the input volume has no image data")
     if volumeNode.GetImageData().GetNumberOfScalarComponents() != 1:
         raise TumorSegError(f"volume {volumeNode.GetName()!r} is not a scalar (single-component) volume")
-    array = np.array(slicer.util.arrayFromVolume(volumeNode)).transpose(2, 1, 0)
+    array = slicer.util.arrayFromVolume(volumeNode)  # a view, (k, j, i)
     affine = affine_2d(volumeNode)
     if affine is not None:
-        return Image(np.ascontiguousarray(array[:, :, 0]), affine)
-    return Image(np.ascontiguousarray(array), ijk_to_ras(volumeNode))
+        return Image(np.ascontiguousarray(np.array(array).transpose(2, 1, 0)[:, :, 0]), affine)
+    affine = ijk_to_ras(volumeNode)
+    if box is not None:
+        array = array[tuple(slice(lo, hi) for lo, hi in reversed(box))]
+        affine[:3, 3] = (affine @ [*(lo for lo, _ in box), 1.0])[:3]
+    return Image(np.ascontiguousarray(np.array(array).transpose(2, 1, 0)), affine)
 
 
 # A 2D image's (row, col) mm plane shown as a coronal slice in radiological view:
@@ -79,20 +87,26 @@ def add_volume_from_image(scene, image: Image, name: str):
     return node
 
 
-def _oriented_geometry(volumeNode) -> "slicer.vtkOrientedImageData":
-    """An empty oriented image with the volume's extent and IJK-to-RAS (no voxel copy)."""
+def box_extent(box) -> list:
+    """A half-open voxel box ((lo, hi) per axis) as a VTK extent [i0, i1, j0, j1, k0, k1] (inclusive)."""
+    return [v for lo, hi in box for v in (int(lo), int(hi) - 1)]
+
+
+def _oriented_geometry(volumeNode, box=None) -> "slicer.vtkOrientedImageData":
+    """An empty oriented image with the volume's IJK-to-RAS over its extent, or ``box`` of it (no voxel copy)."""
     geometry = slicer.vtkOrientedImageData()
-    geometry.SetExtent(volumeNode.GetImageData().GetExtent())
+    geometry.SetExtent(volumeNode.GetImageData().GetExtent() if box is None else box_extent(box))
     matrix = vtk.vtkMatrix4x4()
     volumeNode.GetIJKToRASMatrix(matrix)
     geometry.SetImageToWorldMatrix(matrix)
     return geometry
 
 
-def _oriented_from_mask(volumeNode, mask: np.ndarray) -> "slicer.vtkOrientedImageData":
-    image = _oriented_geometry(volumeNode)
+def _oriented_from_mask(volumeNode, mask: np.ndarray, box=None) -> "slicer.vtkOrientedImageData":
+    image = _oriented_geometry(volumeNode, box)
     image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    flat = np.ascontiguousarray(_as_volume_mask(volumeNode, mask).astype(np.uint8).transpose(2, 1, 0)).ravel()
+    mask = _as_volume_mask(volumeNode, mask) if box is None else mask
+    flat = np.ascontiguousarray(mask.astype(np.uint8).transpose(2, 1, 0)).ravel()
     numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = flat
     image.Modified()
     return image
@@ -109,7 +123,27 @@ def _as_volume_mask(volumeNode, mask: np.ndarray) -> np.ndarray:
 
 def set_segment_mask(segmentationNode, segmentId: str, mask: np.ndarray, volumeNode) -> None:
     """Replace the segment's voxels by ``mask`` (i, j, k on the volume grid; 2D for MIP volumes)."""
-    image = _oriented_from_mask(volumeNode, np.asarray(mask) != 0)
+    _modify_segment(segmentationNode, segmentId, _oriented_from_mask(volumeNode, np.asarray(mask) != 0), volumeNode,
+                    ("MODE_REPLACE",))
+
+
+def add_to_segment_box(segmentationNode, segmentId: str, box, mask: np.ndarray, volumeNode) -> None:
+    """Add ``mask`` (the shape of ``box``, a box of the volume's 3D grid) to the segment; nothing is erased."""
+    _modify_segment(segmentationNode, segmentId, _oriented_from_mask(volumeNode, np.asarray(mask) != 0, box),
+                    volumeNode, ("MODE_MERGE_MAX",))
+
+
+def set_segment_box(segmentationNode, segmentId: str, box, mask: np.ndarray, volumeNode) -> None:
+    """Make the segment equal ``mask`` inside ``box`` (of the volume's 3D grid); voxels outside it are not touched."""
+    _modify_segment(segmentationNode, segmentId, _oriented_from_mask(volumeNode, np.asarray(mask) != 0, box),
+                    volumeNode, ("MODE_MERGE_MIN", "MODE_MERGE_MAX"))
+
+
+def _modify_segment(segmentationNode, segmentId: str, image, volumeNode, modes) -> None:
+    """Apply ``image`` (on the volume's grid, its own extent) to the segment with each merge mode in turn.
+
+    The merge modes act inside the image's extent only: MAX adds its voxels, MIN clears the others.
+    """
     to_segmentation = linear_between(volumeNode, segmentationNode)
     if to_segmentation is None:
         raise TumorSegError(f"segmentation {segmentationNode.GetName()!r} is under a non-linear transform that "
@@ -118,8 +152,10 @@ def set_segment_mask(segmentationNode, segmentId: str, mask: np.ndarray, volumeN
     image.GetImageToWorldMatrix(matrix)
     image.SetImageToWorldMatrix(slicer.util.vtkMatrixFromArray(to_segmentation @ slicer.util.arrayFromVTKMatrix(matrix)))
     logic = slicer.vtkSlicerSegmentationsModuleLogic
-    if not logic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentId, logic.MODE_REPLACE, image.GetExtent()):
-        raise TumorSegError(f"could not write segment {segmentId!r} of {segmentationNode.GetName()!r}")
+    for mode in modes:
+        if not logic.SetBinaryLabelmapToSegment(image, segmentationNode, segmentId, getattr(logic, mode),
+                                                image.GetExtent()):
+            raise TumorSegError(f"could not write segment {segmentId!r} of {segmentationNode.GetName()!r}")
 
 
 def _frame_transform(source, target) -> "vtk.vtkGeneralTransform":
@@ -169,18 +205,59 @@ def segment_mask(segmentationNode, segmentId: str, volumeNode) -> np.ndarray:
     The labelmap is read in the segmentation's own frame and resampled onto the volume's grid in the
     volume's frame (through the transform between them when their parent transforms differ).
     """
+    mask = segment_box(segmentationNode, segmentId, None, volumeNode)
+    return mask[:, :, 0] if volumeNode.GetAttribute(AFFINE_2D_ATTRIBUTE) else mask
+
+
+def segment_box(segmentationNode, segmentId: str, box, volumeNode) -> np.ndarray:
+    """The segment inside ``box`` of the volume's 3D grid (None: the whole grid) as a bool array of its shape."""
+    geometry = _oriented_geometry(volumeNode, box)
+    extent = geometry.GetExtent()
+    mask = np.zeros([extent[2 * a + 1] - extent[2 * a] + 1 for a in range(3)], dtype=bool)
+    resampled = _segment_on_grid(segmentationNode, segmentId, volumeNode, geometry)
+    if resampled is not None:
+        _paste(mask, resampled, extent)
+    return mask
+
+
+def segment_bounds(segmentationNode, segmentId: str, volumeNode):
+    """The smallest box of the volume's 3D grid holding every voxel of the segment, None when it is empty.
+
+    Found on the labelmap as it is stored (k, j, i), without making a full-grid copy.
+    """
+    resampled = _segment_on_grid(segmentationNode, segmentId, volumeNode, _oriented_geometry(volumeNode))
+    if resampled is None:
+        return None
+    own = resampled.GetExtent()
+    shape = [own[2 * a + 1] - own[2 * a] + 1 for a in range(3)]
+    found = numpy_support.vtk_to_numpy(resampled.GetPointData().GetScalars()).reshape(shape[::-1]) != 0
+    box = []
+    for axis, others in ((2, (0, 1)), (1, (0, 2)), (0, (1, 2))):  # i, j, k of the (k, j, i) array
+        hits = np.flatnonzero(found.any(axis=others))
+        if hits.size == 0:
+            return None
+        low = own[2 * (2 - axis)]
+        box.append((int(low + hits[0]), int(low + hits[-1] + 1)))
+    return boxes.clip(box, volumeNode.GetImageData().GetDimensions())
+
+
+def _segment_on_grid(segmentationNode, segmentId: str, volumeNode, geometry):
+    """The segment's labelmap resampled onto ``geometry`` (the volume's grid, in the volume's frame), None if empty.
+
+    The labelmap is read in the segmentation's own frame (through the transform between their frames when
+    the parent transforms differ); the result may reach beyond ``geometry``'s extent.
+    """
     labelmap = slicer.vtkOrientedImageData()
     slicer.vtkSlicerSegmentationsModuleLogic.GetSegmentBinaryLabelmapRepresentation(
         segmentationNode, segmentId, labelmap, False)
-    mask = np.zeros(tuple(volumeNode.GetImageData().GetDimensions()), dtype=bool)
-    if labelmap.GetPointData().GetScalars() is not None and not labelmap.IsEmpty():
-        resampled = slicer.vtkOrientedImageData()
-        same_frame = segmentationNode.GetParentTransformNode() is volumeNode.GetParentTransformNode()
-        transform = None if same_frame else _frame_transform(segmentationNode, volumeNode)
-        slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
-            labelmap, _oriented_geometry(volumeNode), resampled, False, False, transform)
-        _paste(mask, resampled, volumeNode.GetImageData().GetExtent())
-    return mask[:, :, 0] if volumeNode.GetAttribute(AFFINE_2D_ATTRIBUTE) else mask
+    if labelmap.GetPointData().GetScalars() is None or labelmap.IsEmpty():
+        return None
+    resampled = slicer.vtkOrientedImageData()
+    same_frame = segmentationNode.GetParentTransformNode() is volumeNode.GetParentTransformNode()
+    transform = None if same_frame else _frame_transform(segmentationNode, volumeNode)
+    slicer.vtkOrientedImageDataResample.ResampleOrientedImageToReferenceOrientedImage(
+        labelmap, geometry, resampled, False, False, transform)
+    return resampled if resampled.GetPointData().GetScalars() is not None else None
 
 
 def _paste(mask: np.ndarray, image, extent) -> None:

@@ -3,6 +3,7 @@
 Only this file and TumorSeg.py import qt; everything it does to the scene goes through the logic.
 A run polls its background process from a QTimer, so the UI never freezes; readouts are
 recomputed on a single-shot QTimer after the user stops editing (the logic keeps the bookkeeping).
+Each point placed in the click point list is a click (``logic.click``), queued while one runs.
 Every error reaches the user as one message (``showErrors``); nothing is re-raised into Qt.
 """
 
@@ -44,6 +45,8 @@ class TumorSegPanel(VTKObservationMixin):
         self.ui = ui
         self.logic = logic
         self.run = None
+        self.pendingClicks = []  # control point IDs of the observed point list placed while a run was going
+        self.observedPoints = None
         self.cards = []
         self.advancedModel = None  # the model whose defaults the Advanced settings were last reset to
         self.pollTimer = qt.QTimer()
@@ -67,6 +70,7 @@ class TumorSegPanel(VTKObservationMixin):
         ui.outputSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.onOutputChanged)
         ui.resetAdvancedButton.connect("clicked()", lambda: self.onModelChanged(reset=True))
         ui.segmentButton.connect("clicked()", self.onSegmentButton)
+        ui.removeLesionButton.connect("clicked()", self.onRemoveLesion)
         ui.installButton.connect("clicked()", self.onInstall)
         ui.showRecistCheckBox.connect("toggled(bool)", self.onShowRecist)
         ui.exportButton.connect("clicked()", self.onExport)
@@ -85,6 +89,7 @@ class TumorSegPanel(VTKObservationMixin):
         self.pollTimer.stop()
         self.readoutsTimer.stop()
         self.logic.stopObserving()
+        self.logic.shutdown()
         self.removeObservers()
 
     def updateDependencies(self):
@@ -162,6 +167,7 @@ class TumorSegPanel(VTKObservationMixin):
     def onRegionChanged(self, *_):
         self.ui.roiPlaceWidget.setCurrentNode(self.ui.roiSelector.currentNode())
         self.ui.pointPlaceWidget.setCurrentNode(self.ui.pointSelector.currentNode())
+        self.observePoints(self.ui.pointSelector.currentNode())
         card = self.card()
         if self.run is None and card and self.logic.needsRegion(card) and not self.region():
             self.ui.statusLabel.text = "This model segments around a lesion: place a click point or an ROI on it."
@@ -183,10 +189,68 @@ class TumorSegPanel(VTKObservationMixin):
             changed[size] = int(round(changed[size]))
         return changed
 
+    def observePoints(self, points):
+        """Each point placed in ``points`` becomes a click (for models whose clicks add up)."""
+        if points is self.observedPoints:
+            return
+        if self.observedPoints is not None:
+            self.removeObserver(self.observedPoints, self.observedPoints.PointPositionDefinedEvent, self.onPointPlaced)
+        self.observedPoints = points
+        self.pendingClicks = []
+        if points is not None:
+            self.addObserver(points, points.PointPositionDefinedEvent, self.onPointPlaced)
+
+    def clicksAddUp(self) -> bool:
+        """Whether a point list is chosen and the model's clicks add up (else Segment uses its first point)."""
+        volume = self.ui.inputSelector.currentNode()
+        return bool(self.ui.pointSelector.currentNode() and volume and self.logic.canClick(self.card(), volume))
+
+    def onPointPlaced(self, points, event):
+        if not self.clicksAddUp() or points.GetNumberOfControlPoints() == 0:
+            return
+        self.pendingClicks.append(points.GetNthControlPointID(points.GetNumberOfControlPoints() - 1))
+        if self.run is None:
+            self.startNextClick()
+
+    def startNextClick(self):
+        """Click the oldest queued point that still exists."""
+        points = self.observedPoints
+        while self.pendingClicks and points is not None:
+            index = self.logic.controlPointIndex(points, self.pendingClicks.pop(0))
+            if index >= 0:
+                self.startClick(index)
+                return
+
+    def startClick(self, index):
+        volume, card = self.ui.inputSelector.currentNode(), self.card()
+        with showErrors("TumorSeg could not add the lesion."):
+            self.ui.progressBar.value = 0
+            self.run = self.logic.click(
+                volume, card.name, self.observedPoints, self.ui.outputSelector.currentNode(),
+                self.ui.deviceComboBox.currentText, pointIndex=index, progressCallback=self.onProgress,
+                waitForCompletion=False, overrides=self.overrides(), modelsDir=self.modelsFolder())
+            self.ui.statusLabel.text = "Segmenting the clicked lesion..."
+            self.pollTimer.start()
+        self.updateButtons()
+
+    def onRemoveLesion(self):
+        segmentation = self.ui.outputSelector.currentNode()
+        with showErrors("Could not remove the lesion."):
+            try:
+                self.logic.removeLastLesion(segmentation)
+            except EditedSegmentationError as error:
+                if slicer.util.confirmOkCancelDisplay(f"{error}.\nRemove the lesion anyway?"):
+                    self.logic.removeLastLesion(segmentation, overwrite=True)
+        self.updateButtons()
+
     def updateButtons(self):
         running = self.run is not None
         cancelling = running and self.run.process.cancelled
-        self.ui.segmentButton.text = "Cancelling..." if cancelling else "Cancel" if running else "Segment"
+        output = self.ui.outputSelector.currentNode()
+        self.ui.removeLesionButton.enabled = not running and output is not None and bool(
+            self.logic.clickHistory.get(output.GetID()))
+        self.ui.segmentButton.text = "Cancelling..." if cancelling else "Cancel" if running else \
+            "Add lesion at the last point" if self.clicksAddUp() else "Segment"
         ready = bool(self.ui.inputSelector.currentNode() and self.card() and not dependencies.missing_packages())
         self.ui.segmentButton.enabled = (running and not cancelling) or (not running and ready)
         for name in ("inputsCollapsibleButton", "advancedCollapsibleButton"):
@@ -195,8 +259,15 @@ class TumorSegPanel(VTKObservationMixin):
     # ---- running ----------------------------------------------------------------------
     def onSegmentButton(self):
         if self.run:
+            self.pendingClicks = []
             self.run.cancel()  # returns at once; onPoll ends the run when the process tree has gone
             self.updateButtons()
+            return
+        if self.clicksAddUp():
+            if self.observedPoints.GetNumberOfControlPoints():
+                self.startClick(self.observedPoints.GetNumberOfControlPoints() - 1)
+            else:
+                self.ui.statusLabel.text = "Place a point on the lesion: each point placed adds its lesion."
             return
         volume, card = self.ui.inputSelector.currentNode(), self.card()
         if self.logic.needsRegion(card) and not self.region() and not slicer.util.confirmYesNoDisplay(
@@ -221,17 +292,18 @@ class TumorSegPanel(VTKObservationMixin):
     def chooseOutput(self, volume):
         """The segmentation to write into (None: a new one), or False when the user cancels.
 
-        A segmentation that already holds a result is replaced only when the user says so.
+        A segmentation that already holds a result is replaced only when the user says so (the logic says why
+        it needs confirmation: clicked lesions, edits).
         """
         output = self.ui.outputSelector.currentNode()
         if output is None or output.GetSegmentation().GetNumberOfSegments() == 0:
             return output
         if self.logic.resultVolume(output) not in (None, volume):
             return None  # another volume's result: never written to
-        edited = self.logic.isEdited(output)
+        reason = self.logic.confirmationNeeded(output) or f"segmentation '{output.GetName()}' already holds a result"
         box = qt.QMessageBox(qt.QMessageBox.Question, "TumorSeg",
-                             f"'{output.GetName()}' already holds a result" + (" that was edited" if edited else "")
-                             + ". Replace it, or put the new result into a new segmentation?")
+                             f"{reason[0].upper()}{reason[1:]}. Replace it all, or put the new result into a new "
+                             "segmentation?")
         replace = box.addButton("Replace", qt.QMessageBox.DestructiveRole)
         new = box.addButton("New segmentation", qt.QMessageBox.AcceptRole)
         box.addButton(qt.QMessageBox.Cancel)
@@ -250,6 +322,8 @@ class TumorSegPanel(VTKObservationMixin):
         self.pollTimer.stop()
         self.run = None
         self.updateButtons()
+        if run.error is not None:
+            self.pendingClicks = []
         if isinstance(run.error, Cancelled):
             self.ui.statusLabel.text = "Cancelled: nothing was changed."
             self.ui.progressBar.value = 0
@@ -261,8 +335,13 @@ class TumorSegPanel(VTKObservationMixin):
             slicer.util.errorDisplay(f"Segmentation failed; nothing was changed.\n{run.message}")
         else:
             self.ui.outputSelector.setCurrentNode(run.segmentation)
-            with showErrors("Could not show the result."):
-                self.showResult(run.segmentation)
+            self.updateButtons()
+            if run.click:
+                self.ui.statusLabel.text = "; ".join(run.notes) or "Lesion added."
+            else:
+                with showErrors("Could not show the result."):
+                    self.showResult(run.segmentation)
+            self.startNextClick()
 
     def showResult(self, segmentation):
         table = segmentation.GetNodeReference(READOUTS_ROLE)
@@ -283,6 +362,7 @@ class TumorSegPanel(VTKObservationMixin):
                 self.showResult(segmentation)
         else:
             self.ui.readoutsTableView.setMRMLTableNode(None)
+        self.updateButtons()
 
     def onReadoutsTimer(self):
         with showErrors("Could not update the readouts."):
@@ -304,6 +384,7 @@ class TumorSegPanel(VTKObservationMixin):
                 self.logic.exportReadouts(segmentation, path)
 
     def onSceneClosed(self):
+        self.pendingClicks = []
         if self.run:
             self.run.cancel()
         self.logic.stopObserving()

@@ -11,6 +11,10 @@ ends the whole tree: SIGTERM to the group (the backend exits 130 and writes noth
 group ``KILL_AFTER_S`` seconds later from a timer thread (a no-op when it has ended); on Windows
 ``taskkill /T /F``. ``cancel()`` never waits: the main thread keeps polling until the tree has ended
 (its output pipes close), or at most ``KILL_AFTER_S + PIPE_GRACE_S`` seconds.
+
+An interactive process (``tumorseg worker``, see ``workers.py``) also takes requests on its stdin
+(``send``); its other JSON lines (ready, per-request error or cancelled, exit) arrive as
+``("message", dict)`` events.
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ class ProcessProtocol(Protocol):
         """The exit code once the process has ended (and its output has been read), else None."""
 
     def poll(self) -> list:
-        """Events since the last call: ``("progress", fraction, message)`` and ``("done", info)``."""
+        """Events since the last call: ``("progress", fraction, message)``, ``("done", info)`` and, from a
+        worker, ``("message", info)`` (its other JSON lines)."""
 
     def cancel(self) -> None:
         """Stop the process and everything it started; returns at once."""
@@ -58,7 +63,16 @@ class ProcessProtocol(Protocol):
         """A one-line explanation of a failed run."""
 
 
-ProcessFactory = Callable[[list], ProcessProtocol]
+class InteractiveProcessProtocol(ProcessProtocol, Protocol):
+    """A running ``tumorseg worker``: a process that also takes JSON requests on its stdin."""
+
+    def send(self, message: dict) -> None:
+        """Write ``message`` as one JSON line to the process's stdin (nothing when it has ended)."""
+
+
+# Called as factory(command) for a one-shot ``tumorseg segment``, and as factory(command, interactive=True)
+# for a ``tumorseg worker``, which must give an ``InteractiveProcessProtocol``.
+ProcessFactory = Callable[..., ProcessProtocol]
 
 
 def python_executable() -> str:
@@ -100,6 +114,13 @@ def segment_command(input_path, output_path, model: str, device: str = "auto", r
     return command
 
 
+def worker_command(model: str, device: str = "auto", idle_timeout: float = 600.0, models_dir=None) -> list:
+    """The ``tumorseg worker`` command line: one warm process serving clicks with ``model`` on ``device``."""
+    command = [python_executable(), "-m", "TumorSegLib", "worker", "--model", model, "--device", device,
+               "--idle-timeout", repr(float(idle_timeout))]
+    return command + (["--models-dir", str(models_dir)] if models_dir else [])
+
+
 def popen_options(os_name: str = os.name, startupinfo_class=None) -> dict:
     """``Popen`` keyword arguments: a process group of its own, and on Windows no console window.
 
@@ -129,9 +150,10 @@ def kill_tree(pid: int, force: bool, os_name: str = os.name) -> None:
 
 
 class BackgroundProcess:
-    """One running command in its own process group (implements ``ProcessProtocol``)."""
+    """One running command in its own process group (implements ``ProcessProtocol``; with ``interactive``,
+    ``InteractiveProcessProtocol``: its stdin is a pipe that ``send`` writes to)."""
 
-    def __init__(self, command, env=None):
+    def __init__(self, command, env=None, interactive=False):
         environment = dict(os.environ if env is None else env)
         root = str(backend_root())
         environment["PYTHONPATH"] = os.pathsep.join(p for p in (root, environment.get("PYTHONPATH", "")) if p)
@@ -142,9 +164,10 @@ class BackgroundProcess:
         self.stderr_tail = deque(maxlen=40)
         self.cancelled = False
         self._kill_at = None
+        self._send_lock = threading.Lock()
         self._process = subprocess.Popen(self.command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                         stdin=subprocess.DEVNULL, text=True, bufsize=1, env=environment,
-                                         **popen_options())
+                                         stdin=subprocess.PIPE if interactive else subprocess.DEVNULL, text=True,
+                                         bufsize=1, env=environment, **popen_options())
         self._threads = [threading.Thread(target=self._read_stdout, daemon=True),
                          threading.Thread(target=self._read_stderr, daemon=True)]
         for thread in self._threads:
@@ -164,6 +187,8 @@ class BackgroundProcess:
                 self.events.put(("done", message))
             elif isinstance(message, dict) and "progress" in message:
                 self.events.put(("progress", float(message["progress"]), str(message.get("message", ""))))
+            elif isinstance(message, dict):
+                self.events.put(("message", message))
 
     def _read_stderr(self):
         for line in self._process.stderr:
@@ -203,6 +228,15 @@ class BackgroundProcess:
             if finished:
                 return self.returncode
             time.sleep(interval)
+
+    def send(self, message: dict) -> None:
+        """One JSON line to the process's stdin (an interactive process); nothing when it has ended."""
+        with self._send_lock:
+            try:
+                self._process.stdin.write(json.dumps(message) + "\n")
+                self._process.stdin.flush()
+            except (BrokenPipeError, OSError, ValueError):  # it has ended (or stdin was closed): returncode tells
+                pass
 
     def cancel(self) -> None:
         """Ask the whole process tree to stop (SIGTERM), SIGKILL it ``KILL_AFTER_S`` later. Never waits."""

@@ -24,6 +24,7 @@ from scipy import ndimage
 from TumorSegLib import testing
 from TumorSegLib.errors import Cancelled, TumorSegError
 from TumorSegLib.io import read_image, write_image
+from TumorSegLib.measure import measure_lesions
 from TumorSegLib.metrics import dice
 from TumorSegLib.mip import coronal_mip
 from TumorSegLib.phantoms import ellipsoid
@@ -639,12 +640,164 @@ def test_pet_volume_gets_a_3d_segmentation(logic: TumorSegLogic, ws: Workspace) 
     check(dice(mask, truth) > 0.5, f"traced lesions miss the truth (Dice {dice(mask, truth):.2f})")
     rows = readouts_table.table_rows(segmentation.GetNodeReference(READOUTS_ROLE))
     check(rows and "mtv_ml" in rows[0] and "suv_max" in rows[0], f"3D PET readouts expected: {list(rows[0]) if rows else rows}")
+    whole = logic.scene.AddNewNodeByClass("vtkMRMLTableNode", "measured on the whole volume")
+    readouts_table.update_table(whole, measure_lesions(mask, image, "PET"))
+    check(same_rows(rows, readouts_table.table_rows(whole)), "the readouts (read in the lesions' box grown by the SUVpeak "
+          "sphere) differ from the whole volume's")
     pet3d = ws.model("sliding-window-3d", "PET")
     lesion = np.argwhere(truth)[0]
     clicked = logic.segment(volume, str(pet3d.path), device="cpu", point=image.to_world(lesion).tolist())
     clicked_mask = logic.tumorMask(clicked)
     check(clicked.GetNodeReference(INPUT_ROLE) is volume and clicked_mask.shape == image.shape, "a click: 3D on the volume")
     check(clicked_mask[tuple(lesion)], "the clicked lesion must be segmented")
+
+
+CLICK_LESIONS = [(-6.0, 6.0, 14.0), (12.0, -10.0, 6.0)]  # the lesion centres of testing.lesion_volume (volume frame)
+
+
+def click_case(logic, ws, folder_name):
+    """A volume larger than two click boxes, loaded from its file and under a rotated parent transform, and a
+    point list with one point on each lesion (world): (volume, Image, points, transform matrix)."""
+    folder = ws.folder(folder_name)
+    image, _ = testing.lesion_volume("CT", shape=(80, 72, 30))
+    write_image(folder / "ct.nii.gz", image)
+    volume = load_volume(logic, folder / "ct.nii.gz", folder_name)
+    matrix = rigid_matrix(25.0, (0, 1, 1), (8.0, -4.0, 2.0))
+    transform = logic.scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", f"{folder_name} transform")
+    transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(matrix))
+    volume.SetAndObserveTransformNodeID(transform.GetID())
+    points = logic.scene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", f"{folder_name} clicks")
+    for center in CLICK_LESIONS:
+        points.AddControlPoint((matrix @ np.append(center, 1.0))[:3].tolist())
+    return volume, image, points, matrix
+
+
+def box_slices(box) -> tuple:
+    return tuple(slice(lo, hi) for lo, hi in box)
+
+
+def test_clicks_add_up(logic: TumorSegLogic, ws: Workspace) -> None:
+    """Each click adds its lesion inside its own box through one warm worker (the CLI's mask for the same points);
+    a second click keeps the first lesion and manual edits, inside its box and elsewhere; Remove lesion restores the
+    box exactly (and refuses when the box was edited since, unless confirmed); a whole-volume run over clicked lesions
+    needs confirmation and changes nothing without it."""
+    card = str(ws.model().path)
+    volume, image, points, matrix = click_case(logic, ws, "clicks")
+    folder = ws.folder("clicks-cli")
+    write_image(folder / "ct.nii.gz", image)
+    cli("segment", folder / "ct.nii.gz", "-o", folder / "mask.nrrd", "--model", card, "--device", "cpu",
+        *[v for center in CLICK_LESIONS for v in ("--point", *map(str, center))])
+    expected = read_image(folder / "mask.nrrd").array != 0
+    lesions, count = ndimage.label(expected, np.ones((3, 3, 3)))
+    check(count == 2, f"the CLI's two clicks gave {count} lesions")
+    first_lesion = lesions == lesions[tuple(np.round(image.to_index(np.array(CLICK_LESIONS[0]))).astype(int))]
+    segmentation = logic.click(volume, card, points, device="cpu", pointIndex=0)
+    check(np.array_equal(logic.tumorMask(segmentation), first_lesion), "the first click's lesion differs from the CLI's")
+    (worker,) = logic.workers.processes()
+    check(logic.confirmationNeeded(segmentation).endswith("holds 1 clicked lesion(s)"), "one clicked lesion")
+    (record,) = logic.clickHistory[segmentation.GetID()]
+    first_box = np.zeros(image.shape, dtype=bool)
+    first_box[box_slices(record.box)] = True
+    far = ellipsoid(image.shape, image.affine, image.to_world(np.array([2, 2, 2])), (3.0, 3.0, 4.0))
+    away = np.subtract(CLICK_LESIONS[1], CLICK_LESIONS[0])  # beyond the second lesion, seen from the first
+    near = ellipsoid(image.shape, image.affine, CLICK_LESIONS[1] + 12.0 * away / np.linalg.norm(away), (2.0, 2.0, 3.0))
+    check(far.any() and near.any() and not np.any((far | near) & (expected | first_box)),
+          "the edits must touch neither the lesions nor the first click's box")
+    edits = far | near
+    mrml.set_segment_mask(segmentation, logic.tumorSegmentId(segmentation), first_lesion | edits, volume)
+    before = logic.tumorMask(segmentation)
+    again = logic.click(volume, card, points, outputSegmentation=segmentation, device="cpu", pointIndex=1)
+    check(again is segmentation, "the second click must go into the same segmentation")
+    check(logic.workers.processes() == [worker], "the second click must reuse the warm worker")
+    inside = np.zeros(image.shape, dtype=bool)
+    inside[box_slices(logic.clickHistory[segmentation.GetID()][-1].box)] = True
+    check(np.any(near & inside) and not np.any(far & inside), "one edit inside the second box, one outside it")
+    after = logic.tumorMask(segmentation)
+    check(np.array_equal(after, expected | edits), "the second click lost the first lesion or an edit, or differs "
+          "from the CLI's mask")
+    check(not np.any((after != before) & ~inside), "the second click changed voxels outside its box")
+    check(segmentation.GetID() in logic.pendingReadouts, "a click must mark the readouts stale")
+    check(len(logic.updatePendingReadouts()) == 1 and len(logic.readouts[segmentation.GetID()].lesions) == 4,
+          "the readouts must count two clicked lesions and two edits")
+    mrml.set_segment_mask(segmentation, logic.tumorSegmentId(segmentation), after & ~near, volume)  # erase, in box 2
+    try:
+        logic.removeLastLesion(segmentation)
+    except EditedSegmentationError:
+        pass
+    else:
+        raise AssertionError("Remove lesion overrode an edit made after the click without confirmation")
+    check(np.array_equal(logic.tumorMask(segmentation), after & ~near), "a refused Remove lesion changed voxels")
+    logic.removeLastLesion(segmentation, overwrite=True)
+    check(np.array_equal(logic.tumorMask(segmentation), before), "Remove lesion did not restore the box exactly")
+    check(points.GetNumberOfControlPoints() == 1, "Remove lesion must remove its click point")
+    logic.removeLastLesion(segmentation)
+    check(np.array_equal(logic.tumorMask(segmentation), edits), "removing the first lesion must leave the edits only")
+    check(points.GetNumberOfControlPoints() == 0, "both click points went with their lesions")
+    points.AddControlPoint((matrix @ np.append(CLICK_LESIONS[0], 1.0))[:3].tolist())
+    logic.click(volume, card, points, outputSegmentation=segmentation, device="cpu")
+    clicked = logic.tumorMask(segmentation)
+    check(np.array_equal(clicked, edits | first_lesion), "a click after Remove lesion")
+    logic.processFactory = fake_factory(write=mask_writer(image, expected))
+    reason = logic.confirmationNeeded(segmentation)
+    check("clicked lesion" in reason, f"a segmentation holding clicked lesions must need confirmation: {reason!r}")
+    try:
+        logic.segment(volume, card, device="cpu", outputSegmentation=segmentation)
+    except EditedSegmentationError as error:
+        check("clicked lesion" in str(error), f"unclear refusal: {error}")
+    else:
+        raise AssertionError("a whole-volume run replaced clicked lesions without confirmation")
+    check(np.array_equal(logic.tumorMask(segmentation), clicked), "the refused whole-volume run changed voxels")
+    logic.segment(volume, card, device="cpu", outputSegmentation=segmentation, overwrite=True)
+    check(np.array_equal(logic.tumorMask(segmentation), expected), "the confirmed whole-volume run must replace")
+    check(not logic.confirmationNeeded(segmentation) and not logic.clickHistory.get(segmentation.GetID()),
+          "after a whole-volume run the segmentation holds no clicked lesion")
+    logic.shutdown()
+
+
+def test_worker_ends_with_module_scene_and_cancel(logic: TumorSegLogic, ws: Workspace) -> None:
+    """The warm worker ends with the module's cleanup (``shutdown``), with scene close, on its idle timeout, and on
+    Cancel (its whole process tree, started through a launcher as PythonSlicer does); a cancelled click changes
+    nothing."""
+    card = str(ws.model().path)
+    volume, image, points, matrix = click_case(logic, ws, "worker")
+
+    def started_worker():
+        (process,) = logic.workers.processes()
+        check(process_alive(process.pid), "the worker must be running between clicks")
+        return process.pid
+
+    logic.click(volume, card, points, device="cpu", pointIndex=0)
+    pid = started_worker()
+    logic.shutdown()
+    wait_until(lambda: not process_alive(pid), 5.0, "the worker outlived the module's cleanup by 5 s")
+    check(not logic.workers.processes(), "no worker after cleanup")
+    logic.click(volume, card, points, device="cpu", pointIndex=1)
+    pid = started_worker()
+    logic.scene.Clear(0)
+    wait_until(lambda: not process_alive(pid), 5.0, "the worker outlived the scene's close by 5 s")
+    check(not logic.clickHistory, "scene close must forget the clicks")
+    volume, image, points, matrix = click_case(logic, ws, "worker-cancel")
+    folder = ws.folder("worker-launcher")
+    launcher, pid_file = folder / "launcher.py", folder / "child.pid"
+    launcher.write_text(LAUNCHER)
+    logic.processFactory = lambda command, **options: BackgroundProcess(
+        [python_executable(), str(launcher), str(pid_file), *command], **options)
+    before = scene_state(logic.scene)
+    run = logic.click(volume, card, points, device="cpu", waitForCompletion=False)
+    wait_until(lambda: pid_file.is_file() and pid_file.read_text().strip() or run.poll(), 60.0, "no worker started")
+    check(not run.finished, f"the click ended before it could be cancelled: {run.error}")
+    child = int(pid_file.read_text())
+    run.cancel()
+    wait_until(lambda: (run.poll() or True) and not process_alive(child), 3.0, "the worker outlived Cancel by 3 s")
+    wait_until(run.poll, 5.0, "the cancelled click did not end")
+    check(isinstance(run.error, Cancelled), f"cancel must end the click as cancelled, got {run.error!r}")
+    check(scene_state(logic.scene) == before and not run.temp_dir.exists(), "a cancelled click changed the scene")
+    logic.processFactory = BackgroundProcess
+    logic.workerIdleTimeout = 1.0
+    logic.click(volume, card, points, device="cpu")
+    pid = started_worker()
+    wait_until(lambda: not process_alive(pid), 10.0, "the worker outlived its idle timeout of 1 s by 9 s")
+    logic.shutdown()
 
 
 TESTS = [(f.__name__, f) for f in (test_modality_detection, test_readouts_match_cli, test_segment_lands_on_lesions,
@@ -654,4 +807,5 @@ TESTS = [(f.__name__, f) for f in (test_modality_detection, test_readouts_match_
                                    test_errors_end_as_one_message_scene_unchanged,
                                    test_results_of_other_volumes_untouched, test_parent_transforms_change_nothing,
                                    test_mip_model_segments_the_mip, test_a_broken_card_hides_no_model,
-                                   test_pet_volume_gets_a_3d_segmentation)]
+                                   test_pet_volume_gets_a_3d_segmentation, test_clicks_add_up,
+                                   test_worker_ends_with_module_scene_and_cancel)]
