@@ -47,7 +47,7 @@ from .progress import check_cancel, no_progress, scaled
 from .files import require_not_input, require_writable
 
 OVERRIDES = ("overlap", "threshold", "min_lesion_ml", "min_lesion_px", "precision", "recheck_margin", "sw_batch_size",
-             "batch_size", "flip_axes")
+             "batch_size", "flip_axes", "lesion_filter")
 GPU_BATCH_VOXELS = 2**22  # input voxels per window batch on a GPU (halved on out-of-memory; not yet tuned on a GPU)
 CT_MIN_BELOW = -100.0  # a CT in HU has air or fat below this; PET (SUV) never reaches it
 MIN_INPUT_VOXELS = 8  # per in-plane axis (any number of slices): less is no image to segment
@@ -281,7 +281,7 @@ class Segmenter:
                              "whole volumes: expect false positives elsewhere; click the lesion (point) or give an ROI")
             probability = self._infer(work, None, settings, step, cancel, notes)
             progress(0.96, "post-processing")
-            mask = self._postprocess(probability, work, settings, cancel, notes)
+            mask = self._postprocess(probability, work, settings, cancel, notes, whole_image=True)
         progress(1.0, "done")
         return Prediction(probability, mask, work, str(self.device), notes, clicks)
 
@@ -347,11 +347,19 @@ class Segmenter:
         probability = np.ascontiguousarray(probability[boxes.slices(inner)])
         return probability, self._postprocess(probability, boxes.crop(work, box), settings, cancel, notes)
 
-    def _postprocess(self, probability: np.ndarray, grid: Image, settings: dict, cancel, notes) -> np.ndarray:
+    def _postprocess(self, probability: np.ndarray, grid: Image, settings: dict, cancel, notes,
+                     whole_image: bool = False) -> np.ndarray:
+        """Threshold and post-process; the card's ``lesion_filter`` acts on whole-image runs only (not ROIs, clicks)."""
+        from .lesion_filter import filter_lesions
         from .postprocess import postprocess
+        from .preprocess import normalize_intensity
 
         check_cancel(cancel)
-        return postprocess(probability >= float(settings["threshold"]), grid, settings, notes)
+        mask = postprocess(probability >= float(settings["threshold"]), grid, settings, notes)
+        if whole_image and settings.get("lesion_filter"):
+            mask = filter_lesions(mask, probability, normalize_intensity(grid.array, self.card),
+                                  settings["lesion_filter"], notes)
+        return mask
 
     def _infer(self, image: Image, box, settings: dict, progress, cancel, notes) -> np.ndarray:
         """Foreground probability on ``image``'s grid: reorient, resample, normalise, run, undo.
