@@ -244,7 +244,7 @@ def table(summaries: dict, settings: dict) -> list:
              "lesions found | FP px per patient | control FP px median (95 % CI) | control FP px mean (95 % CI) | "
              "clean controls (95 % CI) |\n|---|---|---|---|---|---|---|---|\n"]
     for name, s in summaries.items():
-        setting = "" if settings.get(name) is None else f" ({settings[name]:g})"
+        setting = "" if settings.get(name) is None else f" ({setting_text(settings[name])})"
         lines.append(
             f"| {name}{setting} | {s['dice_mean']:.3f} ({s['dice_ci'][0]:.3f}..{s['dice_ci'][1]:.3f}) | "
             f"{s['dice_change']:+.4f} ({s['dice_change_ci'][0]:+.3f}..{s['dice_change_ci'][1]:+.3f}; "
@@ -253,6 +253,12 @@ def table(summaries: dict, settings: dict) -> list:
             f"{s['control_fp_mean']:.1f} ({s['control_fp_mean_ci'][0]:.1f}..{s['control_fp_mean_ci'][1]:.1f}) | "
             f"{s['clean']}/{s['controls']} ({100 * s['clean_ci'][0]:.0f}..{100 * s['clean_ci'][1]:.0f} %) |\n")
     return lines
+
+
+def setting_text(setting) -> str:
+    if isinstance(setting, (tuple, list)):
+        return f"lesion {setting[0]:g}, image {setting[1]:g}"
+    return f"{setting:g}"
 
 
 def coefficient_lines(spec: dict) -> list:
@@ -327,7 +333,7 @@ def report_text(fitted: dict, summaries: dict, accepted: bool, why: str, figures
         "## Training split (settings chosen here)\n\n",
         f"Card on the training patients: mean Dice {fitted['training_card_dice']:.4f}.\n\n",
         "| variant | setting | training mean Dice | clean training controls |\n|---|---|---|---|\n",
-        *[f"| {name} | {settings[name]} | {training[name][0]:.4f} | {100 * training[name][1]:.1f} % |\n"
+        *[f"| {name} | {setting_text(settings[name])} | {training[name][0]:.4f} | {100 * training[name][1]:.1f} % |\n"
           for name in GRIDS],
         "\nSettings of the filter are (per-lesion threshold, image threshold). Coefficients of the shipped "
         "regression (score = sigmoid(intercept + sum coef * (x - mean) / scale)):\n\n",
