@@ -23,7 +23,8 @@ input's own grid (for a MIP-PET card given a 3D PET volume: on the computed coro
    ``image.superior_axis``) or the whole 2D image, padded to ``inference.divisible_by``; with
    ``inference.flip_axes``, averaged over test-time flips (``inferers.Predictor``); run by PyTorch or,
    on a CPU with OpenVINO installed, by OpenVINO (``backend``, ``openvino_backend``);
-5. threshold and the card's post-processing (per box for ROI and click runs).
+5. threshold and the card's post-processing (per box for ROI and click runs); a card's
+   ``lesion_filter`` (``lesion_filter``) acts on whole-image runs only.
 
 Progress goes to a ``progress(fraction, message)`` callback and a ``Cancel`` token is checked
 before every window or batch. On CUDA out-of-memory the work is retried with smaller batches, then
@@ -122,6 +123,8 @@ def settings_for(card: ModelCard, overrides: dict | None = None) -> dict:
     unknown = sorted(set(overrides or {}) - set(OVERRIDES))
     if unknown:
         raise TumorSegError(f"unknown setting(s) {unknown}; settings that can be changed: {OVERRIDES}")
+    if (overrides or {}).get("lesion_filter") not in (None, False):
+        raise TumorSegError("the lesion_filter setting can only be switched off (false); its model lives in the card")
     settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
     if not 0.0 <= float(settings["overlap"]) < 1.0:
         raise TumorSegError(f"overlap must be in [0, 1), got {settings['overlap']}")

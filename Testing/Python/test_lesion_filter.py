@@ -74,6 +74,8 @@ def test_the_engine_filters_whole_image_runs_only():
     assert unfiltered.mask[BRAIN].all() and unfiltered.mask[LESION].all()
     in_roi = segmenter.predict(image, roi=(0, 120, 0, 60))  # an ROI is the user's choice: not filtered
     assert np.array_equal(in_roi.mask, unfiltered.mask)
+    with pytest.raises(TumorSegError, match="can only be switched off"):
+        segmenter.predict(image, overrides={"lesion_filter": True})
 
 
 BROKEN = [
@@ -129,8 +131,8 @@ def test_the_shipped_mip_card_filter_clears_validation_controls_and_keeps_a_pati
         return [case_metrics(segmenter.predict(image, overrides={"precision": "fp32", "lesion_filter": on}).mask,
                              truth, image, recist=False) for on in (None, False)]
 
-    fp = np.array([[row["fp_voxels"] for row in both(Case(name, name, root / "controls" / "imgs" / f"{name}.png", None))]
-                   for name in CONTROLS])
+    controls = [Case(name, name, root / "controls" / "imgs" / f"{name}.png", None) for name in CONTROLS]
+    fp = np.array([[row["fp_voxels"] for row in both(case)] for case in controls])
     assert fp[:, 1].sum() > 800, f"the controls no longer have false positives without the filter: {fp[:, 1]}"
     assert fp[:, 0].sum() <= 0.1 * fp[:, 1].sum(), f"false-positive pixels with / without the filter: {fp.tolist()}"
     image_path = root / "patients" / "imgs" / f"patient_{PATIENT}.png"

@@ -161,7 +161,8 @@ def outcome(r: dict, keep: np.ndarray) -> dict:
 
 def counts(r: dict, tp: int, fp: int, found: int) -> dict:
     fn = r["truth_px"] - tp
-    return {"case": r["case"], "control": r["control"], "dice": 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn),
+    dice = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+    return {"case": r["case"], "control": r["control"], "dice": dice,
             "fp_px": fp, "found": found, "lesions": r["truth_lesions"]}
 
 
@@ -270,22 +271,13 @@ def coefficient_lines(spec: dict) -> list:
 
 
 def overlay(case, before: np.ndarray, after: np.ndarray, label: str, path: Path) -> Path:
-    """The MIP as stored, then the card's mask and the filtered mask as red outlines, side by side."""
-    from PIL import Image as PILImage
-
-    from evaluate_mip_pet import PALETTE, WHITE, outlines
+    """The MIP as stored, then the card's mask and the filtered mask as red outlines (truth green), side by side."""
+    from evaluate_mip_pet import panels
     from TumorSegLib.training.transforms import read_pair
 
     image, truth = read_pair(case)
-    panels = [outlines(image, label), outlines(image, f"card: {int(before.sum())} px", truth, before),
-              outlines(image, f"with the filter: {int(after.sum())} px", truth, after)]
-    sheet = PILImage.new("P", (sum(p.width for p in panels) + 12, panels[0].height), WHITE)
-    sheet.putpalette(PALETTE)
-    for number, panel in enumerate(panels):
-        sheet.paste(panel, (number * (panel.width + 6), 0))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(path, optimize=True)
-    return path
+    return panels(image, truth, [(before, f"card: {int(before.sum())} px"),
+                                 (after, f"with the filter: {int(after.sum())} px")], label, path)
 
 
 def masks_of(case, card, spec: dict, cache: Path) -> tuple:
@@ -309,7 +301,8 @@ def shown_cases(records: list, outcomes: dict) -> list:
     patients = [i for i, o in enumerate(card) if not o["control"]]
     patient = min(patients, key=lambda i: (filtered[i]["dice"] - card[i]["dice"], i))
     return [("control", records[control], f"{records[control]['case']} (control, card's median FP)"),
-            ("patient", records[patient], f"{records[patient]['case']}: Dice {card[patient]['dice']:.3f} -> {filtered[patient]['dice']:.3f}")]
+            ("patient", records[patient],
+             f"{records[patient]['case']}: Dice {card[patient]['dice']:.3f} -> {filtered[patient]['dice']:.3f}")]
 
 
 def report_text(fitted: dict, summaries: dict, accepted: bool, why: str, figures: list) -> str:
@@ -324,9 +317,9 @@ def report_text(fitted: dict, summaries: dict, accepted: bool, why: str, figures
         "score; the engine applies it after the other post-processing on whole-image runs (not ROIs or clicks), "
         "so a MIP of a 3D PET is filtered before its lesions are traced into the volume.\n\n",
         "## Rules, fixed before the validation split was looked at\n\n",
-        f"- Fit: L2 logistic regression (penalty {L2}) on the standardised features of the {fitted['training_lesions']} "
-        f"lesions the card predicts on the {fitted['training_images']} TRAINING images ({fitted['training_true_lesions']} "
-        f"overlap the truth); {FOLDS}-fold cross-validation by image inside the training split gives out-of-fold "
+        f"- Fit: L2 logistic regression (penalty {L2}) on the standardised features of the "
+        f"{fitted['training_lesions']} lesions the card predicts on the {fitted['training_images']} TRAINING images "
+        f"({fitted['training_true_lesions']} overlap the truth); {FOLDS}-fold cross-validation by image inside the training split gives out-of-fold "
         "scores for choosing the thresholds.\n",
         f"- Setting of each variant: {RULE}.\n",
         f"- Ship: {SHIP_RULE}.\n\n",
@@ -339,14 +332,17 @@ def report_text(fitted: dict, summaries: dict, accepted: bool, why: str, figures
         "regression (score = sigmoid(intercept + sum coef * (x - mean) / scale)):\n\n",
         *coefficient_lines(spec),
         "\n## Validation split (measured once)\n\n",
-        f"{card['patients']} patients, {card['controls']} controls. ΔDice is the paired change per patient against the card; intervals are bootstrap 95 % "
+        f"{card['patients']} patients, {card['controls']} controls. ΔDice is the paired change per patient against "
+        "the card; intervals are bootstrap 95 % "
         f"({RESAMPLES} resamples; patients and controls resampled apart). 'lesions found' = true lesions touched by "
         "the prediction.\n\n",
         *table(summaries, {k: v for k, v in settings.items()}),
         f"\nDecision: the candidate ({CANDIDATE}) is **{'shipped' if accepted else 'not shipped'}**: {why}.\n\n",
-        f"Against the targets (mean Dice >= 0.80; control median FP 0 with >= 75 % clean): card {card['dice_mean']:.3f}, "
+        "Against the targets (mean Dice >= 0.80; control median FP 0 with >= 75 % clean): card "
+        f"{card['dice_mean']:.3f}, "
         f"median {card['control_fp_median']:.0f} px, {card['clean']}/{card['controls']} clean; with the filter "
-        f"{chosen['dice_mean']:.3f}, median {chosen['control_fp_median']:.0f} px, {chosen['clean']}/{chosen['controls']} "
+        f"{chosen['dice_mean']:.3f}, median {chosen['control_fp_median']:.0f} px, "
+        f"{chosen['clean']}/{chosen['controls']} "
         "clean.\n\n",
         "## Bias of the fit\n\n",
         "The training-split lesions come from a network that was trained on those very images (each training "
@@ -386,8 +382,10 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", required=True, help="folder for the probability maps (outside the repository)")
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "dmiai2023-mip-pet" / "dev"))
     parser.add_argument("--out", default=str(REPO / "docs"))
-    parser.add_argument("--training-only", action="store_true", help="fit and choose settings; do not look at validation")
-    parser.add_argument("--write-card", action="store_true", help="store the filter in the card when the ship rule accepts it")
+    parser.add_argument("--training-only", action="store_true",
+                        help="fit and choose settings; do not look at validation")
+    parser.add_argument("--write-card", action="store_true",
+                        help="store the filter in the card when the ship rule accepts it")
     args = parser.parse_args(argv)
 
     import torch
