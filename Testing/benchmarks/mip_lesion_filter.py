@@ -305,7 +305,26 @@ def shown_cases(records: list, outcomes: dict) -> list:
              f"{records[patient]['case']}: Dice {card[patient]['dice']:.3f} -> {filtered[patient]['dice']:.3f}")]
 
 
-def report_text(fitted: dict, summaries: dict, accepted: bool, why: str, figures: list) -> str:
+def where_lines(train: list) -> list:
+    """Where the card's false positives on the training controls lie: share of their pixels per fifth of the body."""
+    from TumorSegLib.lesion_filter import FEATURES
+
+    vertical = np.concatenate([r["features"][:, FEATURES.index("vertical")] for r in train if r["control"]])
+    area = np.concatenate([r["area"] for r in train if r["control"]])
+    bands = np.clip((vertical * 5).astype(int), 0, 4)
+    shares = np.bincount(bands, area, 5) / area.sum()
+    return ["Where the card's false positives on the training controls lie (share of their pixels per fifth of the "
+            "body's height, top to bottom): " + ", ".join(f"{100 * v:.0f} %" for v in shares) + ".\n\n"]
+
+
+def gated_lines(validation: list, outcomes: dict) -> list:
+    """The validation patients who lose every lesion the card found to the filter."""
+    lost = [r["case"] for r, before, after in zip(validation, outcomes["card"], outcomes[CANDIDATE])
+            if not r["control"] and before["found"] and not after["found"]]
+    return [f"Validation patients left with no lesion found by the filter: {', '.join(lost) if lost else 'none'}.\n\n"]
+
+
+def report_text(fitted: dict, summaries: dict, accepted: bool, why: str, figures: list, extra: list) -> str:
     spec, settings, training = fitted["spec"], fitted["settings"], fitted["training"]
     card, chosen = summaries["card"], summaries[CANDIDATE]
     text = [
@@ -319,7 +338,8 @@ def report_text(fitted: dict, summaries: dict, accepted: bool, why: str, figures
         "## Rules, fixed before the validation split was looked at\n\n",
         f"- Fit: L2 logistic regression (penalty {L2}) on the standardised features of the "
         f"{fitted['training_lesions']} lesions the card predicts on the {fitted['training_images']} TRAINING images "
-        f"({fitted['training_true_lesions']} overlap the truth); {FOLDS}-fold cross-validation by image inside the training split gives out-of-fold "
+        f"({fitted['training_true_lesions']} overlap the truth); {FOLDS}-fold cross-validation by image inside the "
+        "training split gives out-of-fold "
         "scores for choosing the thresholds.\n",
         f"- Setting of each variant: {RULE}.\n",
         f"- Ship: {SHIP_RULE}.\n\n",
@@ -344,6 +364,7 @@ def report_text(fitted: dict, summaries: dict, accepted: bool, why: str, figures
         f"{chosen['dice_mean']:.3f}, median {chosen['control_fp_median']:.0f} px, "
         f"{chosen['clean']}/{chosen['controls']} "
         "clean.\n\n",
+        *extra,
         "## Bias of the fit\n\n",
         "The training-split lesions come from a network that was trained on those very images (each training "
         "patient was drawn about 60 times, each control about 7 times): on them, true lesions get higher "
@@ -434,7 +455,8 @@ def main(argv=None) -> int:
     figures = [(overlay(cases[r["case"]], *masks_of(cases[r["case"]], card, spec, cache), title,
                         out / "figures" / f"mip-lesion-filter-{tag}.png"), title)
                for tag, r, title in shown_cases(validation, outcomes)]
-    (out / "mip-pet-2d-lesion-filter.md").write_text(report_text(fitted, summaries, accepted, why, figures))
+    extra = where_lines(train) + gated_lines(validation, outcomes)
+    (out / "mip-pet-2d-lesion-filter.md").write_text(report_text(fitted, summaries, accepted, why, figures, extra))
     if args.write_card and accepted:
         write_card(card, spec, fitted, summaries)
     return 0
