@@ -1,10 +1,16 @@
 """Lesion-level false-positive filter of a whole-image 2D mask (the card's ``postprocessing.lesion_filter``).
 
-Every predicted lesion (8-connected) is described by ``FEATURES``, computed from the network's
-probability and the image's uptake (the card's normalised intensity, 1 = hottest) under it and
-from its place in the body (the body is every pixel with uptake >= ``BODY_UPTAKE``; its extent
-is taken between the 1st and 99th percentiles of those pixels' rows and columns, so a stray
-line or speck does not stretch it). A logistic regression scores each lesion::
+Every predicted lesion (8-connected) is described by ``FEATURES``: its area (log pixels); the
+network's probability (max, mean) and the image's uptake (the card's normalised intensity,
+1 = hottest; max, mean) under it; its centroid's place in the body (``vertical``: 0 at the top of
+the body, 1 at its bottom; ``lateral``: distance from the body's midline in half widths; both also
+squared); its bounding box (log height/width, fill); ``mirror_ratio``, the mean uptake of its
+mirror image across the midline over its own (symmetric organs such as kidneys near 1); and
+``ring_ratio``, the mean uptake of a ``RING_PX`` ring around it over its own (low for a focal hot
+spot; where rings of two lesions overlap the pixel counts for the later label). The body is every
+pixel with uptake >= ``BODY_UPTAKE``; its extent is taken between the 1st and 99th percentiles of
+those pixels' rows and columns, so a stray line or speck does not stretch it. A logistic
+regression scores each lesion::
 
     score = 1 / (1 + exp(-(intercept + sum_i coef_i * (x_i - mean_i) / scale_i)))
 
@@ -24,7 +30,7 @@ from scipy import ndimage
 from .measure import label_lesions
 
 BODY_UPTAKE = 0.06  # uptake (0..1) above which a pixel counts as body, not background
-RING_PX = 3  # width in pixels of the ring around a lesion whose uptake stands for its surroundings
+RING_PX = 3  # width in pixels of the ring around a lesion that stands for its surroundings
 FEATURES = ("log_area", "prob_max", "prob_mean", "uptake_max", "uptake_mean", "vertical", "vertical_sq", "lateral",
             "lateral_sq", "log_aspect", "fill", "mirror_ratio", "ring_ratio")
 SPEC_KEYS = {"features", "mean", "scale", "coef", "intercept", "threshold", "image_threshold"}
@@ -85,7 +91,7 @@ def scores(features: np.ndarray, spec: dict) -> np.ndarray:
     chosen = features[:, [FEATURES.index(name) for name in spec["features"]]]
     z = (chosen - np.asarray(spec["mean"])) / np.asarray(spec["scale"])
     logit = float(spec["intercept"]) + z @ np.asarray(spec["coef"], dtype=np.float64)
-    return 1.0 / (1.0 + np.exp(-logit))
+    return 1.0 / (1.0 + np.exp(-np.clip(logit, -50.0, 50.0)))
 
 
 def filter_lesions(mask: np.ndarray, probability: np.ndarray, uptake: np.ndarray, spec: dict,
