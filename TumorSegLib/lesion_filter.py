@@ -51,37 +51,44 @@ def lesion_features(labels: np.ndarray, count: int, probability: np.ndarray, upt
     """(count, len(FEATURES)) float64: one row per lesion label 1..count of a 2D label image."""
     if count == 0:
         return np.zeros((0, len(FEATURES)))
-    index = np.arange(1, count + 1)
-    flat = labels.ravel()
+    width = labels.shape[1]
+    inside = np.flatnonzero(labels)  # only the lesions' pixels and their rings are read
+    label = labels.ravel()[inside]
+    order = np.argsort(label, kind="stable")
+    starts = np.searchsorted(label[order], np.arange(1, count + 1))
 
-    def mean_of(values, where=flat):
-        sums = np.bincount(where, values.ravel(), count + 1)[1:]
-        return sums / np.maximum(np.bincount(where, minlength=count + 1)[1:], 1)
+    def mean_of(values, of=label):
+        """Mean per lesion of per-pixel ``values`` whose lesion labels are ``of``."""
+        return np.bincount(of, values, count + 1)[1:] / np.maximum(np.bincount(of, minlength=count + 1)[1:], 1)
 
-    area = np.bincount(flat, minlength=count + 1)[1:].astype(np.float64)
-    rows, cols = np.indices(labels.shape)
+    def max_of(image):
+        return np.maximum.reduceat(image.ravel()[inside][order].astype(np.float64), starts)
+
+    area = np.bincount(label, minlength=count + 1)[1:].astype(np.float64)
+    rows, cols = np.divmod(inside, width)
     top, bottom, midline, half_width = body_extent(uptake)
     vertical = (mean_of(rows) - top) / (bottom - top)
     lateral = np.abs(mean_of(cols) - midline) / half_width
     boxes = ndimage.find_objects(labels, count)
     height = np.array([b[0].stop - b[0].start for b in boxes], dtype=np.float64)
-    width = np.array([b[1].stop - b[1].start for b in boxes], dtype=np.float64)
-    uptake_mean = mean_of(uptake)
-    mirrored = uptake[:, np.clip(np.rint(2 * midline - np.arange(labels.shape[1])), 0, labels.shape[1] - 1).astype(int)]
-    grown = ndimage.grey_dilation(labels, size=2 * RING_PX + 1)
-    ring = np.where(labels == 0, grown, 0).ravel()
+    box_width = np.array([b[1].stop - b[1].start for b in boxes], dtype=np.float64)
+    flat_uptake = uptake.ravel()
+    uptake_mean = mean_of(flat_uptake[inside])
+    mirror_cols = np.clip(np.rint(2 * midline - cols), 0, width - 1).astype(np.int64)
+    grown = ndimage.grey_dilation(labels, size=2 * RING_PX + 1).ravel()
+    ring = np.flatnonzero((grown > 0) & (labels.ravel() == 0))
     columns = {
         "log_area": np.log(area),
-        "prob_max": np.asarray(ndimage.maximum(probability, labels, index), dtype=np.float64),
-        "prob_mean": mean_of(probability),
-        "uptake_max": np.asarray(ndimage.maximum(uptake, labels, index), dtype=np.float64),
+        "prob_max": max_of(probability),
+        "prob_mean": mean_of(probability.ravel()[inside]),
+        "uptake_max": max_of(uptake),
         "uptake_mean": uptake_mean,
         "vertical": vertical, "vertical_sq": vertical ** 2,
         "lateral": lateral, "lateral_sq": lateral ** 2,
-        "log_aspect": np.log(height / width),
-        "fill": area / (height * width),
-        "mirror_ratio": mean_of(mirrored) / np.maximum(uptake_mean, 1e-3),
-        "ring_ratio": mean_of(uptake, ring) / np.maximum(uptake_mean, 1e-3),
+        "log_aspect": np.log(height / box_width),
+        "fill": area / (height * box_width),
+        "mirror_ratio": mean_of(uptake[rows, mirror_cols]) / np.maximum(uptake_mean, 1e-3),
+        "ring_ratio": mean_of(flat_uptake[ring], grown[ring]) / np.maximum(uptake_mean, 1e-3),
     }
     return np.stack([columns[name] for name in FEATURES], axis=1)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -281,7 +282,8 @@ def overlay(case, before: np.ndarray, after: np.ndarray, label: str, path: Path)
 
 
 def masks_of(case, card, spec: dict, cache: Path) -> tuple:
-    """(card mask, filtered mask) of one image from its cached probability, by the engine's own filter."""
+    """(card mask, filtered mask, seconds the filter took) of one image from its cached probability, by the
+    engine's own filter."""
     from TumorSegLib.lesion_filter import filter_lesions
     from TumorSegLib.preprocess import normalize_intensity
     from TumorSegLib.training.transforms import read_pair
@@ -289,7 +291,9 @@ def masks_of(case, card, spec: dict, cache: Path) -> tuple:
     image, _ = read_pair(case)
     prob = np.load(cache / f"{Path(case.name).name.split('.')[0]}.npy")
     before = prob >= card.threshold
-    return before, filter_lesions(before, prob, normalize_intensity(image.array, card), spec, [])
+    tick = time.perf_counter()
+    after = filter_lesions(before, prob, normalize_intensity(image.array, card), spec, [])
+    return before, after, time.perf_counter() - tick
 
 
 def shown_cases(records: list, outcomes: dict) -> list:
@@ -452,10 +456,13 @@ def main(argv=None) -> int:
     accepted, why = ships(summaries[CANDIDATE], summaries["card"])
     print(json.dumps({"summaries": summaries, "ship": [accepted, why]}, indent=1))
     out = Path(args.out)
-    figures = [(overlay(cases[r["case"]], *masks_of(cases[r["case"]], card, spec, cache), title,
+    figures = [(overlay(cases[r["case"]], *masks_of(cases[r["case"]], card, spec, cache)[:2], title,
                         out / "figures" / f"mip-lesion-filter-{tag}.png"), title)
                for tag, r, title in shown_cases(validation, outcomes)]
-    extra = where_lines(train) + gated_lines(validation, outcomes)
+    seconds = np.median([masks_of(cases[r["case"]], card, spec, cache)[2] for r in validation])
+    extra = where_lines(train) + gated_lines(validation, outcomes) + [
+        f"Time of the filter itself (features and regression, `filter_lesions`): median {1000 * seconds:.1f} ms per "
+        "validation image on this CPU, which other jobs shared (indicative).\n\n"]
     (out / "mip-pet-2d-lesion-filter.md").write_text(report_text(fitted, summaries, accepted, why, figures, extra))
     if args.write_card and accepted:
         write_card(card, spec, fitted, summaries)
