@@ -395,9 +395,9 @@ def write_card(card, spec: dict, fitted: dict, summaries: dict) -> None:
         "fitted_on": f"{fitted['training_lesions']} predicted lesions of the {fitted['training_images']} training "
                      "images of this card's split", "rule": RULE, "ship_rule": SHIP_RULE,
         "command": "Testing/benchmarks/mip_lesion_filter.py --cache DIR --write-card",
-        "validation": {name: {k: summaries[name][k] for k in ("dice_mean", "found", "lesions", "control_fp_median",
-                                                               "control_fp_mean", "clean", "controls")}
-                       for name in ("card", CANDIDATE)},
+        "validation": {key: {k: summaries[name][k] for k in ("dice_mean", "found", "lesions", "control_fp_median",
+                                                              "control_fp_mean", "clean", "controls")}
+                       for key, name in (("without_filter", "card"), ("with_filter", CANDIDATE))},
     }
     card.path.write_text(json.dumps(data, indent=2) + "\n")
 
