@@ -27,7 +27,8 @@ its weights file sits next to it. Fields (see ``Resources/Models/README.md``)::
                      "within": {"channel": 1, "threshold": 0.5} (optional: tumour only where the
                                sigmoid of that channel, e.g. an organ, reaches its threshold)}
     postprocessing  {"min_lesion_ml": 0.0 (3D), "min_lesion_px": 0 (2D), "largest_component": false,
-                     "fill_holes": false}
+                     "fill_holes": false, "lesion_filter": {...} (whole-image-2d: a logistic regression
+                     removes predicted lesions scored as physiological uptake, see ``lesion_filter``)}
     weights         {"file": "name.pt", "sha256": "...", "format": "state_dict"|"torchscript"}
     provenance      {"training_data", "command", "config", "code_version", "validation": {...}}
 """
@@ -181,9 +182,12 @@ def _engine_problems(data: dict) -> list:
         problems.append(f"click must be {{'max_distance_mm': mm >= 0}}, got {click!r}")
     if data.get("modality") == "MIP-PET" and data.get("mode") != "whole-image-2d":
         problems.append("a MIP-PET model must have mode 'whole-image-2d'")
+    from .lesion_filter import spec_problems
     from .windowed import picture_problems
 
-    return problems + picture_problems(preprocessing) + _within_problems(data)
+    lesion_filter = (data.get("postprocessing") or {}).get("lesion_filter")
+    return (problems + picture_problems(preprocessing) + _within_problems(data)
+            + spec_problems(lesion_filter, data.get("mode")))
 
 
 def _within_problems(data: dict) -> list:

@@ -23,7 +23,8 @@ input's own grid (for a MIP-PET card given a 3D PET volume: on the computed coro
    ``image.superior_axis``) or the whole 2D image, padded to ``inference.divisible_by``; with
    ``inference.flip_axes``, averaged over test-time flips (``inferers.Predictor``); run by PyTorch or,
    on a CPU with OpenVINO installed, by OpenVINO (``backend``, ``openvino_backend``);
-5. threshold and the card's post-processing (per box for ROI and click runs).
+5. threshold and the card's post-processing (per box for ROI and click runs); a card's
+   ``lesion_filter`` (``lesion_filter``) acts on whole-image runs only.
 
 Progress goes to a ``progress(fraction, message)`` callback and a ``Cancel`` token is checked
 before every window or batch. On CUDA out-of-memory the work is retried with smaller batches, then
@@ -47,7 +48,7 @@ from .progress import check_cancel, no_progress, scaled
 from .files import require_not_input, require_writable
 
 OVERRIDES = ("overlap", "threshold", "min_lesion_ml", "min_lesion_px", "precision", "recheck_margin", "sw_batch_size",
-             "batch_size", "flip_axes")
+             "batch_size", "flip_axes", "lesion_filter")
 GPU_BATCH_VOXELS = 2**22  # input voxels per window batch on a GPU (halved on out-of-memory; not yet tuned on a GPU)
 CT_MIN_BELOW = -100.0  # a CT in HU has air or fat below this; PET (SUV) never reaches it
 MIN_INPUT_VOXELS = 8  # per in-plane axis (any number of slices): less is no image to segment
@@ -122,6 +123,8 @@ def settings_for(card: ModelCard, overrides: dict | None = None) -> dict:
     unknown = sorted(set(overrides or {}) - set(OVERRIDES))
     if unknown:
         raise TumorSegError(f"unknown setting(s) {unknown}; settings that can be changed: {OVERRIDES}")
+    if (overrides or {}).get("lesion_filter") not in (None, False):
+        raise TumorSegError("the lesion_filter setting can only be switched off (false); its model lives in the card")
     settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
     if not 0.0 <= float(settings["overlap"]) < 1.0:
         raise TumorSegError(f"overlap must be in [0, 1), got {settings['overlap']}")
@@ -281,7 +284,7 @@ class Segmenter:
                              "whole volumes: expect false positives elsewhere; click the lesion (point) or give an ROI")
             probability = self._infer(work, None, settings, step, cancel, notes)
             progress(0.96, "post-processing")
-            mask = self._postprocess(probability, work, settings, cancel, notes)
+            mask = self._postprocess(probability, work, settings, cancel, notes, whole_image=True)
         progress(1.0, "done")
         return Prediction(probability, mask, work, str(self.device), notes, clicks)
 
@@ -347,11 +350,19 @@ class Segmenter:
         probability = np.ascontiguousarray(probability[boxes.slices(inner)])
         return probability, self._postprocess(probability, boxes.crop(work, box), settings, cancel, notes)
 
-    def _postprocess(self, probability: np.ndarray, grid: Image, settings: dict, cancel, notes) -> np.ndarray:
+    def _postprocess(self, probability: np.ndarray, grid: Image, settings: dict, cancel, notes,
+                     whole_image: bool = False) -> np.ndarray:
+        """Threshold and post-process; the card's ``lesion_filter`` acts on whole-image runs only (not ROIs, clicks)."""
+        from .lesion_filter import filter_lesions
         from .postprocess import postprocess
+        from .preprocess import normalize_intensity
 
         check_cancel(cancel)
-        return postprocess(probability >= float(settings["threshold"]), grid, settings, notes)
+        mask = postprocess(probability >= float(settings["threshold"]), grid, settings, notes)
+        if whole_image and settings.get("lesion_filter"):
+            mask = filter_lesions(mask, probability, normalize_intensity(grid.array, self.card),
+                                  settings["lesion_filter"], notes)
+        return mask
 
     def _infer(self, image: Image, box, settings: dict, progress, cancel, notes) -> np.ndarray:
         """Foreground probability on ``image``'s grid: reorient, resample, normalise, run, undo.

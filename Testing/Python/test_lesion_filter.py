@@ -1,0 +1,142 @@
+"""The lesion-level false-positive filter of whole-image 2D cards (``postprocessing.lesion_filter``)."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from TumorSegLib import cards
+from TumorSegLib.engine import Segmenter
+from TumorSegLib.errors import TumorSegError
+from TumorSegLib.image import Image
+from TumorSegLib.lesion_filter import FEATURES, filter_lesions
+from TumorSegLib.testing import tiny_card_dict
+
+from conftest import shared_data
+
+# score = sigmoid(20 * vertical - 4): below 0.5 in the top fifth of the body (where the brain lies)
+SPEC = {"features": ["vertical"], "mean": [0.0], "scale": [1.0], "coef": [20.0], "intercept": -4.0, "threshold": 0.5,
+        "image_threshold": 0.0}
+BRAIN, LESION = (slice(12, 20), slice(26, 34)), (slice(60, 66), slice(20, 26))
+
+
+def synthetic_mip() -> Image:
+    """An inverted MIP (hot = dark): a body from row 10 to 110, a saturated 'brain' at its top, a lesion mid-body."""
+    grey = np.full((120, 60), 255.0, dtype=np.float32)
+    grey[10:110, 15:45] = 180.0
+    grey[BRAIN] = 0.0
+    grey[LESION] = 0.0
+    return Image(grey, np.eye(3))
+
+
+class HotIsTumour(torch.nn.Module):
+    """A stand-in network: the logit grows with the normalised uptake, so every saturated pixel is 'tumour'."""
+
+    def forward(self, x):
+        return 40.0 * (x - 0.8)
+
+
+def card_with(spec, mode="whole-image-2d", modality="MIP-PET") -> dict:
+    data = tiny_card_dict("filtered", mode, modality)
+    data["postprocessing"] = {"lesion_filter": spec}
+    return data
+
+
+def test_the_filter_removes_uptake_at_the_top_of_the_body_and_keeps_a_lesion_mid_body():
+    image = synthetic_mip()
+    uptake = 1.0 - image.array / 255.0
+    mask = uptake > 0.9
+    notes = []
+    kept = filter_lesions(mask, mask.astype(np.float32), uptake, SPEC, notes)
+    assert not kept[BRAIN].any() and kept[LESION].all() and kept.sum() == mask[LESION].sum()
+    assert notes == ["lesion filter: removed 1 of 2 lesion(s) scored as physiological uptake"]
+
+
+def test_the_image_gate_clears_an_image_whose_best_lesion_scores_below_it():
+    image = synthetic_mip()
+    uptake = 1.0 - image.array / 255.0
+    mask = uptake > 0.9
+    notes = []
+    assert not filter_lesions(mask, mask.astype(np.float32), uptake, {**SPEC, "image_threshold": 0.999}, notes).any()
+    assert "removed all 2 lesion(s)" in notes[0]
+
+
+def test_the_engine_filters_whole_image_runs_only():
+    card = cards.card_from_dict(card_with(SPEC))
+    segmenter = Segmenter(card, "cpu", network=HotIsTumour(), backend="torch")
+    image = synthetic_mip()
+    filtered = segmenter.predict(image)
+    assert not filtered.mask[BRAIN].any() and filtered.mask[LESION].all()
+    assert any("lesion filter" in note for note in filtered.notes)
+    unfiltered = segmenter.predict(image, overrides={"lesion_filter": False})
+    assert unfiltered.mask[BRAIN].all() and unfiltered.mask[LESION].all()
+    in_roi = segmenter.predict(image, roi=(0, 120, 0, 60))  # an ROI is the user's choice: not filtered
+    assert np.array_equal(in_roi.mask, unfiltered.mask)
+    with pytest.raises(TumorSegError, match="can only be switched off"):
+        segmenter.predict(image, overrides={"lesion_filter": True})
+
+
+BROKEN = [
+    ("a key missing", {k: v for k, v in SPEC.items() if k != "image_threshold"}, "must have exactly the keys"),
+    ("an unknown feature", {**SPEC, "features": ["colour"]}, "features must be a non-empty list"),
+    ("coefficients of the wrong length", {**SPEC, "coef": [1.0, 2.0]}, "coef must be 1 finite numbers"),
+    ("a zero scale", {**SPEC, "scale": [0.0]}, "scale must be positive"),
+    ("threshold 1.5", {**SPEC, "threshold": 1.5}, r"threshold must lie in \[0, 1\)"),
+    ("a text intercept", {**SPEC, "intercept": "low"}, "intercept must be a finite number"),
+]
+
+
+@pytest.mark.parametrize("spec, message", [(s, m) for _, s, m in BROKEN], ids=[name for name, _, _ in BROKEN])
+def test_a_card_with_a_broken_filter_is_refused_with_the_reason(spec, message):
+    with pytest.raises(TumorSegError, match=f"not a valid model card.*lesion_filter.*{message}"):
+        cards.card_from_dict(card_with(spec))
+
+
+def test_a_filter_on_a_3d_card_is_refused():
+    with pytest.raises(TumorSegError, match="lesion_filter applies to whole-image-2d models only"):
+        cards.card_from_dict(card_with(SPEC, "sliding-window-3d", "CT"))
+
+
+def test_the_schema_knows_the_filter_and_its_features():
+    jsonschema = pytest.importorskip("jsonschema", reason="needs jsonschema (the test extra installs it)")
+    schema = json.loads((Path(cards.BUILTIN_DIR).parent / "ModelCard.schema.json").read_text())
+    node = schema["properties"]["postprocessing"]["properties"]["lesion_filter"]
+    assert node["properties"]["features"]["items"]["enum"] == list(FEATURES)
+    validator = jsonschema.Draft202012Validator(schema)
+    validator.validate(card_with(SPEC))
+    assert list(validator.iter_errors(card_with({**SPEC, "threshold": 1.5})))
+
+
+# Validation cases of the shipped card's split (never trained on): controls whose false positives the
+# filter removes (fp32: 143, 423, 254 and 361 px without it, none with it) and a patient with 19 lesions
+# found either way, whose false-positive pixels drop from 1382 to 173.
+CONTROLS = ("control_323", "control_222", "control_046", "control_167")
+PATIENT = "033"
+
+
+def test_the_shipped_mip_card_filter_clears_validation_controls_and_keeps_a_patients_lesions():
+    from TumorSegLib.metrics import case_metrics
+    from TumorSegLib.training.data import Case
+    from TumorSegLib.training.transforms import read_pair
+
+    root = shared_data("dmiai2023-mip-pet") / "dev"
+    card = cards.find_card("mip-pet-2d")
+    assert card.postprocessing.get("lesion_filter"), "the shipped MIP card has no lesion filter"
+    segmenter = Segmenter(card, "cpu", backend="torch")
+
+    def both(case):
+        image, truth = read_pair(case)
+        return [case_metrics(segmenter.predict(image, overrides={"precision": "fp32", "lesion_filter": on}).mask,
+                             truth, image, recist=False) for on in (None, False)]
+
+    controls = [Case(name, name, root / "controls" / "imgs" / f"{name}.png", None) for name in CONTROLS]
+    fp = np.array([[row["fp_voxels"] for row in both(case)] for case in controls])
+    assert fp[:, 1].sum() > 800, f"the controls no longer have false positives without the filter: {fp[:, 1]}"
+    assert fp[:, 0].sum() <= 0.1 * fp[:, 1].sum(), f"false-positive pixels with / without the filter: {fp.tolist()}"
+    image_path = root / "patients" / "imgs" / f"patient_{PATIENT}.png"
+    mask_path = root / "patients" / "labels" / f"segmentation_{PATIENT}.png"
+    filtered, plain = both(Case(image_path.name, PATIENT, image_path, mask_path))
+    assert filtered["tp_lesions"] == plain["tp_lesions"] >= 15
+    assert filtered["fp_voxels"] < 0.5 * plain["fp_voxels"] and filtered["dice"] >= plain["dice"] - 0.005
