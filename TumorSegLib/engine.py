@@ -354,37 +354,22 @@ class Segmenter:
         return postprocess(probability >= float(settings["threshold"]), grid, settings, notes)
 
     def _infer(self, image: Image, box, settings: dict, progress, cancel, notes) -> np.ndarray:
-        """Foreground probability on ``image``'s grid: reorient, resample, normalise, run, undo.
+        """Foreground probability on ``image``'s grid: prepare (``preprocess.prepare``), run, restore.
 
         With a ``box``, only the windows or slices touching it are computed (see ``inferers``).
         """
-        from .preprocess import normalize_intensity, reorient, resample, resampled_shape, undo_reorient
+        from .preprocess import prepare, restore
 
-        orientation = self.card.preprocessing.get("orientation")
-        oriented, transform = reorient(image, orientation)
-        array = np.asarray(oriented.array, dtype=np.float32)
-        region = None
-        if box is not None:
+        prepared = prepare(image, self.card)
+        notes.extend(prepared.notes)
+        active = None
+        if box is not None:  # the box on the network grid; one voxel more on each side for the interpolation back
             region = np.zeros(image.shape, dtype=np.float32)
             region[boxes.slices(box)] = 1.0
-            region = reorient(image.with_array(region), orientation)[0].array
-        axis = superior_axis(oriented.affine) if oriented.ndim == 3 else None
-        spacing = self.card.preprocessing.get("spacing")
-        if spacing and not oriented.spacing_known:
-            notes.append("the image has no pixel spacing: it was not resampled to the model's spacing")
-            spacing = None
-        if spacing:
-            spacing = list(spacing)
-            if self.card.mode == "slice-2d" and len(spacing) == 2 and axis is not None:
-                spacing.insert(axis, None)
-            shape = resampled_shape(array.shape, oriented.spacing, spacing)
-            array = resample(array, shape)
-            if region is not None:  # one voxel more on each side for the interpolation back
-                region = ndimage.binary_dilation(resample(region, shape) > 0)
-        active = None if region is None else _bounding_box(region)
-        probability = self._run(normalize_intensity(array, self.card), axis, active, settings, progress, cancel, notes)
-        probability = resample(probability, oriented.shape)
-        return undo_reorient(probability, transform)
+            region = prepared.to_network(region) > 0
+            active = _bounding_box(ndimage.binary_dilation(region) if prepared.resampled else region)
+        probability = self._run(prepared.array, prepared.axis, active, settings, progress, cancel, notes)
+        return restore(prepared, probability)
 
     def _run(self, array: np.ndarray, axis, active, settings: dict, progress, cancel, notes) -> np.ndarray:
         """The network over a normalised array by the card's mode, with the CUDA out-of-memory fallbacks."""

@@ -1,8 +1,8 @@
 """MONAI dictionary transforms for training: loading with the card's preprocessing, then augmentation.
 
 Loading goes through ``TumorSegLib.io`` (the reader inference uses: exact geometry, the DM i AI
-PNG's R channel) and ``TumorSegLib.preprocess`` (the card's orientation, spacing, window and
-inversion, in the engine's order), so the network sees in training what the engine gives it. Padding uses 0, the window's low end
+PNG's R channel) and ``preprocess.prepare`` (the engine's own preprocessing: the card's orientation,
+spacing, window and inversion), so the network sees in training what the engine gives it. Padding uses 0, the window's low end
 after normalisation (air for CT, background white for an inverted MIP, no uptake for PET).
 """
 
@@ -14,10 +14,10 @@ import warnings
 import numpy as np
 from monai import transforms as mt
 
-from ..image import binary_mask, superior_axis
+from ..image import binary_mask
 from ..io import read_image
 from ..windowed import read_input
-from ..preprocess import normalize_intensity, reorient, resample, resampled_shape
+from ..preprocess import prepare
 
 # RandCropByPosNegLabeld warns for every control (no tumour to centre on); that is intended.
 warnings.filterwarnings("ignore", message=".*unable to generate class balanced samples.*")
@@ -59,33 +59,20 @@ def _select(image, labels, values, case) -> np.ndarray:
     return np.isin(labels.array, values)
 
 
-def prepare(image, mask: np.ndarray, card) -> dict:
-    """The engine's preprocessing of an image and its mask: reorient, resample, window.
+def prepare_case(image, mask: np.ndarray, card) -> dict:
+    """An image and its mask as the engine gives them to the network (``preprocess.prepare``).
 
     ``mask`` is on the image's grid, or a stack (channel, ...) of such masks. Returns {"image":
     float32 in [0, 1], "label": uint8 (stacked like ``mask``), "axis": the axial voxel axis (3D) or None}.
     """
-    preprocessing = card.preprocessing
-    stacked = mask.ndim > image.ndim
-    oriented, _ = reorient(image, preprocessing.get("orientation"))
-    labels = [reorient(image.with_array(m.astype(np.uint8)), preprocessing.get("orientation"))[0].array
-              for m in (mask if stacked else [mask])]
-    array = np.asarray(oriented.array, dtype=np.float32)
-    axis = superior_axis(oriented.affine) if oriented.ndim == 3 else None
-    spacing = preprocessing.get("spacing")
-    if spacing and oriented.spacing_known:
-        spacing = list(spacing)
-        if card.mode == "slice-2d" and len(spacing) == 2 and axis is not None:
-            spacing.insert(axis, None)
-        shape = resampled_shape(array.shape, oriented.spacing, spacing)
-        array = resample(array, shape)
-        labels = [resample(label.astype(np.float32), shape) >= 0.5 for label in labels]
-    label = np.stack(labels) if stacked else labels[0]
-    return {"image": normalize_intensity(array, card), "label": np.asarray(label, dtype=np.uint8), "axis": axis}
+    prepared = prepare(image, card)
+    labels = [prepared.to_network(m) >= 0.5 for m in (mask if mask.ndim > image.ndim else [mask])]
+    label = np.stack(labels) if mask.ndim > image.ndim else labels[0]
+    return {"image": prepared.array, "label": np.asarray(label, dtype=np.uint8), "axis": prepared.axis}
 
 
 class LoadCased(mt.MapTransform):
-    """{"case": Case} -> ``prepare`` of its image and mask (what the network trains on)."""
+    """{"case": Case} -> ``prepare_case`` of its image and mask (what the network trains on)."""
 
     def __init__(self, card, label_values=None):
         super().__init__(keys=["case"])
@@ -96,7 +83,7 @@ class LoadCased(mt.MapTransform):
             image, mask = read_pair(data["case"], self.card)
         else:
             image, mask = read_channels(data["case"], self.card, self.label_values)
-        return prepare(image, mask, self.card)
+        return prepare_case(image, mask, self.card)
 
 
 def load_arrays(card, label_values=None):
