@@ -67,11 +67,11 @@ def to_card_axes(values: np.ndarray, transform) -> np.ndarray:
 
 def check_roi_size(image: Image, box, card: ModelCard) -> None:
     """Refuse an ROI smaller than the card's ``inference.min_roi_mm`` (mm per axis of the card's orientation)."""
-    minimum = card.inference.get("min_roi_mm")
+    minimum = card.inference.min_roi_mm
     if minimum is None:
         return
     extent = np.array([hi - lo for lo, hi in box], dtype=np.float64) * image.spacing
-    orientation = card.preprocessing.get("orientation")
+    orientation = card.preprocessing.orientation
     extent = to_card_axes(extent, orientation_transform(image.affine, orientation))
     minimum = np.broadcast_to(np.asarray(minimum, dtype=np.float64), extent.shape)
     if np.any(extent < minimum - 1e-6):
@@ -106,9 +106,9 @@ def point_index(work: Image, source: Image, point) -> np.ndarray:
 
 def context_mm(card: ModelCard, work: Image) -> np.ndarray:
     """Edge lengths (mm per voxel axis) of a click's box: ``inference.context_mm``, else one window."""
-    context = card.inference.get("context_mm")
+    context = card.inference.context_mm
     if context is None:
-        patch = card.inference.get("patch_size") or [256] * work.ndim
+        patch = card.inference.patch_size or [256] * work.ndim
         context = np.resize(np.asarray(patch, dtype=float), work.ndim) * work.spacing
     context = np.asarray(context, dtype=np.float64)
     if context.size not in (1, work.ndim):
@@ -140,10 +140,10 @@ def margin_voxels(card: ModelCard, image: Image, overlap: float):
     """
     if card.mode == "whole-image-2d" or image.ndim != 3:
         return None
-    transform = orientation_transform(image.affine, card.preprocessing.get("orientation"))
+    transform = orientation_transform(image.affine, card.preprocessing.orientation)
     own = to_card_axes(image.spacing, transform)  # image spacing along the card's axes
-    patch = list(card.inference.get("patch_size") or [DEFAULT_WINDOW] * card.spatial_dims)
-    spacing = list(card.preprocessing.get("spacing") or [None] * len(patch))
+    patch = list(card.inference.patch_size or [DEFAULT_WINDOW] * card.spatial_dims)
+    spacing = list(card.preprocessing.spacing or [None] * len(patch))
     if card.mode == "slice-2d":
         across = superior_axis(image.affine)
         across = int(transform[across, 0]) if transform is not None else across

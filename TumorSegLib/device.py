@@ -20,10 +20,11 @@ import contextlib
 
 import torch
 
+from .cards import Precision
 from .errors import TumorSegError
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = Precision.values()
 
 
 def resolve_device(device: str = "auto") -> torch.device:

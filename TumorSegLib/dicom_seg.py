@@ -33,8 +33,8 @@ def _highdicom():
 
 def card_version(card) -> str:
     """The model version written in the SEG: the card's ``version`` if it has one, else its weights' SHA-256 prefix."""
-    version = card.provenance.get("version") if isinstance(card.provenance, dict) else None
-    return str(version) if version else f"sha256:{str(card.weights.get('sha256', 'unknown'))[:16]}"
+    version = card.provenance.get("version")
+    return str(version) if version else f"sha256:{str(card.weights.sha256 or 'unknown')[:16]}"
 
 
 def is_dicom_seg_path(path) -> bool:

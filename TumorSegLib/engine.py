@@ -32,28 +32,25 @@ with the volume kept on the CPU, then on the CPU; every fallback is recorded in 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from . import boxes
-from .cards import USABLE, ModelCard, flip_axes_problem, list_cards, weights_status
+from .cards import USABLE, Mode, ModelCard, Settings, list_cards, settings_for, weights_status
 from .errors import TumorSegError
 from .image import Image, superior_axis
 from .io import PNG_SUFFIXES, image_suffix, write_image, write_mask
 from .progress import check_cancel, no_progress, scaled
 from .files import require_not_input, require_writable
 
-OVERRIDES = ("overlap", "threshold", "min_lesion_ml", "min_lesion_px", "precision", "recheck_margin", "sw_batch_size",
-             "batch_size", "flip_axes")
 GPU_BATCH_VOXELS = 2**22  # input voxels per window batch on a GPU (halved on out-of-memory; not yet tuned on a GPU)
 CT_MIN_BELOW = -100.0  # a CT in HU has air or fat below this; PET (SUV) never reaches it
 MIN_INPUT_VOXELS = 8  # per in-plane axis (any number of slices): less is no image to segment
 SUV_P99_MAX = 50.0  # 99th percentile of a PET in SUV stays far below this; in Bq/mL it is ~1000x larger
 SAMPLE_VOXELS = 2**20  # voxels of a large CT whose range settles the modality rule for an ROI or click run
-DEFAULT_CLICK_DISTANCE_MM = 5.0  # a click keeps the nearest lesion this close when it hits none (card click section)
 
 
 @dataclass
@@ -104,55 +101,23 @@ class Prediction:
     clicks: list = field(default_factory=list)  # one Click per point, in the order given
 
 
-def settings_for(card: ModelCard, overrides: dict | None = None) -> dict:
-    """The card's inference, output and post-processing settings with the user's overrides."""
-    inference = card.inference
-    settings = {
-        "patch_size": inference.get("patch_size"),
-        "overlap": float(inference.get("overlap", 0.25)),
-        "blending": inference.get("blending", "gaussian"),
-        "sw_batch_size": int(inference.get("sw_batch_size", 1)),
-        "batch_size": int(inference.get("batch_size", 8)),
-        "precision": inference.get("precision", "auto"),
-        "recheck_margin": float(inference.get("recheck_margin", 0.0)),
-        "flip_axes": inference.get("flip_axes", []),
-        "threshold": card.threshold,
-        **card.postprocessing,
-    }
-    unknown = sorted(set(overrides or {}) - set(OVERRIDES))
-    if unknown:
-        raise TumorSegError(f"unknown setting(s) {unknown}; settings that can be changed: {OVERRIDES}")
-    settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    if not 0.0 <= float(settings["overlap"]) < 1.0:
-        raise TumorSegError(f"overlap must be in [0, 1), got {settings['overlap']}")
-    if not 0.0 < float(settings["threshold"]) < 1.0:
-        raise TumorSegError(f"threshold must lie strictly between 0 and 1, got {settings['threshold']}")
-    for key in ("min_lesion_ml", "min_lesion_px"):
-        if float(settings.get(key) or 0.0) < 0.0:
-            raise TumorSegError(f"{key} must be >= 0, got {settings[key]}")
-    problem = flip_axes_problem(settings["flip_axes"], card.spatial_dims)
-    if problem:
-        raise TumorSegError(problem)
-    return settings
-
-
-def gpu_window_batch(settings: dict) -> int:
+def gpu_window_batch(settings: Settings) -> int:
     """Windows per GPU batch: the card's ``sw_batch_size`` or, when more, ``GPU_BATCH_VOXELS`` worth of windows.
 
     Small windows one at a time leave a GPU idle between kernel launches; the out-of-memory
     fallback halves the batch again where this is too much.
     """
-    patch = settings["patch_size"]
-    if not patch:
-        return int(settings["sw_batch_size"])
-    return max(int(settings["sw_batch_size"]), GPU_BATCH_VOXELS // int(np.prod(patch)))
+    inference = settings.inference
+    if not inference.patch_size:
+        return inference.sw_batch_size
+    return max(inference.sw_batch_size, GPU_BATCH_VOXELS // int(np.prod(inference.patch_size)))
 
 
 def divisible_by(card: ModelCard) -> int:
     """What 2D inputs are padded to: the card's ``inference.divisible_by``, else the network's total stride."""
-    if "divisible_by" in card.inference:
-        return int(card.inference["divisible_by"])
-    strides = card.network.get("args", {}).get("strides", (2, 2, 2, 2))
+    if card.inference.divisible_by is not None:
+        return card.inference.divisible_by
+    strides = card.network.kwargs.get("strides", (2, 2, 2, 2))
     return int(np.prod([s if np.isscalar(s) else max(s) for s in strides]))
 
 
@@ -231,7 +196,7 @@ class Segmenter:
             network = load_network(card, self.device)
         network, self.memory_format = for_inference(network, card.spatial_dims)  # a copy: the caller's is untouched
         self.network = network.to(self.device)
-        self.backend, self.backend_notes = self._use_backend(backend or card.inference.get("backend", "auto"))
+        self.backend, self.backend_notes = self._use_backend(backend or card.inference.backend)
 
     def _use_backend(self, backend: str) -> tuple:
         """(backend used, notes): OpenVINO replaces ``self.network`` where chosen; "auto" falls back to PyTorch."""
@@ -276,8 +241,8 @@ class Segmenter:
             probability, mask = _paste(work.shape, [(box, *self._segment_box(work, box, settings, step, cancel,
                                                                              notes))])
         else:
-            if self.card.inference.get("trained_on"):
-                notes.append(f"model {self.card.name!r} was trained on {self.card.inference['trained_on']}, not on "
+            if self.card.inference.trained_on:
+                notes.append(f"model {self.card.name!r} was trained on {self.card.inference.trained_on}, not on "
                              "whole volumes: expect false positives elsewhere; click the lesion (point) or give an ROI")
             probability = self._infer(work, None, settings, step, cancel, notes)
             progress(0.96, "post-processing")
@@ -294,10 +259,10 @@ class Segmenter:
         return self.predict(image, points=points, progress=progress, cancel=cancel, overrides=overrides).clicks
 
     # -- steps ------------------------------------------------------------------------------
-    def _settings(self, overrides) -> dict:
+    def _settings(self, overrides) -> Settings:
         settings = settings_for(self.card, overrides)
         if self.device.type == "cuda" and (overrides or {}).get("sw_batch_size") is None:
-            settings["sw_batch_size"] = gpu_window_batch(settings)
+            settings = replace(settings, inference=replace(settings.inference, sw_batch_size=gpu_window_batch(settings)))
         return settings
 
     def _work_image(self, image: Image, notes: list, sample: bool) -> Image:
@@ -310,12 +275,12 @@ class Segmenter:
             return coronal_mip(image, self.card)
         return image
 
-    def _clicks(self, work: Image, source: Image, points, settings: dict, progress, cancel, notes) -> list:
+    def _clicks(self, work: Image, source: Image, points, settings: Settings, progress, cancel, notes) -> list:
         """Segment the context box around each click and keep the lesion at the click."""
         points = boxes.check_points(points, source.ndim)
         indices = [boxes.point_index(work, source, p) for p in points]  # every point checked before any work
         context = boxes.context_mm(self.card, work)
-        reach = float(self.card.click.get("max_distance_mm", DEFAULT_CLICK_DISTANCE_MM))
+        reach = float(self.card.click.max_distance_mm)
         clicks = []
         for number, (point, index) in enumerate(zip(points, indices)):
             box = boxes.clip(boxes.context_box(work, index, context), work.shape)
@@ -324,7 +289,7 @@ class Segmenter:
             notes.append(clicks[-1].describe(number + 1, work, reach))
         return clicks
 
-    def _click(self, work: Image, point, index, box, settings: dict, progress, cancel, reach: float) -> Click:
+    def _click(self, work: Image, point, index, box, settings: Settings, progress, cancel, reach: float) -> Click:
         from .postprocess import lesion_at
 
         probability, found = self._segment_box(work, box, settings, progress, cancel, [])
@@ -332,13 +297,13 @@ class Segmenter:
         mask, distance = lesion_at(found, boxes.crop(work, box), index - corner, reach)
         return Click(tuple(point.tolist()), box, mask, probability, distance)
 
-    def _segment_box(self, work: Image, box, settings: dict, progress, cancel, notes) -> tuple:
+    def _segment_box(self, work: Image, box, settings: Settings, progress, cancel, notes) -> tuple:
         """(probability, post-processed mask) inside ``box``, from the box plus the network's margin only.
 
         The margin is cut at the image edge, as a whole-image run sees it: an image smaller than a
         window is padded by the inferer as in training (centred, with the window's low end).
         """
-        margin = boxes.margin_voxels(self.card, work, float(settings["overlap"]))
+        margin = boxes.margin_voxels(self.card, work, settings.inference.overlap)
         outer = boxes.clip(boxes.grow(box, margin, work.shape), work.shape)
         inner = boxes.within(box, outer)
         region = boxes.crop(work, outer)
@@ -347,13 +312,13 @@ class Segmenter:
         probability = np.ascontiguousarray(probability[boxes.slices(inner)])
         return probability, self._postprocess(probability, boxes.crop(work, box), settings, cancel, notes)
 
-    def _postprocess(self, probability: np.ndarray, grid: Image, settings: dict, cancel, notes) -> np.ndarray:
+    def _postprocess(self, probability: np.ndarray, grid: Image, settings: Settings, cancel, notes) -> np.ndarray:
         from .postprocess import postprocess
 
         check_cancel(cancel)
-        return postprocess(probability >= float(settings["threshold"]), grid, settings, notes)
+        return postprocess(probability >= settings.threshold, grid, settings.postprocessing, notes)
 
-    def _infer(self, image: Image, box, settings: dict, progress, cancel, notes) -> np.ndarray:
+    def _infer(self, image: Image, box, settings: Settings, progress, cancel, notes) -> np.ndarray:
         """Foreground probability on ``image``'s grid: prepare (``preprocess.prepare``), run, restore.
 
         With a ``box``, only the windows or slices touching it are computed (see ``inferers``).
@@ -371,14 +336,14 @@ class Segmenter:
         probability = self._run(prepared.array, prepared.axis, active, settings, progress, cancel, notes)
         return restore(prepared, probability)
 
-    def _run(self, array: np.ndarray, axis, active, settings: dict, progress, cancel, notes) -> np.ndarray:
+    def _run(self, array: np.ndarray, axis, active, settings: Settings, progress, cancel, notes) -> np.ndarray:
         """The network over a normalised array by the card's mode, with the CUDA out-of-memory fallbacks."""
         import torch
 
         from .device import is_out_of_memory
 
-        batch_key = "sw_batch_size" if self.card.mode == "sliding-window-3d" else "batch_size"
-        attempt = dict(settings, keep_volume_on_device=None)
+        batch_key = "sw_batch_size" if self.card.mode == Mode.SLIDING_WINDOW_3D else "batch_size"
+        attempt = settings
         while True:
             try:
                 return self._run_once(array, axis, active, attempt, progress, cancel)
@@ -386,11 +351,12 @@ class Segmenter:
                 if self.device.type != "cuda" or not is_out_of_memory(error):
                     raise
                 torch.cuda.empty_cache()
-                if int(attempt[batch_key]) > 1:
-                    attempt[batch_key] = max(int(attempt[batch_key]) // 2, 1)
-                    notes.append(f"CUDA out of memory: retrying with {batch_key} {attempt[batch_key]}")
-                elif self.card.mode == "sliding-window-3d" and attempt["keep_volume_on_device"] is not False:
-                    attempt["keep_volume_on_device"] = False
+                batch = getattr(attempt.inference, batch_key)
+                if batch > 1:
+                    attempt = replace(attempt, inference=replace(attempt.inference, **{batch_key: max(batch // 2, 1)}))
+                    notes.append(f"CUDA out of memory: retrying with {batch_key} {max(batch // 2, 1)}")
+                elif self.card.mode == Mode.SLIDING_WINDOW_3D and attempt.keep_volume_on_device is not False:
+                    attempt = replace(attempt, keep_volume_on_device=False)
                     notes.append("CUDA out of memory: retrying with the volume kept on the CPU")
                 else:
                     notes.append("CUDA out of memory: retrying on the CPU (slower)")
@@ -399,36 +365,36 @@ class Segmenter:
                     self.device = resolve_device("cpu")
                     self.network = self.network.to(self.device)
 
-    def _run_once(self, array: np.ndarray, axis, active, settings: dict, progress, cancel) -> np.ndarray:
+    def _run_once(self, array: np.ndarray, axis, active, settings: Settings, progress, cancel) -> np.ndarray:
         from . import inferers
         from .device import autocast_dtype
 
+        inference = settings.inference
         predictor_args = {
             "network": self.network,
             "output": self.card.output,
-            "dtype": autocast_dtype(self.device, settings["precision"]),
+            "dtype": autocast_dtype(self.device, inference.precision),
             "progress": progress,
             "cancel": cancel,
             "memory_format": self.memory_format,
-            "recheck": (float(settings["threshold"]), float(settings["recheck_margin"]))
-            if float(settings["recheck_margin"]) > 0 else None,
-            "flip_axes": settings["flip_axes"],
+            "recheck": (settings.threshold, inference.recheck_margin) if inference.recheck_margin > 0 else None,
+            "flip_axes": inference.flip_axes,
         }
         if self.card.mode == "sliding-window-3d":
-            patch = settings["patch_size"] or [96, 96, 96]
+            patch = inference.patch_size or [boxes.DEFAULT_WINDOW] * 3
             return inferers.sliding_window_3d(
-                array, predictor_args, patch, float(settings["overlap"]), settings["blending"],
-                int(settings["sw_batch_size"]), self.device, self._volume_device(array, settings), active)
+                array, predictor_args, patch, inference.overlap, str(inference.blending),
+                inference.sw_batch_size, self.device, self._volume_device(array, settings), active)
         if self.card.mode == "slice-2d" and axis is not None:  # a 2D picture is one axial slice
-            return inferers.slices_2d(array, axis, predictor_args, int(settings["batch_size"]), divisible_by(self.card),
+            return inferers.slices_2d(array, axis, predictor_args, inference.batch_size, divisible_by(self.card),
                                       self.device, active)
         return inferers.whole_image_2d(array, predictor_args, divisible_by(self.card), self.device)
 
-    def _volume_device(self, array: np.ndarray, settings: dict):
+    def _volume_device(self, array: np.ndarray, settings: Settings):
         """Where the whole volume and the blended output live: the GPU only when they fit easily."""
         import torch
 
-        if self.device.type != "cuda" or settings.get("keep_volume_on_device") is False:
+        if self.device.type != "cuda" or settings.keep_volume_on_device is False:
             return torch.device("cpu")
         free, _ = torch.cuda.mem_get_info(self.device)
         needed = array.size * 4 * 4  # input, output, blending weights, a copy

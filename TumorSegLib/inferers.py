@@ -27,6 +27,7 @@ import math
 import numpy as np
 import torch
 
+from .cards import Output
 from .device import autocast
 from .progress import ProgressCallback, check_cancel
 
@@ -34,14 +35,14 @@ from .progress import ProgressCallback, check_cancel
 class Predictor:
     """``batch (B, C, *spatial) -> foreground probability (B, 1, *spatial)`` on ``device``."""
 
-    def __init__(self, network, output: dict, device: torch.device, dtype, total: int,
+    def __init__(self, network, output: Output, device: torch.device, dtype, total: int,
                  progress: ProgressCallback, cancel=None, what: str = "window", active=None, offset=None,
                  memory_format=None, recheck=None, flip_axes=()):
         self.network = network
         self.flip_dims = [[2 + int(axis)] for axis in flip_axes]  # batch dims of the spatial axes
-        self.activation = output.get("activation", "sigmoid")
-        self.channel = int(output.get("channel", 0))
-        self.within = output.get("within")
+        self.activation = output.activation
+        self.channel = output.channel
+        self.within = output.within
         self.device = device
         self.dtype = dtype
         self.total = max(int(total), 1)
@@ -113,8 +114,8 @@ class Predictor:
             return torch.softmax(logits, dim=1)[:, self.channel : self.channel + 1]
         probability = torch.sigmoid(logits[:, self.channel : self.channel + 1])
         if self.within:  # tumour only inside the organ channel (card output.within)
-            organ = torch.sigmoid(logits[:, int(self.within["channel"])][:, None])
-            probability = probability * (organ >= float(self.within.get("threshold", 0.5)))
+            organ = torch.sigmoid(logits[:, self.within.channel][:, None])
+            probability = probability * (organ >= self.within.threshold)
         return probability
 
 

@@ -71,14 +71,14 @@ def coronal_mip(volume: Image, card: ModelCard) -> Image:
     """The card's MIP representation (uint8 0..255, 2D Image with mm spacing) of a 3D SUV volume."""
     if volume.ndim != 3:
         raise TumorSegError(f"a MIP needs a 3D PET volume, got a {volume.ndim}D image")
-    settings = card.preprocessing.get("mip")
-    if not settings:
+    settings = card.preprocessing.mip
+    if settings is None:
         raise TumorSegError(f"model {card.name!r} has no preprocessing.mip settings to project a 3D PET volume")
     geometry = mip_geometry(volume.affine, volume.shape)
     projection = project_max(np.asarray(volume.array, dtype=np.float32), geometry)
-    low, high = settings.get("window", (0.0, 10.0))
+    low, high = settings.window
     scaled = np.clip((projection - low) / float(high - low), 0.0, 1.0)
-    if settings.get("invert", True):
+    if settings.invert:
         scaled = 1.0 - scaled
     pixels = np.rint(scaled * 255.0).astype(np.uint8)
     spacing = volume.spacing

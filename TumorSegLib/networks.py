@@ -17,7 +17,7 @@ import pickle
 
 import torch
 
-from .cards import ModelCard, verified_weights
+from .cards import ModelCard, WeightsFormat, verified_weights
 from .errors import TumorSegError, brief
 
 
@@ -25,12 +25,12 @@ def build_network(card: ModelCard) -> torch.nn.Module:
     """A fresh, untrained network as the card describes it."""
     from monai.networks import nets
 
-    name = card.network.get("name", "AttentionUnet")
+    name = card.network.name
     cls = getattr(nets, name, None)
     if cls is None or not isinstance(cls, type):
         raise TumorSegError(f"model {card.name!r}: unknown MONAI network {name!r}")
     try:
-        return cls(**card.network.get("args", {}))
+        return cls(**card.network.kwargs)
     except TypeError as error:
         raise TumorSegError(f"model {card.name!r}: bad arguments for {name}: {error}") from error
 
@@ -39,7 +39,7 @@ def load_network(card: ModelCard, device="cpu") -> torch.nn.Module:
     """The card's network with its verified weights, in eval mode on ``device``."""
     path = verified_weights(card)
     try:
-        if card.weights.get("format", "state_dict") == "torchscript":
+        if card.weights.format == WeightsFormat.TORCHSCRIPT:
             network = torch.jit.load(str(path), map_location="cpu")
         else:
             network = build_network(card)

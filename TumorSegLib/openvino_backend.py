@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .cards import Backend
 from .errors import TumorSegError
 
-BACKENDS = ("auto", "torch", "openvino")
+BACKENDS = Backend.values()
 
 
 def installed() -> bool:

@@ -46,10 +46,10 @@ class Prepared:
 
 def prepare(image: Image, card: ModelCard) -> Prepared:
     """``image`` as the network sees it: reorient to the card's orientation, resample to its spacing, window."""
-    oriented, transform = reorient(image, card.preprocessing.get("orientation"))
+    oriented, transform = reorient(image, card.preprocessing.orientation)
     array = np.asarray(oriented.array, dtype=np.float32)
     axis = superior_axis(oriented.affine) if oriented.ndim == 3 else None
-    spacing, notes = card.preprocessing.get("spacing"), ()
+    spacing, notes = card.preprocessing.spacing, ()
     if spacing and not oriented.spacing_known:
         notes, spacing = ("the image has no pixel spacing: it was not resampled to the model's spacing",), None
     if spacing:
@@ -67,11 +67,11 @@ def restore(prepared: Prepared, array: np.ndarray) -> np.ndarray:
 
 def normalize_intensity(array: np.ndarray, card: ModelCard) -> np.ndarray:
     """Map raw intensities to the network's [0, 1] input: window, clip, optionally invert."""
-    intensity = card.preprocessing.get("intensity", {})
-    low, high = intensity.get("window", (0.0, 1.0))
+    intensity = card.preprocessing.intensity
+    low, high = intensity.window
     out = (np.asarray(array, dtype=np.float32) - np.float32(low)) / np.float32(high - low)
     np.clip(out, 0.0, 1.0, out=out)
-    if intensity.get("invert", False):
+    if intensity.invert:
         out = 1.0 - out
     return out
 

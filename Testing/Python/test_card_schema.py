@@ -50,6 +50,9 @@ BROKEN = [
     ("sw_batch_size 0", {"inference": {"sw_batch_size": 0}}),
     ("blending linear", {"inference": {"blending": "linear"}}),
     ("weights format onnx", {"weights": {"file": "m.pt", "format": "onnx"}}),
+    ("unknown inference field", {"inference": {"overlapp": 0.5}}),
+    ("unknown window field", {"preprocessing": {"intensity": {"window": [0, 1], "level": 0.5}}}),
+    ("lesion filter not a mapping", {"postprocessing": {"lesion_filter": 3}}),
 ]
 
 
@@ -59,3 +62,12 @@ def test_broken_cards_are_rejected_by_the_schema_and_the_loader(change):
     assert list(VALIDATOR.iter_errors(data)), f"the schema accepts {change}"
     with pytest.raises(TumorSegError, match="not a valid model card"):
         cards.card_from_dict(data)
+
+
+def test_a_lesion_filter_mapping_is_accepted_and_kept_opaque():
+    data = tiny_card_dict("m", "sliding-window-3d", "CT")
+    data["postprocessing"] = {"min_lesion_ml": 0.0, "lesion_filter": {"kind": "anything", "threshold": 0.3}}
+    VALIDATOR.validate(data)
+    card = cards.card_from_dict(data)
+    assert card.postprocessing.lesion_filter == {"kind": "anything", "threshold": 0.3}
+    assert cards.card_from_dict(card.to_dict()) == card

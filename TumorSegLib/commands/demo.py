@@ -80,7 +80,7 @@ def run(args) -> int:
                                           "notes": prediction.notes, "readouts": values.to_dict(),
                                           "agreement_with_phantom_truth": agreement})
     if card.modality == "CT":
-        window = card.preprocessing.get("intensity", {}).get("window")
+        window = card.preprocessing.intensity.window
         overlay = overlay_png(folder / "overlay.png", prediction.image, prediction.mask, window)
     else:  # whole-body PET: the coronal MIP with numbered lesions, SUV colour bar and orientation letters
         overlay = mip_overlay_png(folder / "overlay.png", prediction.image, prediction.mask, DEMO_SUV_WINDOW)
