@@ -4,7 +4,8 @@
 input's own grid (for a MIP-PET card given a 3D PET volume: on the computed coronal MIP, which
 ``mip3d.segment_traced`` traces back into the volume). Steps:
 
-1. input checks (dimensionality and modality, see ``check_input``); 3D PET -> MIP when the card
+1. input checks (dimensionality, size and the modality rule of ``modality``, see ``check_input``);
+   3D PET -> MIP when the card
    works on MIPs (``mip.coronal_mip``);
 2. optional region of interest: a voxel box ``roi`` = (I0, I1, J0, J1[, K0, K1]), half-open like
    Python slices (I0 <= i < I1), or clicks: ``point`` / ``points`` (world mm; RAS for 3D), each with
@@ -16,14 +17,17 @@ input's own grid (for a MIP-PET card given a 3D PET volume: on the computed coro
    lesion are in ``Prediction.clicks``. An ROI smaller than the card's ``inference.min_roi_mm`` is
    refused; a run with neither on a card that names what it was trained on
    (``inference.trained_on``, e.g. crops around one nodule) says so in ``notes``;
-3. the card's preprocessing: exact reorientation (``preprocessing.orientation``), resampling to
-   ``preprocessing.spacing`` and back (linear, same extent, so the result is exactly on the
-   input grid), intensity window;
+3. the card's preprocessing, the one path training uses too (``preprocess.prepare``): exact
+   reorientation (``preprocessing.orientation``), resampling to ``preprocessing.spacing`` (linear,
+   same extent), intensity window; after the network ``preprocess.restore`` brings the probability
+   back exactly onto the input grid;
 4. the network by the card's mode: MONAI sliding window (3D), batches of axial slices (normal to
    ``image.superior_axis``) or the whole 2D image, padded to ``inference.divisible_by``; with
    ``inference.flip_axes``, averaged over test-time flips (``inferers.Predictor``); run by PyTorch or,
    on a CPU with OpenVINO installed, by OpenVINO (``backend``, ``openvino_backend``);
 5. threshold and the card's post-processing (per box for ROI and click runs).
+
+Reading and writing files, choosing a card for an image and the readouts of a result are in ``runs``.
 
 Progress goes to a ``progress(fraction, message)`` callback and a ``Cancel`` token is checked
 before every window or batch. On CUDA out-of-memory the work is retried with smaller batches, then
@@ -33,23 +37,20 @@ with the volume kept on the CPU, then on the CPU; every fallback is recorded in 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
 
 from . import boxes
-from .cards import USABLE, Mode, ModelCard, Settings, list_cards, settings_for, weights_status
+from .cards import Modality, Mode, ModelCard, Settings, settings_for
 from .errors import TumorSegError
 from .image import Image, superior_axis
-from .io import PNG_SUFFIXES, image_suffix, write_image, write_mask
+from .modality import CT_MIN_BELOW, SUV_P99_MAX, has_air, looks_like_activity, value_range
+from .preprocess import Prepared, prepare, restore
 from .progress import check_cancel, no_progress, scaled
-from .files import require_not_input, require_writable
 
 GPU_BATCH_VOXELS = 2**22  # input voxels per window batch on a GPU (halved on out-of-memory; not yet tuned on a GPU)
-CT_MIN_BELOW = -100.0  # a CT in HU has air or fat below this; PET (SUV) never reaches it
 MIN_INPUT_VOXELS = 8  # per in-plane axis (any number of slices): less is no image to segment
-SUV_P99_MAX = 50.0  # 99th percentile of a PET in SUV stays far below this; in Bq/mL it is ~1000x larger
 SAMPLE_VOXELS = 2**20  # voxels of a large CT whose range settles the modality rule for an ROI or click run
 
 
@@ -121,30 +122,19 @@ def divisible_by(card: ModelCard) -> int:
     return int(np.prod([s if np.isscalar(s) else max(s) for s in strides]))
 
 
-def value_range(array: np.ndarray, step: int = 1) -> tuple:
-    """(min, max) of every ``step``-th voxel along each axis; NaN or infinity show in these two."""
-    array = array[(slice(None, None, step),) * array.ndim]
-    return float(np.min(array)), float(np.max(array))
-
-
-def looks_like_activity(image: Image) -> bool:
-    """A PET volume whose 99th percentile exceeds ``SUV_P99_MAX``: activity concentration (Bq/mL), not SUV."""
-    return bool(np.percentile(image.array, 99) > SUV_P99_MAX)
-
-
 def check_input(image: Image, card: ModelCard, sample: bool = False) -> None:
     """Refuse an input of the wrong size, dimensionality or modality for ``card`` (clear error).
 
-    Rule: a constant image has nothing to segment; a CT card needs values below -100 (HU: air,
-    fat); a PET or MIP-PET card given a 3D volume refuses one with such values (that is CT, not SUV)
-    or with a 99th percentile above ``SUV_P99_MAX`` (activity concentration, not SUV); a MIP-PET
+    Rule: a constant image has nothing to segment; by the modality rule (``modality``) a CT card
+    needs a volume with air (values below -100 HU); a PET or MIP-PET card given a 3D volume refuses
+    one with air (that is CT, not SUV) or too hot for SUV (activity concentration); a MIP-PET
     card given a 2D image needs values in 0..255 (the MIP PNG representation). With ``sample`` (ROI
     and click runs, which check NaN only where the network reads) a CT card first looks at about
     ``SAMPLE_VOXELS`` evenly spread voxels and reads them all only when those do not settle it.
     """
     step = int(np.ceil((image.array.size / SAMPLE_VOXELS) ** (1.0 / image.ndim))) if sample else 1
-    low, high = value_range(image.array, step) if card.modality == "CT" and step > 1 else (np.nan, np.nan)
-    if not (np.isfinite(low) and np.isfinite(high) and low < min(CT_MIN_BELOW, high)):  # the sample did not settle it
+    low, high = value_range(image.array, step) if card.modality == Modality.CT and step > 1 else (np.nan, np.nan)
+    if not (np.isfinite(low) and np.isfinite(high) and has_air(low) and low < high):  # the sample did not settle it
         low, high = value_range(image.array)
     if not (np.isfinite(low) and np.isfinite(high)):
         image.require_finite("input image")
@@ -165,13 +155,13 @@ def check_input(image: Image, card: ModelCard, sample: bool = False) -> None:
         raise TumorSegError(f"{what}: the input of shape {image.shape} is too small; it needs at least "
                             f"{MIN_INPUT_VOXELS} voxels along each {'in-plane ' if image.ndim == 3 else ''}axis")
     if image.ndim == 3:
-        if card.modality == "CT" and not low < CT_MIN_BELOW:
+        if card.modality == Modality.CT and not has_air(low):
             raise TumorSegError(f"{what}: the input does not look like CT in HU (no value below {CT_MIN_BELOW:g}; "
                                 f"range {low:g}..{high:g}); is it PET?")
-        if card.modality in ("PET", "MIP-PET") and low < CT_MIN_BELOW:
+        if card.modality in (Modality.PET, Modality.MIP_PET) and has_air(low):
             raise TumorSegError(f"{what}: the input looks like CT in HU (values down to {low:g}), "
                                 "not PET in SUV")
-        if card.modality in ("PET", "MIP-PET") and looks_like_activity(image):
+        if card.modality in (Modality.PET, Modality.MIP_PET) and looks_like_activity(image.array):
             reason = image.meta.get("suv_unavailable")
             raise TumorSegError(f"{what}: the input is not in SUV (99th percentile {np.percentile(image.array, 99):g}; "
                                 f"a PET in SUV stays below {SUV_P99_MAX:g}): activity concentration (Bq/mL) is about "
@@ -312,27 +302,14 @@ class Segmenter:
         probability = np.ascontiguousarray(probability[boxes.slices(inner)])
         return probability, self._postprocess(probability, boxes.crop(work, box), settings, cancel, notes)
 
-    def _postprocess(self, probability: np.ndarray, grid: Image, settings: Settings, cancel, notes) -> np.ndarray:
-        from .postprocess import postprocess
-
-        check_cancel(cancel)
-        return postprocess(probability >= settings.threshold, grid, settings.postprocessing, notes)
-
     def _infer(self, image: Image, box, settings: Settings, progress, cancel, notes) -> np.ndarray:
-        """Foreground probability on ``image``'s grid: prepare (``preprocess.prepare``), run, restore.
+        """Foreground probability on ``image``'s grid: prepare, run, restore (``preprocess``).
 
         With a ``box``, only the windows or slices touching it are computed (see ``inferers``).
         """
-        from .preprocess import prepare, restore
-
         prepared = prepare(image, self.card)
         notes.extend(prepared.notes)
-        active = None
-        if box is not None:  # the box on the network grid; one voxel more on each side for the interpolation back
-            region = np.zeros(image.shape, dtype=np.float32)
-            region[boxes.slices(box)] = 1.0
-            region = prepared.to_network(region) > 0
-            active = _bounding_box(ndimage.binary_dilation(region) if prepared.resampled else region)
+        active = None if box is None else _network_box(prepared, image.shape, box)
         probability = self._run(prepared.array, prepared.axis, active, settings, progress, cancel, notes)
         return restore(prepared, probability)
 
@@ -400,6 +377,12 @@ class Segmenter:
         needed = array.size * 4 * 4  # input, output, blending weights, a copy
         return self.device if needed < free / 4 else torch.device("cpu")
 
+    def _postprocess(self, probability: np.ndarray, grid: Image, settings: Settings, cancel, notes) -> np.ndarray:
+        from .postprocess import postprocess
+
+        check_cancel(cancel)
+        return postprocess(probability >= settings.threshold, grid, settings.postprocessing, notes)
+
 
 def _paste(shape, parts) -> tuple:
     """(probability, mask) on a grid of ``shape`` from (box, probability, mask) parts; zero elsewhere.
@@ -415,148 +398,12 @@ def _paste(shape, parts) -> tuple:
     return probability, mask
 
 
-def _bounding_box(region: np.ndarray) -> tuple:
-    """Half-open bounding box of the non-zero voxels of ``region``."""
+def _network_box(prepared: Prepared, shape, box) -> tuple:
+    """The half-open box on the network grid covering ``box`` of the source grid (one voxel more on each side
+    after resampling, for the interpolation back)."""
+    region = np.zeros(shape, dtype=np.float32)
+    region[boxes.slices(box)] = 1.0
+    region = prepared.to_network(region) > 0
+    if prepared.resampled:
+        region = ndimage.binary_dilation(region)
     return tuple((int(s.start), int(s.stop)) for s in ndimage.find_objects(region.astype(np.uint8))[0])
-
-
-def default_card(image: Image, extra_dir=None) -> ModelCard:
-    """The one card with weights present that fits ``image`` (by dimensionality and the modality rule)."""
-    candidates, reasons = [], []
-    for card in list_cards(extra_dir):
-        status = weights_status(card)
-        if status not in USABLE:
-            reasons.append(f"{card.name}: weights {status}")
-            continue
-        try:
-            check_input(image, card)
-        except TumorSegError as error:
-            reasons.append(str(error))
-            continue
-        candidates.append(card)
-    if len(candidates) == 1:
-        return candidates[0]
-    if not candidates:
-        raise TumorSegError(f"no installed model fits this {image.ndim}D image of shape {image.shape}: "
-                            + "; ".join(reasons or ["no model cards found"]) + " (see 'tumorseg models')")
-    raise TumorSegError(f"several models fit this image ({', '.join(c.name for c in candidates)}); "
-                        "choose one with --model")
-
-
-def mip_image_path(mask_path) -> Path:
-    """Where the MIP image goes beside a 2D MIP mask of a 3D PET input: ``<mask>_mip-image.png``."""
-    mask_path = Path(mask_path)
-    return mask_path.with_name(mask_path.name[: -len(image_suffix(mask_path))] + "_mip-image.png")
-
-
-def planned_flat_masks(image: Image, card: ModelCard, output_path, mip_mask=None) -> list:
-    """The 2D MIP masks ``segment_file`` will write (each with its ``mip_image_path``), after checking
-    that every requested file type suits its mask; a type is never changed silently.
-
-    A 2D input gives a 2D mask (PNG). A 3D input gives a 3D mask (NIfTI or NRRD); with a MIP-PET
-    model, an output ending in .png asks for the 2D MIP mask instead, and ``mip_mask`` for it as well.
-    """
-    output_path = Path(output_path)
-    is_png = image_suffix(output_path) in PNG_SUFFIXES
-    on_mip = card.modality == "MIP-PET" and image.ndim == 3
-    if image.ndim == 2 and not is_png:
-        raise TumorSegError(f"model {card.name!r} segments 2D images, so its mask is a 2D image: give an output "
-                            f"ending in .png, not {output_path.name}")
-    if image.ndim == 3 and is_png and not on_mip:
-        raise TumorSegError(f"cannot write the mask of a 3D volume as PNG ({output_path}); use .nii.gz or .nrrd")
-    if mip_mask is not None:
-        if not on_mip:
-            raise TumorSegError("a MIP mask is written only for a MIP-PET model given a 3D PET volume")
-        if image_suffix(mip_mask) not in PNG_SUFFIXES:
-            raise TumorSegError(f"the MIP mask is a 2D image: give a .png path, got {mip_mask}")
-    flat = ([output_path] if on_mip and is_png else []) + ([Path(mip_mask)] if mip_mask is not None else [])
-    return list(dict.fromkeys(flat))
-
-
-def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, points=None, progress=no_progress,
-                 cancel=None, overrides=None, image: Image | None = None, mip_mask=None,
-                 clicks_only: bool = False) -> tuple:
-    """Segment one file and write its mask; returns (Prediction, written mask path).
-
-    For a MIP-PET model given a 3D PET volume the mask is 3D, on the volume's grid: each MIP lesion
-    traced back into the volume (``mip3d``); 2D MIP masks are written as ``planned_flat_masks`` says,
-    each with the MIP image beside it. Every output is checked before any work, none may be the
-    input, and nothing is written when the run fails or is cancelled. ``image``: the input already
-    read (a DICOM series converted to SUV; the worker keeps it between requests), else it is read
-    here (a JPEG through the card's picture channel, ``windowed``). ``clicks_only``: after clicks,
-    write only the box holding every click's box (its own exact geometry), not the whole grid.
-    """
-    from .windowed import picture_notes, read_input
-
-    image_suffix(output_path)
-    require_writable(output_path, "mask")
-    require_not_input([output_path], [input_path])
-    image = read_input(input_path, segmenter.card) if image is None else image
-    flat_paths = planned_flat_masks(image, segmenter.card, output_path, mip_mask)
-    outputs = [Path(output_path), *flat_paths, *map(mip_image_path, flat_paths)]
-    for path in outputs:
-        require_writable(path, "output")
-    require_not_input(outputs, [input_path])
-    if segmenter.card.modality == "MIP-PET" and image.ndim == 3 and Path(output_path) not in flat_paths:
-        from .mip3d import segment_traced
-
-        prediction, flat = segment_traced(segmenter, image, roi=roi, points=points, progress=progress, cancel=cancel,
-                                          overrides=overrides)
-    else:
-        prediction = flat = segmenter.predict(image, roi=roi, points=points, progress=progress, cancel=cancel,
-                                              overrides=overrides)
-    prediction.notes.extend(picture_notes(image))
-    check_cancel(cancel)
-    grid, mask = prediction.image, prediction.mask
-    if clicks_only and prediction.clicks:
-        box = clicks_box(prediction)
-        grid, mask = boxes.crop(grid, box), mask[boxes.slices(box)]
-    written = []
-    try:
-        written.append(write_mask(output_path, mask, grid))
-        for path in flat_paths:
-            if path != Path(output_path):
-                written.append(write_mask(path, flat.mask, flat.image))
-            written.append(write_image(mip_image_path(path), flat.image))
-        check_cancel(cancel)
-    except BaseException:
-        for path in written:
-            Path(path).unlink(missing_ok=True)
-        raise
-    return prediction, written[0]
-
-
-def clicks_box(prediction: Prediction, reach=0) -> tuple:
-    """The smallest box holding every click's box, grown by ``reach`` voxels and cut at the image edge."""
-    lows = np.min([[lo for lo, _ in c.box] for c in prediction.clicks], axis=0) - reach
-    highs = np.max([[hi for _, hi in c.box] for c in prediction.clicks], axis=0) + reach
-    return boxes.clip(tuple(zip(lows.tolist(), highs.tolist())), prediction.image.shape)
-
-
-def readouts(prediction: Prediction, card: ModelCard):
-    """Lesion readouts of a prediction (``measure.measure_lesions``); MIP grey levels are not SUV (a traced 3D
-    MIP-PET result is measured on the SUV volume).
-
-    After clicks only the clicks' boxes are measured (every lesion lies in them; plus the SUVpeak
-    sphere for PET), with voxel indices given on the full grid, so a click's cost does not grow
-    with the image here either.
-    """
-    from .measure import SUV_PEAK_RADIUS_MM, measure_lesions
-
-    modality = "PET" if card.modality == "MIP-PET" and prediction.image.ndim == 3 else card.modality
-    modality = modality if modality in ("PET", "CT") else None
-    grid, corner = prediction.image, np.zeros(prediction.image.ndim, dtype=int)
-    mask = prediction.mask
-    if prediction.clicks:
-        reach = np.ceil(SUV_PEAK_RADIUS_MM / grid.spacing).astype(int) if modality == "PET" else 0
-        box = clicks_box(prediction, reach)
-        grid, mask, corner = boxes.crop(grid, box), mask[boxes.slices(box)], np.array([lo for lo, _ in box])
-    values = measure_lesions(grid.with_array(mask.astype(np.uint8)), grid if modality else None, modality)
-    for lesion in values.lesions:  # box indices -> full-grid indices
-        lesion.bbox = [[int(a + o), int(b + o)] for (a, b), o in zip(lesion.bbox, corner)]
-        if lesion.recist_slice is not None:
-            lesion.recist_slice = int(lesion.recist_slice + corner[values.acquisition_axis])
-    if card.modality == "MIP-PET" and modality is None:
-        values.modality = "MIP-PET"
-        values.notes.append("a MIP's grey levels are not SUV: no SUV readouts on a MIP mask")
-    return values

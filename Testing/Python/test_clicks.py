@@ -257,7 +257,7 @@ def test_click_readouts_are_those_of_the_whole_mask(models, chest):
     """Readouts after clicks measure only the clicks' boxes, with indices and world positions on the full grid."""
     from dataclasses import asdict
 
-    from TumorSegLib.engine import readouts
+    from TumorSegLib.runs import readouts
     from TumorSegLib.measure import measure_lesions
 
     image, _ = chest

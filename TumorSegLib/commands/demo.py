@@ -52,7 +52,8 @@ def demo_card(name, extra_dir):
 
 
 def run(args) -> int:
-    from ..engine import Segmenter, mip_image_path, readouts, segment_file
+    from ..engine import Segmenter
+    from ..runs import mip_image_path, readouts, segment_file
     from ..io import write_image
     from ..metrics import case_metrics
     from ..overlay import mip_overlay_png, overlay_png

@@ -106,7 +106,8 @@ def progress_reporter(as_json: bool, description: str):
 
 def run(args) -> int:
     from ..cards import find_card
-    from ..engine import Segmenter, default_card
+    from ..engine import Segmenter
+    from ..runs import default_card
 
     inputs, outputs = _pairs(Path(args.input), Path(args.output))
     seg_paths = _dicom_seg_paths(args, inputs)
@@ -166,7 +167,7 @@ def run(args) -> int:
 
 
 def _segment_one(segmenter, source: Path, target: Path, image, args, progress, cancel, overrides) -> dict:
-    from ..engine import readouts, segment_file
+    from ..runs import readouts, segment_file
 
     if is_dicom_seg_path(target):
         prediction = segmenter.predict(image, roi=args.roi, points=args.point, progress=progress, cancel=cancel,
