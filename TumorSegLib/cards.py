@@ -25,6 +25,7 @@ from pathlib import Path, PureWindowsPath
 from typing import Any, Callable, Mapping, Optional
 
 from .errors import TumorSegError
+from .hints import Overrides, PathLike
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
 ENV_VAR = "TUMORSEG_MODELS"
@@ -382,7 +383,7 @@ def _card_problems(card: ModelCard) -> list:
     return problems
 
 
-def flip_axes_problem(axes, dims: int) -> str | None:
+def flip_axes_problem(axes: Any, dims: int) -> str | None:
     """What is wrong with test-time ``flip_axes`` for a ``dims``-D network input, or None."""
     if (not isinstance(axes, (list, tuple))
             or not all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < dims for a in axes)
@@ -409,7 +410,7 @@ OVERRIDES = {"overlap": "inference", "threshold": None, "min_lesion_ml": "postpr
              "sw_batch_size": "inference", "batch_size": "inference", "flip_axes": "inference"}
 
 
-def settings_for(card: ModelCard, overrides: dict | None = None) -> Settings:
+def settings_for(card: ModelCard, overrides: Overrides = None) -> Settings:
     """The card's inference, output and post-processing settings with the user's overrides (None: the card's)."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     unknown = sorted(set(overrides) - set(OVERRIDES))
@@ -428,7 +429,7 @@ def settings_for(card: ModelCard, overrides: dict | None = None) -> Settings:
     return Settings(sections["inference"], sections["postprocessing"], float(overrides.get("threshold", card.threshold)))
 
 
-def load_card(path) -> ModelCard:
+def load_card(path: PathLike) -> ModelCard:
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -437,7 +438,7 @@ def load_card(path) -> ModelCard:
     return card_from_dict(data, path)
 
 
-def model_dirs(extra=None) -> list:
+def model_dirs(extra: PathLike | None = None) -> list:
     """Folders searched for cards, user folders first (so a user card can shadow a built-in)."""
     if extra and not Path(extra).is_dir():
         raise TumorSegError(f"models folder {extra} does not exist or is not a folder")
@@ -447,7 +448,7 @@ def model_dirs(extra=None) -> list:
     return dirs
 
 
-def scan_cards(extra_dir=None) -> tuple:
+def scan_cards(extra_dir: PathLike | None = None) -> tuple:
     """``(cards, broken)``: every valid card found (first occurrence of each name wins) and
     ``{card file: error}`` for the files that are not valid cards; one broken card hides no other."""
     found, broken = {}, {}
@@ -464,12 +465,12 @@ def scan_cards(extra_dir=None) -> tuple:
     return list(found.values()), broken
 
 
-def list_cards(extra_dir=None) -> list:
+def list_cards(extra_dir: PathLike | None = None) -> list:
     """All valid cards found, first occurrence of each name wins (``scan_cards`` also names the broken ones)."""
     return scan_cards(extra_dir)[0]
 
 
-def find_card(name: str, extra_dir=None) -> ModelCard:
+def find_card(name: str, extra_dir: PathLike | None = None) -> ModelCard:
     """The card called ``name`` (or a path to a card file)."""
     if name.endswith(".json") and Path(name).is_file():
         return load_card(name)
@@ -484,7 +485,7 @@ def find_card(name: str, extra_dir=None) -> ModelCard:
     raise TumorSegError(f"unknown model {name!r}; known models: {known}")
 
 
-def sha256(path) -> str:
+def sha256(path: PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):

@@ -37,6 +37,7 @@ with the volume kept on the CPU, then on the CPU; every fallback is recorded in 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -44,10 +45,11 @@ from scipy import ndimage
 from . import boxes
 from .cards import Modality, Mode, ModelCard, Settings, settings_for
 from .errors import TumorSegError
+from .hints import Overrides, Point, Shape
 from .image import Image, superior_axis
 from .modality import CT_MIN_BELOW, SUV_P99_MAX, has_air, looks_like_activity, value_range
 from .preprocess import Prepared, prepare, restore
-from .progress import check_cancel, no_progress, scaled
+from .progress import Cancel, ProgressCallback, check_cancel, no_progress, scaled
 
 GPU_BATCH_VOXELS = 2**22  # input voxels per window batch on a GPU (halved on out-of-memory; not yet tuned on a GPU)
 MIN_INPUT_VOXELS = 8  # per in-plane axis (any number of slices): less is no image to segment
@@ -69,7 +71,7 @@ class Click:
         """Index the prediction grid with this: ``mask_on_grid[click.slices] |= click.mask``."""
         return boxes.slices(self.box)
 
-    def cut_at_edge(self, shape) -> bool:
+    def cut_at_edge(self, shape: Shape) -> bool:
         """Whether the lesion reaches a side of the box that is not the image's edge (it may go on there)."""
         for axis, ((lo, hi), n) in enumerate(zip(self.box, shape)):
             if (lo > 0 and self.mask.take(0, axis).any()) or (hi < n and self.mask.take(-1, axis).any()):
@@ -204,8 +206,9 @@ class Segmenter:
         return "openvino", []
 
     # -- public -----------------------------------------------------------------------------
-    def predict(self, image: Image, roi=None, point=None, progress=no_progress, cancel=None,
-                overrides=None, points=None) -> Prediction:
+    def predict(self, image: Image, roi: Sequence[int] | None = None, point: Point | None = None,
+                progress: ProgressCallback = no_progress, cancel: Cancel | None = None, overrides: Overrides = None,
+                points: Sequence[Point] | None = None) -> Prediction:
         """Segment ``image``: whole, inside an ``roi`` box, or at clicks (``point``, or several ``points``).
 
         With an ROI or clicks only each box plus the margin the network sees is resampled and run
@@ -240,7 +243,8 @@ class Segmenter:
         progress(1.0, "done")
         return Prediction(probability, mask, work, str(self.device), notes, clicks)
 
-    def click(self, image: Image, points, progress=no_progress, cancel=None, overrides=None) -> list:
+    def click(self, image: Image, points: Sequence[Point], progress: ProgressCallback = no_progress,
+              cancel: Cancel | None = None, overrides: Overrides = None) -> list:
         """One ``Click`` per world point: its box on the prediction grid and the lesion inside it.
 
         For callers that add lesions up (the Slicer module): each click changes voxels only inside

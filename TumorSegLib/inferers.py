@@ -29,6 +29,7 @@ import torch
 
 from .cards import Output
 from .device import autocast
+from .hints import Box, Shape
 from .progress import ProgressCallback, check_cancel
 
 
@@ -119,7 +120,7 @@ class Predictor:
         return probability
 
 
-def window_count(shape, patch, overlap: float) -> int:
+def window_count(shape: Shape, patch: Shape, overlap: float) -> int:
     """Number of windows MONAI's sliding_window_inference visits (same scan rule)."""
     count = 1
     for size, roi in zip(shape, patch):
@@ -129,9 +130,9 @@ def window_count(shape, patch, overlap: float) -> int:
     return count
 
 
-def sliding_window_3d(array: np.ndarray, predictor_args: dict, patch, overlap: float, blending: str,
+def sliding_window_3d(array: np.ndarray, predictor_args: dict, patch: Shape, overlap: float, blending: str,
                       sw_batch_size: int, sw_device: torch.device, volume_device: torch.device,
-                      active=None) -> np.ndarray:
+                      active: Box | None = None) -> np.ndarray:
     """Foreground probability of a normalised 3D array by MONAI's sliding-window inferer.
 
     The volume and the blended output stay on ``volume_device`` (the CPU for large volumes on a
@@ -160,7 +161,7 @@ def _pad_to(tensor: torch.Tensor, multiple: int) -> tuple:
 
 
 def slices_2d(array: np.ndarray, axis: int, predictor_args: dict, batch_size: int, divisible_by: int,
-              device: torch.device, active=None) -> np.ndarray:
+              device: torch.device, active: Box | None = None) -> np.ndarray:
     """Foreground probability of a 3D array by a 2D network over its slices normal to ``axis``.
 
     With ``active``, only the slices crossing the box are computed (whole slices, as in a full run).

@@ -157,7 +157,7 @@ def label_lesions(mask: np.ndarray, ndim: int | None = None) -> tuple[np.ndarray
     return labels, int(count)
 
 
-def measure_lesions(mask, image: Image | None = None, modality: str | None = None) -> Readouts:
+def measure_lesions(mask: Image | np.ndarray, image: Image | None = None, modality: str | None = None) -> Readouts:
     """Measure every lesion of ``mask`` (an Image, or a bool array on ``image``'s grid).
 
     ``image`` (optional) adds PET or CT statistics; ``modality`` ("PET"/"CT") says how to read it.

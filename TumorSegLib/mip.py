@@ -12,11 +12,13 @@ are in mm.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from .cards import ModelCard
 from .errors import TumorSegError
+from .hints import Shape
 from .image import Image
 
 
@@ -31,7 +33,7 @@ class MipGeometry:
     col_flip: bool
     source_shape: tuple
 
-    def pixel(self, index) -> np.ndarray:
+    def pixel(self, index: Sequence[float]) -> np.ndarray:
         """(row, col) of a continuous voxel index of the source volume."""
         index = np.asarray(index, dtype=np.float64)
         row = index[self.row_axis]
@@ -43,7 +45,7 @@ class MipGeometry:
         return np.array([row, col])
 
 
-def mip_geometry(affine: np.ndarray, shape) -> MipGeometry:
+def mip_geometry(affine: np.ndarray, shape: Shape) -> MipGeometry:
     directions = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
     projection = int(np.argmax(np.abs(directions[1])))
     rest = [a for a in range(3) if a != projection]

@@ -6,9 +6,8 @@ or a TorchScript module; both are checked against the card's SHA-256 before load
 
 For inference, ``for_inference`` makes an eval-mode copy with each BatchNorm folded into the
 convolution before it (the same function, one memory pass less per layer) in the channels-last
-memory layout. On a 2-core AMX CPU under bf16, folding took the 256x256x128 benchmark CT from
-5.2-6.7 s to 4.2-5.1 s, and channels-last was 1.5x faster per window (the README's performance
-section has the end-to-end figures).
+memory layout; what each gains is measured by ``Testing/benchmarks/bench_inference.py`` (the
+README's performance section).
 """
 
 from __future__ import annotations
@@ -35,7 +34,7 @@ def build_network(card: ModelCard) -> torch.nn.Module:
         raise TumorSegError(f"model {card.name!r}: bad arguments for {name}: {error}") from error
 
 
-def load_network(card: ModelCard, device="cpu") -> torch.nn.Module:
+def load_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The card's network with its verified weights, in eval mode on ``device``."""
     path = verified_weights(card)
     try:

@@ -21,6 +21,7 @@ import importlib.util
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,7 +109,7 @@ class OpenVinoNetwork:
         partial.replace(self.path)
         self.converted = True
 
-    def compiled_for(self, shape: tuple, dtype):
+    def compiled_for(self, shape: tuple, dtype: torch.dtype | None) -> Any:
         """The model compiled for one input ``shape`` and precision (``dtype`` None: f32)."""
         precision = "bf16" if dtype == torch.bfloat16 else "f32"
         key = (tuple(shape), precision)

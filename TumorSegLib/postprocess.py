@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from scipy import ndimage
 
@@ -51,7 +53,7 @@ def _min_voxels(grid: Image, settings: Postprocessing, notes: list) -> int:
     return int(np.ceil(settings.min_lesion_px))
 
 
-def lesion_at(mask: np.ndarray, grid: Image, index, max_distance_mm: float) -> tuple:
+def lesion_at(mask: np.ndarray, grid: Image, index: Sequence[float], max_distance_mm: float) -> tuple:
     """The lesion of ``mask`` a click at voxel ``index`` (continuous, on ``grid``) points to: (bool mask, mm).
 
     The connected lesion (18-connected in 3D, 8 in 2D) holding the click's voxel (distance 0), else

@@ -15,11 +15,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Sequence
 
 import numpy as np
 
 from .cards import ModelCard
 from .errors import TumorSegError
+from .hints import Shape
 from .image import Image, superior_axis
 
 
@@ -76,7 +78,7 @@ def normalize_intensity(array: np.ndarray, card: ModelCard) -> np.ndarray:
     return out
 
 
-def reorient(image: Image, axcodes) -> tuple:
+def reorient(image: Image, axcodes: str | None) -> tuple:
     """``image`` with its voxel axes permuted/flipped to be closest to ``axcodes`` (e.g. "RAS").
 
     Returns (reoriented Image, transform); ``undo_reorient(array, transform)`` maps an array on
@@ -92,7 +94,7 @@ def reorient(image: Image, axcodes) -> tuple:
     return Image(array, affine, image.spacing_known, dict(image.meta)), transform
 
 
-def undo_reorient(array: np.ndarray, transform) -> np.ndarray:
+def undo_reorient(array: np.ndarray, transform: np.ndarray | None) -> np.ndarray:
     """Inverse of ``reorient`` for an array on the reoriented grid."""
     if transform is None:
         return array
@@ -107,7 +109,7 @@ def undo_reorient(array: np.ndarray, transform) -> np.ndarray:
 MAX_RESAMPLED_VOXELS = 500_000_000  # 2 GB per float32 copy; a whole-body CT at 1.5 mm has about 70 million
 
 
-def resampled_shape(shape, spacing, target_spacing) -> tuple:
+def resampled_shape(shape: Shape, spacing: Sequence[float], target_spacing: Sequence[float | None]) -> tuple:
     """Grid size after resampling ``shape`` from ``spacing`` to ``target_spacing`` (None keeps an axis).
 
     A size beyond ``MAX_RESAMPLED_VOXELS`` (an absurd spacing in the file, say) is refused before
@@ -125,7 +127,7 @@ def resampled_shape(shape, spacing, target_spacing) -> tuple:
     return size
 
 
-def resample(array: np.ndarray, shape) -> np.ndarray:
+def resample(array: np.ndarray, shape: Shape) -> np.ndarray:
     """Linear resampling of a float array to ``shape`` over the same extent (voxel edges aligned).
 
     Resampling to a shape and back to the original shape lands exactly on the original grid.

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -18,12 +19,14 @@ from .cards import USABLE, ModelCard, list_cards, weights_status
 from .engine import Prediction, Segmenter, check_input
 from .errors import TumorSegError
 from .files import require_not_input, require_writable
+from .hints import Box, Overrides, PathLike, Point
 from .image import Image
 from .io import PNG_SUFFIXES, image_suffix, write_image, write_mask
-from .progress import check_cancel, no_progress
+from .measure import Readouts
+from .progress import Cancel, ProgressCallback, check_cancel, no_progress
 
 
-def default_card(image: Image, extra_dir=None) -> ModelCard:
+def default_card(image: Image, extra_dir: PathLike | None = None) -> ModelCard:
     """The one card with weights present that fits ``image`` (by dimensionality and the modality rule)."""
     candidates, reasons = [], []
     for card in list_cards(extra_dir):
@@ -46,13 +49,13 @@ def default_card(image: Image, extra_dir=None) -> ModelCard:
                         "choose one with --model")
 
 
-def mip_image_path(mask_path) -> Path:
+def mip_image_path(mask_path: PathLike) -> Path:
     """Where the MIP image goes beside a 2D MIP mask of a 3D PET input: ``<mask>_mip-image.png``."""
     mask_path = Path(mask_path)
     return mask_path.with_name(mask_path.name[: -len(image_suffix(mask_path))] + "_mip-image.png")
 
 
-def planned_flat_masks(image: Image, card: ModelCard, output_path, mip_mask=None) -> list:
+def planned_flat_masks(image: Image, card: ModelCard, output_path: PathLike, mip_mask: PathLike | None = None) -> list:
     """The 2D MIP masks ``segment_file`` will write (each with its ``mip_image_path``), after checking
     that every requested file type suits its mask; a type is never changed silently.
 
@@ -76,9 +79,10 @@ def planned_flat_masks(image: Image, card: ModelCard, output_path, mip_mask=None
     return list(dict.fromkeys(flat))
 
 
-def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, points=None, progress=no_progress,
-                 cancel=None, overrides=None, image: Image | None = None, mip_mask=None,
-                 clicks_only: bool = False) -> tuple:
+def segment_file(input_path: PathLike, output_path: PathLike, segmenter: Segmenter, roi: Sequence[int] | None = None,
+                 points: Sequence[Point] | None = None, progress: ProgressCallback = no_progress,
+                 cancel: Cancel | None = None, overrides: Overrides = None, image: Image | None = None,
+                 mip_mask: PathLike | None = None, clicks_only: bool = False) -> tuple:
     """Segment one file and write its mask; returns (Prediction, written mask path).
 
     For a MIP-PET model given a 3D PET volume the mask is 3D, on the volume's grid: each MIP lesion
@@ -129,14 +133,14 @@ def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, points
     return prediction, written[0]
 
 
-def clicks_box(prediction: Prediction, reach=0) -> tuple:
+def clicks_box(prediction: Prediction, reach: int | np.ndarray = 0) -> Box:
     """The smallest box holding every click's box, grown by ``reach`` voxels and cut at the image edge."""
     lows = np.min([[lo for lo, _ in c.box] for c in prediction.clicks], axis=0) - reach
     highs = np.max([[hi for _, hi in c.box] for c in prediction.clicks], axis=0) + reach
     return boxes.clip(tuple(zip(lows.tolist(), highs.tolist())), prediction.image.shape)
 
 
-def readouts(prediction: Prediction, card: ModelCard):
+def readouts(prediction: Prediction, card: ModelCard) -> Readouts:
     """Lesion readouts of a prediction (``measure.measure_lesions``); MIP grey levels are not SUV (a traced 3D
     MIP-PET result is measured on the SUV volume).
 

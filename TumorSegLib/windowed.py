@@ -18,11 +18,12 @@ import numpy as np
 
 from .cards import ModelCard
 from .errors import TumorSegError
+from .hints import PathLike
 from .image import Image
 from .io import JPEG_SUFFIXES, read_image
 
 
-def is_picture(path) -> bool:
+def is_picture(path: PathLike) -> bool:
     """Whether ``path`` names a JPEG picture."""
     return str(path).lower().endswith(JPEG_SUFFIXES)
 
@@ -44,7 +45,7 @@ def picture_to_hu(image: Image, card: ModelCard) -> Image:
     return Image(hu, affine, spacing_known=bool(spacing), meta={**image.meta, "picture": spec.to_dict()})
 
 
-def read_input(path, card: ModelCard, what: str = "input image") -> Image:
+def read_input(path: PathLike, card: ModelCard, what: str = "input image") -> Image:
     """Read ``path`` for ``card``: a JPEG through its ``picture`` channel and window, anything else as is."""
     if not is_picture(path):
         return read_image(path, what)
@@ -65,7 +66,7 @@ def picture_notes(image: Image) -> list:
             f"{size} (the file has no spacing)"]
 
 
-def default_picture_card(extra_dir=None) -> ModelCard:
+def default_picture_card(extra_dir: PathLike | None = None) -> ModelCard:
     """The one model with weights present that takes windowed pictures (for a JPEG input without --model)."""
     from .cards import list_cards, weights_status
 

@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Callable, Sequence
 
 import numpy as np
 from monai import transforms as mt
 
-from ..image import binary_mask
+from ..cards import ModelCard
+from ..image import Image, binary_mask
 from ..io import read_image
-from ..windowed import read_input
 from ..preprocess import prepare
+from ..windowed import read_input
+from .data import Case
 
 # RandCropByPosNegLabeld warns for every control (no tumour to centre on); that is intended.
 warnings.filterwarnings("ignore", message=".*unable to generate class balanced samples.*")
 
 
-def read_pair(case, card=None, values=None) -> tuple:
+def read_pair(case: Case, card: ModelCard | None = None, values: Sequence[int] | None = None) -> tuple:
     """(Image, bool mask on its grid) of a case; controls get an all-background mask.
 
     ``card``: read JPEG pictures the way it says (``windowed.read_input``); ``values``: the mask
@@ -33,7 +36,7 @@ def read_pair(case, card=None, values=None) -> tuple:
     return image, _select(image, labels, values, case)
 
 
-def read_channels(case, card, label_values) -> tuple:
+def read_channels(case: Case, card: ModelCard, label_values: Sequence[Sequence[int]]) -> tuple:
     """(Image, bool stack (channel, ...) with one mask per entry of ``label_values``) of a case."""
     image, labels = _read_case(case, card)
     return image, np.stack([_select(image, labels, values, case) for values in label_values])
@@ -59,7 +62,7 @@ def _select(image, labels, values, case) -> np.ndarray:
     return np.isin(labels.array, values)
 
 
-def prepare_case(image, mask: np.ndarray, card) -> dict:
+def prepare_case(image: Image, mask: np.ndarray, card: ModelCard) -> dict:
     """An image and its mask as the engine gives them to the network (``preprocess.prepare``).
 
     ``mask`` is on the image's grid, or a stack (channel, ...) of such masks. Returns {"image":
@@ -86,7 +89,7 @@ class LoadCased(mt.MapTransform):
         return prepare_case(image, mask, self.card)
 
 
-def load_arrays(card, label_values=None):
+def load_arrays(card: ModelCard, label_values: Sequence[Sequence[int]] | None = None) -> Callable[[Case], dict]:
     """A callable ``case -> {"image", "label", "axis"}`` (what the training dataset caches).
 
     ``label_values`` (the config's ``data.label_values``): one label channel per entry, tumour first.
