@@ -22,7 +22,7 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path, PureWindowsPath
-from typing import Any, Callable, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .errors import TumorSegError
 from .hints import Overrides, PathLike
@@ -176,7 +176,7 @@ def _plain(value: Any) -> Any:
 @dataclass(frozen=True)
 class Network(Section):
     name: str = _rule("AttentionUnet", lambda v: isinstance(v, str) and bool(v), "a MONAI network class name")
-    args: dict = _rule(None, _optional(lambda v: isinstance(v, dict)), "a mapping of keyword arguments")
+    args: Optional[dict] = _rule(None, _optional(lambda v: isinstance(v, dict)), "a mapping of keyword arguments")
 
     @property
     def kwargs(self) -> dict:
@@ -185,21 +185,21 @@ class Network(Section):
 
 @dataclass(frozen=True)
 class Intensity(Section):
-    window: list = _rule((0.0, 1.0), _is_window, "[low, high] with low < high")
+    window: Sequence[float] = _rule((0.0, 1.0), _is_window, "[low, high] with low < high")
     invert: bool = _rule(False, lambda v: isinstance(v, bool), "true or false")
 
 
 @dataclass(frozen=True)
 class Mip(Section):
-    window: list = _rule((0.0, 10.0), _is_window, "[0, suv_hi] with 0 < suv_hi")
+    window: Sequence[float] = _rule((0.0, 10.0), _is_window, "[0, suv_hi] with 0 < suv_hi")
     invert: bool = _rule(True, lambda v: isinstance(v, bool), "true or false")
 
 
 @dataclass(frozen=True)
 class Picture(Section):
     channel: int = _rule(0, lambda v: v in (0, 1, 2) and not isinstance(v, bool), "0, 1 or 2")
-    window: list = _rule(None, _is_window, "[low, high] HU with low < high")
-    spacing: list = _rule(None, _optional(_list_of(_POSITIVE, (2,))), "null or 2 positive mm values")
+    window: Optional[Sequence[float]] = _rule(None, _is_window, "[low, high] HU with low < high")
+    spacing: Optional[list] = _rule(None, _optional(_list_of(_POSITIVE, (2,))), "null or 2 positive mm values")
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ class Inference(Section):
     precision: Precision = _choice(Precision, Precision.AUTO)
     recheck_margin: float = _rule(0.0, _between(0.0, 0.5), "a number in [0, 0.5)")
     backend: Backend = _choice(Backend, Backend.AUTO)
-    flip_axes: list = _rule((), lambda v: isinstance(v, (list, tuple)), "a list of spatial axes")
+    flip_axes: Sequence[int] = _rule((), lambda v: isinstance(v, (list, tuple)), "a list of spatial axes")
 
 
 @dataclass(frozen=True)
@@ -236,7 +236,7 @@ class Click(Section):
 
 @dataclass(frozen=True)
 class Within(Section):
-    channel: int = _rule(None, _CHANNEL, "an output channel")
+    channel: Optional[int] = _rule(None, _CHANNEL, "an output channel")
     threshold: float = _rule(0.5, _PROBABILITY, "a number strictly between 0 and 1")
 
 

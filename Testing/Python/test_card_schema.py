@@ -1,5 +1,6 @@
 """The model card JSON Schema (Resources/ModelCard.schema.json) agrees with the loader (``cards.card_from_dict``)."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -71,3 +72,35 @@ def test_a_lesion_filter_mapping_is_accepted_and_kept_opaque():
     card = cards.card_from_dict(data)
     assert card.postprocessing.lesion_filter == {"kind": "anything", "threshold": 0.3}
     assert cards.card_from_dict(card.to_dict()) == card
+
+
+SECTIONS = {"network": cards.Network, "preprocessing": cards.Preprocessing, "preprocessing.intensity": cards.Intensity,
+            "preprocessing.mip": cards.Mip, "preprocessing.picture": cards.Picture, "inference": cards.Inference,
+            "click": cards.Click, "output": cards.Output, "output.within": cards.Within,
+            "postprocessing": cards.Postprocessing, "weights": cards.Weights}
+
+
+def schema_node(dotted: str) -> dict:
+    node = SCHEMA
+    for key in dotted.split("."):
+        node = node["properties"][key]
+    return node
+
+
+@pytest.mark.parametrize("dotted", sorted(SECTIONS))
+def test_the_schema_names_the_fields_and_choices_of_each_typed_section(dotted):
+    """A field added to a section (or a choice to an enum) must be added to the schema too, and back."""
+    node = schema_node(dotted)
+    fields = {f.name: f for f in dataclasses.fields(SECTIONS[dotted])}
+    assert set(node["properties"]) == set(fields) and node.get("additionalProperties") is False
+    for name, spec in fields.items():
+        kind = spec.metadata.get("convert")
+        if isinstance(kind, type) and issubclass(kind, cards.Choice):
+            assert node["properties"][name]["enum"] == list(kind.values()), name
+
+
+def test_the_schema_names_the_top_level_fields_and_choices():
+    fields = {f.name for f in dataclasses.fields(cards.ModelCard)} - {"path"}
+    assert set(SCHEMA["properties"]) == fields | {"schema"}
+    assert SCHEMA["properties"]["modality"]["enum"] == list(cards.Modality.values())
+    assert SCHEMA["properties"]["mode"]["enum"] == list(cards.Mode.values())
