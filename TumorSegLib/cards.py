@@ -120,8 +120,14 @@ def _inside_folder(name) -> bool:
 
 _POSITIVE = _between(0.0, float("inf"), low_open=True)
 _AT_LEAST_ZERO = _between(0.0, float("inf"))
-_POSITIVE_INT = lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= 1  # noqa: E731
-_CHANNEL = lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= 0  # noqa: E731
+
+
+def _whole(low: int) -> Callable:
+    return lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+_POSITIVE_INT = _whole(1)
+_CHANNEL = _whole(0)
 _PROBABILITY = _between(0.0, 1.0, low_open=True)
 
 
@@ -134,9 +140,9 @@ def _choice(kind: type, default: Choice) -> Any:
     return _rule(default, lambda value: value in kind.values(), f"one of {kind.values()}", kind)
 
 
-def _section(kind: type, default: Any = None) -> Any:
-    """A field holding a section of its own (a dict in the JSON); absent: ``default``."""
-    if default is None:
+def _section(kind: type, optional: bool = False) -> Any:
+    """A field holding a section of its own (a dict in the JSON); absent: None if ``optional``, else its defaults."""
+    if optional:
         return field(default=None, metadata={"section": kind})
     return field(default_factory=kind, metadata={"section": kind})
 
@@ -204,12 +210,12 @@ class Picture(Section):
 
 @dataclass(frozen=True)
 class Preprocessing(Section):
-    intensity: Intensity = _section(Intensity, Intensity)
+    intensity: Intensity = _section(Intensity)
     orientation: Optional[str] = _rule(None, _optional(_is_axis_codes), "axis codes such as 'RAS' or 'LPS'")
     spacing: Optional[list] = _rule(None, _optional(_list_of(_optional(_POSITIVE), (2, 3))),
                                     "null or 2-3 positive mm values (null keeps an axis)")
-    mip: Optional[Mip] = _section(Mip)
-    picture: Optional[Picture] = _section(Picture)
+    mip: Optional[Mip] = _section(Mip, optional=True)
+    picture: Optional[Picture] = _section(Picture, optional=True)
 
 
 @dataclass(frozen=True)
@@ -245,7 +251,7 @@ class Output(Section):
     activation: Activation = _choice(Activation, Activation.SIGMOID)
     channel: int = _rule(0, _CHANNEL, "an output channel (integer >= 0)")
     threshold: float = _rule(0.5, _PROBABILITY, "a number strictly between 0 and 1")
-    within: Optional[Within] = _section(Within)
+    within: Optional[Within] = _section(Within, optional=True)
 
 
 @dataclass(frozen=True)
@@ -271,16 +277,16 @@ class ModelCard(Section):
     title: str = _rule("", lambda v: isinstance(v, str), "a string")
     modality: Modality = _choice(Modality, Modality.CT)
     mode: Mode = _choice(Mode, Mode.SLIDING_WINDOW_3D)
-    network: Network = _section(Network, Network)
-    preprocessing: Preprocessing = _section(Preprocessing, Preprocessing)
-    inference: Inference = _section(Inference, Inference)
-    output: Output = _section(Output, Output)
-    postprocessing: Postprocessing = _section(Postprocessing, Postprocessing)
-    weights: Weights = _section(Weights, Weights)
+    network: Network = _section(Network)
+    preprocessing: Preprocessing = _section(Preprocessing)
+    inference: Inference = _section(Inference)
+    output: Output = _section(Output)
+    postprocessing: Postprocessing = _section(Postprocessing)
+    weights: Weights = _section(Weights)
     provenance: dict = field(default_factory=dict, metadata={"check": lambda v: isinstance(v, dict), "must": "a mapping",
                                                              "convert": None})
     description: str = _rule("", lambda v: isinstance(v, str), "a string")
-    click: Click = _section(Click, Click)
+    click: Click = _section(Click)
     path: Optional[Path] = field(default=None, compare=False)  # the card file; not a JSON field
 
     @property
