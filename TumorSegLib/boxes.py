@@ -17,21 +17,24 @@ A box is half-open per voxel axis, ``((lo, hi), ...)`` like Python slices (``lo 
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
 from .cards import ModelCard
 from .errors import TumorSegError
+from .hints import Box, Point, Shape
 from .image import Image, superior_axis
 
 MAX_POINTS = 32  # clicks per run: each is one context box; more is a whole-volume job, not a click
 DEFAULT_WINDOW = 96  # network window (voxels per axis) assumed when a 3D card gives no patch size
 
 
-def slices(box) -> tuple:
+def slices(box: Box) -> tuple:
     return tuple(slice(lo, hi) for lo, hi in box)
 
 
-def parse_box(roi, shape) -> tuple:
+def parse_box(roi: Sequence[int], shape: Shape) -> Box:
     """A half-open voxel box ((lo, hi) per axis) from I0 I1 J0 J1 [K0 K1]; it must lie in the image."""
     values = [int(v) for v in roi]
     if len(values) != 2 * len(shape):
@@ -47,7 +50,7 @@ def parse_box(roi, shape) -> tuple:
     return box
 
 
-def orientation_transform(affine: np.ndarray, axcodes):
+def orientation_transform(affine: np.ndarray, axcodes: str | None) -> np.ndarray | None:
     """nibabel's transform from the voxel axes of ``affine`` to ``axcodes`` (row = source axis), or None."""
     if not axcodes or affine.shape != (4, 4):
         return None
@@ -56,7 +59,7 @@ def orientation_transform(affine: np.ndarray, axcodes):
     return ornt.ornt_transform(ornt.io_orientation(affine), ornt.axcodes2ornt(tuple(axcodes)))
 
 
-def to_card_axes(values: np.ndarray, transform) -> np.ndarray:
+def to_card_axes(values: np.ndarray, transform: np.ndarray | None) -> np.ndarray:
     """Per-voxel-axis ``values`` reordered to the axes of the card's orientation."""
     if transform is None:
         return values
@@ -65,13 +68,13 @@ def to_card_axes(values: np.ndarray, transform) -> np.ndarray:
     return oriented
 
 
-def check_roi_size(image: Image, box, card: ModelCard) -> None:
+def check_roi_size(image: Image, box: Box, card: ModelCard) -> None:
     """Refuse an ROI smaller than the card's ``inference.min_roi_mm`` (mm per axis of the card's orientation)."""
-    minimum = card.inference.get("min_roi_mm")
+    minimum = card.inference.min_roi_mm
     if minimum is None:
         return
     extent = np.array([hi - lo for lo, hi in box], dtype=np.float64) * image.spacing
-    orientation = card.preprocessing.get("orientation")
+    orientation = card.preprocessing.orientation
     extent = to_card_axes(extent, orientation_transform(image.affine, orientation))
     minimum = np.broadcast_to(np.asarray(minimum, dtype=np.float64), extent.shape)
     if np.any(extent < minimum - 1e-6):
@@ -80,7 +83,7 @@ def check_roi_size(image: Image, box, card: ModelCard) -> None:
                             "(point) to use the model's context box")
 
 
-def check_points(points, ndim: int) -> list:
+def check_points(points: Sequence[Point], ndim: int) -> list:
     """The clicks as float arrays; refuses too many, the wrong number of coordinates, NaN or infinity."""
     points = [np.asarray(p, dtype=np.float64) for p in points]
     if len(points) > MAX_POINTS:
@@ -95,7 +98,7 @@ def check_points(points, ndim: int) -> list:
     return points
 
 
-def point_index(work: Image, source: Image, point) -> np.ndarray:
+def point_index(work: Image, source: Image, point: Point) -> np.ndarray:
     """Continuous voxel index on ``work`` of a world ``point`` given on ``source`` (the 3D volume of a MIP)."""
     index = source.to_index(point)
     if np.any(index < -0.5) or np.any(index > np.asarray(source.shape) - 0.5):
@@ -106,9 +109,9 @@ def point_index(work: Image, source: Image, point) -> np.ndarray:
 
 def context_mm(card: ModelCard, work: Image) -> np.ndarray:
     """Edge lengths (mm per voxel axis) of a click's box: ``inference.context_mm``, else one window."""
-    context = card.inference.get("context_mm")
+    context = card.inference.context_mm
     if context is None:
-        patch = card.inference.get("patch_size") or [256] * work.ndim
+        patch = card.inference.patch_size or [256] * work.ndim
         context = np.resize(np.asarray(patch, dtype=float), work.ndim) * work.spacing
     context = np.asarray(context, dtype=np.float64)
     if context.size not in (1, work.ndim):
@@ -117,7 +120,7 @@ def context_mm(card: ModelCard, work: Image) -> np.ndarray:
     return np.broadcast_to(context, (work.ndim,))
 
 
-def context_box(work: Image, index, context) -> tuple:
+def context_box(work: Image, index: np.ndarray, context: np.ndarray) -> Box:
     """The box of ``context`` mm centred on voxel ``index``; it may reach beyond the image (see ``clip``)."""
     half = np.asarray(context) / 2.0 / work.spacing
     lo = np.floor(index - half + 0.5).astype(int)
@@ -125,12 +128,12 @@ def context_box(work: Image, index, context) -> tuple:
     return tuple((int(a), int(b)) for a, b in zip(lo, hi))
 
 
-def clip(box, shape) -> tuple:
+def clip(box: Box, shape: Shape) -> Box:
     """The part of ``box`` inside an image of ``shape``."""
     return tuple((max(lo, 0), min(hi, int(n))) for (lo, hi), n in zip(box, shape))
 
 
-def margin_voxels(card: ModelCard, image: Image, overlap: float):
+def margin_voxels(card: ModelCard, image: Image, overlap: float) -> np.ndarray:
     """Voxels per voxel axis of ``image`` that the network sees on each side of a box; None: the whole image.
 
     The sliding window's overlap band: half of ``overlap`` x the window, on the card's network grid
@@ -140,10 +143,10 @@ def margin_voxels(card: ModelCard, image: Image, overlap: float):
     """
     if card.mode == "whole-image-2d" or image.ndim != 3:
         return None
-    transform = orientation_transform(image.affine, card.preprocessing.get("orientation"))
+    transform = orientation_transform(image.affine, card.preprocessing.orientation)
     own = to_card_axes(image.spacing, transform)  # image spacing along the card's axes
-    patch = list(card.inference.get("patch_size") or [DEFAULT_WINDOW] * card.spatial_dims)
-    spacing = list(card.preprocessing.get("spacing") or [None] * len(patch))
+    patch = list(card.inference.patch_size or [DEFAULT_WINDOW] * card.spatial_dims)
+    spacing = list(card.preprocessing.spacing or [None] * len(patch))
     if card.mode == "slice-2d":
         across = superior_axis(image.affine)
         across = int(transform[across, 0]) if transform is not None else across
@@ -156,19 +159,19 @@ def margin_voxels(card: ModelCard, image: Image, overlap: float):
     return np.ceil(margin_mm / image.spacing - 1e-6).astype(int)
 
 
-def grow(box, margin, shape) -> tuple:
+def grow(box: Box, margin: Sequence[int], shape: Shape) -> Box:
     """``box`` grown by ``margin`` voxels per axis (None: the whole image of ``shape``); see ``clip``."""
     if margin is None:
         return tuple((0, int(n)) for n in shape)
     return tuple((lo - int(m), hi + int(m)) for (lo, hi), m in zip(box, margin))
 
 
-def within(box, outer) -> tuple:
+def within(box: Box, outer: Box) -> Box:
     """``box`` in the voxel indices of the crop ``outer`` (which contains it)."""
     return tuple((lo - o, hi - o) for (lo, hi), (o, _) in zip(box, outer))
 
 
-def crop(image: Image, box) -> Image:
+def crop(image: Image, box: Box) -> Image:
     """The voxels of ``box`` (inside the image) as an image with exact geometry (the affine shifted to its corner)."""
     corner = np.array([lo for lo, _ in box], dtype=np.float64)
     affine = image.affine.copy()

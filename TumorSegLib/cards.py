@@ -2,35 +2,16 @@
 
 A card (``<name>.json``) lives in ``Resources/Models/`` or in a user folder named by the
 ``TUMORSEG_MODELS`` environment variable (``os.pathsep``-separated) or ``--models-dir``;
-its weights file sits next to it. Fields (see ``Resources/Models/README.md``)::
+its weights file sits next to it. Field meanings: ``Resources/Models/README.md``; the JSON Schema
+``Resources/ModelCard.schema.json`` states the same rules for editors and tests.
 
-    name, title, description
-    modality        "PET" | "CT" | "MIP-PET"
-    mode            "whole-image-2d" | "slice-2d" | "sliding-window-3d"
-    network         {"name": MONAI network class (default "AttentionUnet"), "args": {...}}
-    preprocessing   {"intensity": {"window": [lo, hi], "invert": bool},   -> clip to [0, 1]
-                     "orientation": null | "RAS" (axis codes: exact reorientation before inference),
-                     "spacing": null | [mm per array axis],
-                     "mip": {"window": [0, suv_hi], "invert": bool},     (MIP-PET from 3D PET)
-                     "picture": {"channel", "window", "spacing"}}  (JPEG slices, see ``windowed``)
-    inference       {"patch_size": [...], "overlap": 0.25, "blending": "gaussian"|"constant",
-                     "sw_batch_size": 1, "batch_size": 8 (slices), "divisible_by": 16,
-                     "context_mm": [...] (click-to-segment), "min_roi_mm": [...] (smallest ROI),
-                     "trained_on": "..." (note for whole-volume runs), "precision": "auto"|"fp32"|"bf16",
-                     "recheck_margin": 0.0 (> 0: reduced-precision windows this near the threshold -> fp32),
-                     "backend": "auto"|"torch"|"openvino" (what runs the network on a CPU),
-                     "flip_axes": [] (test-time flips: spatial axes of the network input; the
-                                      probability is the mean over the identity and each flip)}
-    click           {"max_distance_mm": 5.0} (a click keeps the lesion holding it, else the nearest one
-                                           within this distance, else nothing)
-    output          {"activation": "sigmoid"|"softmax", "channel": 0, "threshold": 0.5,
-                     "within": {"channel": 1, "threshold": 0.5} (optional: tumour only where the
-                               sigmoid of that channel, e.g. an organ, reaches its threshold)}
-    postprocessing  {"min_lesion_ml": 0.0 (3D), "min_lesion_px": 0 (2D), "largest_component": false,
-                     "fill_holes": false, "lesion_filter": {...} (whole-image-2d: a logistic regression
-                     removes predicted lesions scored as physiological uptake, see ``lesion_filter``)}
-    weights         {"file": "name.pt", "sha256": "...", "format": "state_dict"|"torchscript"}
-    provenance      {"training_data", "command", "config", "code_version", "validation": {...}}
+A loaded card is typed: ``ModelCard`` holds one frozen dataclass per section (``Network``,
+``Preprocessing``, ``Inference``, ``Click``, ``Output``, ``Postprocessing``, ``Weights``; ``provenance``
+stays a free mapping), each field with its default written once here and the rule its JSON value
+must meet (``card_from_dict`` checks every field by these rules, then the rules across fields).
+Fixed choices are ``Choice`` enums, which compare equal to (and print as) their JSON strings.
+``settings_for`` gives the ``Settings`` of one run: the card's inference and post-processing
+sections and threshold with the user's overrides.
 """
 
 from __future__ import annotations
@@ -38,180 +19,96 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
+from enum import Enum
 from pathlib import Path, PureWindowsPath
-from typing import Optional
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .errors import TumorSegError
+from .hints import Overrides, PathLike
+from .lesion_filter import spec_problems
 
-MODALITIES = ("PET", "CT", "MIP-PET")
-MODES = ("whole-image-2d", "slice-2d", "sliding-window-3d")
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
 ENV_VAR = "TUMORSEG_MODELS"
 
 
-@dataclass
-class ModelCard:
-    name: str
-    title: str
-    modality: str
-    mode: str
-    network: dict
-    preprocessing: dict
-    inference: dict
-    output: dict
-    postprocessing: dict
-    weights: dict
-    provenance: dict = field(default_factory=dict)
-    description: str = ""
-    click: dict = field(default_factory=dict)
-    path: Optional[Path] = None
+class Choice(str, Enum):
+    """One of a card field's fixed values; compares, hashes and prints as its JSON string."""
 
-    @property
-    def spatial_dims(self) -> int:
-        return 3 if self.mode == "sliding-window-3d" else 2
+    def __str__(self) -> str:
+        return str(self.value)
 
-    @property
-    def min_size_setting(self) -> str:
-        """The post-processing setting of the smallest lesion kept: mL for 3D masks, pixels for a 2D image's."""
-        return "min_lesion_px" if self.mode == "whole-image-2d" else "min_lesion_ml"
-
-    @property
-    def in_channels(self) -> int:
-        return int(self.network.get("args", {}).get("in_channels", 1))
-
-    @property
-    def threshold(self) -> float:
-        return float(self.output.get("threshold", 0.5))
-
-    @property
-    def weights_path(self) -> Path:
-        """The weights file; it must resolve inside the card's own folder (symbolic links included)."""
-        base = self.path.parent if self.path else BUILTIN_DIR
-        path = base / self.weights["file"]
-        try:
-            path.resolve().relative_to(base.resolve())
-        except ValueError:
-            raise TumorSegError(f"model {self.name!r}: weights {self.weights['file']!r} lie outside the card's folder "
-                                f"{base}; a card's weights must sit in its own folder") from None
-        return path
-
-    def to_dict(self) -> dict:
-        data = {k: getattr(self, k) for k in _FIELDS}
-        return {k: v for k, v in data.items() if v not in (None, "", {})}
+    @classmethod
+    def values(cls) -> tuple:
+        return tuple(member.value for member in cls)
 
 
-_FIELDS = ("name", "title", "description", "modality", "mode", "network", "preprocessing", "inference", "click",
-           "output", "postprocessing", "weights", "provenance")
-_REQUIRED = ("name", "title", "modality", "mode", "network", "preprocessing", "inference", "output", "weights")
+class Modality(Choice):
+    PET = "PET"
+    CT = "CT"
+    MIP_PET = "MIP-PET"
 
 
-def card_from_dict(data: dict, path: Optional[Path] = None) -> ModelCard:
-    """Validate a card's fields and build it; every problem is named in the error."""
-    where = str(path) if path else "model card"
-    if not isinstance(data, dict):
-        raise TumorSegError(f"{where}: a model card must be a JSON object")
-    problems = [f"missing field {key!r}" for key in _REQUIRED if key not in data]
-    unknown = sorted(set(data) - set(_FIELDS) - {"schema"})
-    problems += [f"unknown field {key!r}" for key in unknown]
-    if data.get("modality") not in MODALITIES:
-        problems.append(f"modality must be one of {MODALITIES}, got {data.get('modality')!r}")
-    if data.get("mode") not in MODES:
-        problems.append(f"mode must be one of {MODES}, got {data.get('mode')!r}")
-    network = data.get("network")
-    if not isinstance(network, dict) or not isinstance(network.get("args", {}), dict):
-        problems.append("network must be {'name': ..., 'args': {...}}")
-    weights = data.get("weights")
-    if not isinstance(weights, dict) or "file" not in weights:
-        problems.append("weights must give at least 'file' (and 'sha256')")
-    elif weights.get("format", "state_dict") not in ("state_dict", "torchscript"):
-        problems.append("weights.format must be 'state_dict' or 'torchscript'")
-    elif not _inside_folder(weights["file"]):
-        problems.append(f"weights.file must be a file name in the card's folder, got {weights['file']!r}")
-    window = (data.get("preprocessing") or {}).get("intensity", {}).get("window")
-    if window is not None and (len(window) != 2 or not window[0] < window[1]):
-        problems.append(f"preprocessing.intensity.window must be [low, high] with low < high, got {window}")
-    output = data.get("output") or {}
-    if not 0.0 < float(output.get("threshold", 0.5)) < 1.0:
-        problems.append("output.threshold must lie strictly between 0 and 1")
-    if output.get("activation", "sigmoid") not in ("sigmoid", "softmax"):
-        problems.append("output.activation must be 'sigmoid' or 'softmax'")
-    patch = (data.get("inference") or {}).get("patch_size")
-    dims = 3 if data.get("mode") == "sliding-window-3d" else 2
-    if patch is not None and len(patch) != dims:
-        problems.append(f"inference.patch_size needs {dims} values for mode {data.get('mode')!r}, got {patch}")
-    problems += _engine_problems(data)
-    if problems:
-        raise TumorSegError(f"{where} is not a valid model card: " + "; ".join(problems))
-    fields = {k: data[k] for k in _FIELDS if k in data}
-    fields.setdefault("postprocessing", {})
-    return ModelCard(**fields, path=path)
+class Mode(Choice):
+    WHOLE_IMAGE_2D = "whole-image-2d"
+    SLICE_2D = "slice-2d"
+    SLIDING_WINDOW_3D = "sliding-window-3d"
 
 
-def _engine_problems(data: dict) -> list:
-    """Problems with the settings the inference engine reads (orientation, spacing, overlap, ...)."""
-    problems = []
-    preprocessing = data.get("preprocessing") or {}
-    inference = data.get("inference") or {}
-    orientation = preprocessing.get("orientation")
-    if orientation is not None and sorted(str(orientation).upper().translate(str.maketrans("LPI", "RAS"))) != ["A", "R", "S"]:
-        problems.append(f"preprocessing.orientation must be axis codes such as 'RAS' or 'LPS', got {orientation!r}")
-    spacing = preprocessing.get("spacing")
-    if spacing is not None and (not isinstance(spacing, list) or len(spacing) not in (2, 3)
-                                or any(s is not None and not _number(s, 0.0) > 0 for s in spacing)):
-        problems.append(f"preprocessing.spacing must be null or 2-3 positive mm values (null keeps an axis), got {spacing!r}")
-    if not 0.0 <= _number(inference.get("overlap", 0.25), -1.0) < 1.0:
-        problems.append(f"inference.overlap must be in [0, 1), got {inference.get('overlap')!r}")
-    if inference.get("blending", "gaussian") not in ("gaussian", "constant"):
-        problems.append("inference.blending must be 'gaussian' or 'constant'")
-    if inference.get("precision", "auto") not in ("auto", "fp32", "bf16"):
-        problems.append("inference.precision must be 'auto', 'fp32' or 'bf16'")
-    if inference.get("backend", "auto") not in ("auto", "torch", "openvino"):
-        problems.append("inference.backend must be 'auto', 'torch' or 'openvino'")
-    if not 0.0 <= _number(inference.get("recheck_margin", 0.0), -1.0) < 0.5:
-        problems.append(f"inference.recheck_margin must be in [0, 0.5), got {inference.get('recheck_margin')!r}")
-    flips = flip_axes_problem(inference.get("flip_axes", []), 3 if data.get("mode") == "sliding-window-3d" else 2)
-    if flips:
-        problems.append(f"inference.{flips}")
-    for key in ("sw_batch_size", "batch_size", "divisible_by"):
-        if key in inference and not (isinstance(inference[key], int) and inference[key] >= 1):
-            problems.append(f"inference.{key} must be a positive integer")
-    click = data.get("click", {})
-    if not isinstance(click, dict) or set(click) - {"max_distance_mm"} or not _number(
-            click.get("max_distance_mm", 0.0), -1.0) >= 0.0:
-        problems.append(f"click must be {{'max_distance_mm': mm >= 0}}, got {click!r}")
-    if data.get("modality") == "MIP-PET" and data.get("mode") != "whole-image-2d":
-        problems.append("a MIP-PET model must have mode 'whole-image-2d'")
-    from .lesion_filter import spec_problems
-    from .windowed import picture_problems
-
-    lesion_filter = (data.get("postprocessing") or {}).get("lesion_filter")
-    return (problems + picture_problems(preprocessing) + _within_problems(data)
-            + spec_problems(lesion_filter, data.get("mode")))
+class Blending(Choice):
+    GAUSSIAN = "gaussian"
+    CONSTANT = "constant"
 
 
-def _within_problems(data: dict) -> list:
-    """Problems with ``output.within`` ({"channel", "threshold"}: tumour only where that channel is on)."""
-    output = data.get("output") or {}
-    within = output.get("within")
-    if within is None:
-        return []
-    channels = int(((data.get("network") or {}).get("args") or {}).get("out_channels", 1))
-    channel = within.get("channel") if isinstance(within, dict) else None
-    if output.get("activation", "sigmoid") != "sigmoid" or not isinstance(channel, int) or not 0 <= channel < channels \
-            or channel == output.get("channel", 0) or not 0.0 < _number(within.get("threshold", 0.5), 0.0) < 1.0:
-        return [f"output.within must be {{'channel': another of the {channels} sigmoid output channels, "
-                f"'threshold': in (0, 1)}}, got {within!r}"]
-    return []
+class Precision(Choice):
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
 
 
-def flip_axes_problem(axes, dims: int) -> str | None:
-    """What is wrong with test-time ``flip_axes`` for a ``dims``-D network input, or None."""
-    if (not isinstance(axes, (list, tuple))
-            or not all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < dims for a in axes)
-            or len(set(axes)) != len(axes)):
-        return f"flip_axes must be a list of distinct spatial axes in 0..{dims - 1}, got {axes!r}"
-    return None
+class Backend(Choice):
+    AUTO = "auto"
+    TORCH = "torch"
+    OPENVINO = "openvino"
+
+
+class Activation(Choice):
+    SIGMOID = "sigmoid"
+    SOFTMAX = "softmax"
+
+
+class WeightsFormat(Choice):
+    STATE_DICT = "state_dict"
+    TORCHSCRIPT = "torchscript"
+
+
+# -- the rules a JSON value must meet ------------------------------------------------------------
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _between(low: float, high: float, low_open: bool = False, high_open: bool = True) -> Callable:
+    def check(value) -> bool:
+        return _is_number(value) and (low < value if low_open else low <= value) and (
+            value < high if high_open else value <= high)
+    return check
+
+
+def _optional(check: Callable) -> Callable:
+    return lambda value: value is None or check(value)
+
+
+def _list_of(check: Callable, sizes=range(1, 4)) -> Callable:
+    return lambda value: isinstance(value, list) and len(value) in sizes and all(check(v) for v in value)
+
+
+def _is_window(value) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(map(_is_number, value)) and value[0] < value[1]
+
+
+def _is_axis_codes(value) -> bool:
+    return isinstance(value, str) and sorted(value.upper().translate(str.maketrans("LPI", "RAS"))) == ["A", "R", "S"]
 
 
 def _inside_folder(name) -> bool:
@@ -222,11 +119,330 @@ def _inside_folder(name) -> bool:
     return not (path.drive or path.root or ".." in path.parts)
 
 
-def _number(value, default: float) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+_POSITIVE = _between(0.0, float("inf"), low_open=True)
+_AT_LEAST_ZERO = _between(0.0, float("inf"))
 
 
-def load_card(path) -> ModelCard:
+def _whole(low: int) -> Callable:
+    return lambda value: isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+_POSITIVE_INT = _whole(1)
+_CHANNEL = _whole(0)
+_PROBABILITY = _between(0.0, 1.0, low_open=True)
+
+
+def _rule(default: Any, check: Callable, must: str, convert: Callable | None = None) -> Any:
+    """A card field: its default, the rule its JSON value must meet (``must`` says it) and how it is converted."""
+    return field(default=default, metadata={"check": check, "must": must, "convert": convert})
+
+
+def _choice(kind: type, default: Choice) -> Any:
+    return _rule(default, lambda value: value in kind.values(), f"one of {kind.values()}", kind)
+
+
+def _section(kind: type, optional: bool = False) -> Any:
+    """A field holding a section of its own (a dict in the JSON); absent: None if ``optional``, else its defaults."""
+    if optional:
+        return field(default=None, metadata={"section": kind})
+    return field(default_factory=kind, metadata={"section": kind})
+
+
+class Section:
+    """A card section. Also read by JSON key (``section.get("overlap")``), for callers written against the JSON."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = getattr(self, key, None) if key in _names(self) else None
+        return default if value is None else value
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in _names(self) and getattr(self, key) is not None
+
+    def to_dict(self) -> dict:
+        """The section as JSON: unset (None) fields left out, choices as their strings."""
+        return {f.name: _plain(getattr(self, f.name)) for f in fields(self) if getattr(self, f.name) is not None}
+
+
+def _names(section) -> tuple:
+    return tuple(f.name for f in fields(section))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Section):
+        return value.to_dict()
+    return value.value if isinstance(value, Choice) else value
+
+
+# -- the sections -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Network(Section):
+    name: str = _rule("AttentionUnet", lambda v: isinstance(v, str) and bool(v), "a MONAI network class name")
+    args: Optional[dict] = _rule(None, _optional(lambda v: isinstance(v, dict)), "a mapping of keyword arguments")
+
+    @property
+    def kwargs(self) -> dict:
+        return dict(self.args or {})
+
+
+@dataclass(frozen=True)
+class Intensity(Section):
+    window: Sequence[float] = _rule((0.0, 1.0), _is_window, "[low, high] with low < high")
+    invert: bool = _rule(False, lambda v: isinstance(v, bool), "true or false")
+
+
+@dataclass(frozen=True)
+class Mip(Section):
+    window: Sequence[float] = _rule((0.0, 10.0), _is_window, "[0, suv_hi] with 0 < suv_hi")
+    invert: bool = _rule(True, lambda v: isinstance(v, bool), "true or false")
+
+
+@dataclass(frozen=True)
+class Picture(Section):
+    channel: int = _rule(0, lambda v: v in (0, 1, 2) and not isinstance(v, bool), "0, 1 or 2")
+    window: Optional[Sequence[float]] = _rule(None, _is_window, "[low, high] HU with low < high")
+    spacing: Optional[list] = _rule(None, _optional(_list_of(_POSITIVE, (2,))), "null or 2 positive mm values")
+
+
+@dataclass(frozen=True)
+class Preprocessing(Section):
+    intensity: Intensity = _section(Intensity)
+    orientation: Optional[str] = _rule(None, _optional(_is_axis_codes), "axis codes such as 'RAS' or 'LPS'")
+    spacing: Optional[list] = _rule(None, _optional(_list_of(_optional(_POSITIVE), (2, 3))),
+                                    "null or 2-3 positive mm values (null keeps an axis)")
+    mip: Optional[Mip] = _section(Mip, optional=True)
+    picture: Optional[Picture] = _section(Picture, optional=True)
+
+
+@dataclass(frozen=True)
+class Inference(Section):
+    patch_size: Optional[list] = _rule(None, _optional(_list_of(_POSITIVE_INT, (2, 3))), "null or 2-3 positive integers")
+    overlap: float = _rule(0.25, _between(0.0, 1.0), "a number in [0, 1)")
+    blending: Blending = _choice(Blending, Blending.GAUSSIAN)
+    sw_batch_size: int = _rule(1, _POSITIVE_INT, "a positive integer")
+    batch_size: int = _rule(8, _POSITIVE_INT, "a positive integer")
+    divisible_by: Optional[int] = _rule(None, _optional(_POSITIVE_INT), "a positive integer")
+    context_mm: Optional[list] = _rule(None, _optional(_list_of(_POSITIVE)), "1-3 positive mm values")
+    min_roi_mm: Optional[list] = _rule(None, _optional(_list_of(_POSITIVE)), "1-3 positive mm values")
+    trained_on: Optional[str] = _rule(None, _optional(lambda v: isinstance(v, str)), "a line of text")
+    precision: Precision = _choice(Precision, Precision.AUTO)
+    recheck_margin: float = _rule(0.0, _between(0.0, 0.5), "a number in [0, 0.5)")
+    backend: Backend = _choice(Backend, Backend.AUTO)
+    flip_axes: Sequence[int] = _rule((), lambda v: isinstance(v, (list, tuple)), "a list of spatial axes")
+
+
+@dataclass(frozen=True)
+class Click(Section):
+    max_distance_mm: float = _rule(5.0, _AT_LEAST_ZERO, "a distance in mm >= 0")
+
+
+@dataclass(frozen=True)
+class Within(Section):
+    channel: Optional[int] = _rule(None, _CHANNEL, "an output channel")
+    threshold: float = _rule(0.5, _PROBABILITY, "a number strictly between 0 and 1")
+
+
+@dataclass(frozen=True)
+class Output(Section):
+    activation: Activation = _choice(Activation, Activation.SIGMOID)
+    channel: int = _rule(0, _CHANNEL, "an output channel (integer >= 0)")
+    threshold: float = _rule(0.5, _PROBABILITY, "a number strictly between 0 and 1")
+    within: Optional[Within] = _section(Within, optional=True)
+
+
+@dataclass(frozen=True)
+class Postprocessing(Section):
+    min_lesion_ml: float = _rule(0.0, _AT_LEAST_ZERO, "a volume in mL >= 0")
+    min_lesion_px: float = _rule(0, _AT_LEAST_ZERO, "a number of pixels >= 0")
+    largest_component: bool = _rule(False, lambda v: isinstance(v, bool), "true or false")
+    fill_holes: bool = _rule(False, lambda v: isinstance(v, bool), "true or false")
+    lesion_filter: Optional[Mapping] = _rule(None, _optional(lambda v: isinstance(v, dict)),
+                                             "a mapping (the per-lesion false-positive filter's settings)")
+
+
+@dataclass(frozen=True)
+class Weights(Section):
+    file: str = _rule("", _inside_folder, "a file name in the card's folder")
+    sha256: Optional[str] = _rule(None, _optional(lambda v: isinstance(v, str)), "the file's SHA-256 (hex)")
+    format: WeightsFormat = _choice(WeightsFormat, WeightsFormat.STATE_DICT)
+
+
+@dataclass(frozen=True)
+class ModelCard(Section):
+    name: str = _rule("", lambda v: isinstance(v, str) and bool(v), "a non-empty string")
+    title: str = _rule("", lambda v: isinstance(v, str), "a string")
+    modality: Modality = _choice(Modality, Modality.CT)
+    mode: Mode = _choice(Mode, Mode.SLIDING_WINDOW_3D)
+    network: Network = _section(Network)
+    preprocessing: Preprocessing = _section(Preprocessing)
+    inference: Inference = _section(Inference)
+    output: Output = _section(Output)
+    postprocessing: Postprocessing = _section(Postprocessing)
+    weights: Weights = _section(Weights)
+    provenance: dict = field(default_factory=dict, metadata={"check": lambda v: isinstance(v, dict), "must": "a mapping",
+                                                             "convert": None})
+    description: str = _rule("", lambda v: isinstance(v, str), "a string")
+    click: Click = _section(Click)
+    path: Optional[Path] = field(default=None, compare=False)  # the card file; not a JSON field
+
+    @property
+    def spatial_dims(self) -> int:
+        return 3 if self.mode == Mode.SLIDING_WINDOW_3D else 2
+
+    @property
+    def min_size_setting(self) -> str:
+        """The post-processing setting of the smallest lesion kept: mL for 3D masks, pixels for a 2D image's."""
+        return "min_lesion_px" if self.mode == Mode.WHOLE_IMAGE_2D else "min_lesion_ml"
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.network.kwargs.get("in_channels", 1))
+
+    @property
+    def out_channels(self) -> int:
+        return int(self.network.kwargs.get("out_channels", 1))
+
+    @property
+    def threshold(self) -> float:
+        return float(self.output.threshold)
+
+    @property
+    def weights_path(self) -> Path:
+        """The weights file; it must resolve inside the card's own folder (symbolic links included)."""
+        base = self.path.parent if self.path else BUILTIN_DIR
+        path = base / self.weights.file
+        try:
+            path.resolve().relative_to(base.resolve())
+        except ValueError:
+            raise TumorSegError(f"model {self.name!r}: weights {self.weights.file!r} lie outside the card's folder "
+                                f"{base}; a card's weights must sit in its own folder") from None
+        return path
+
+    def to_dict(self) -> dict:
+        """The card as JSON (what ``card_from_dict`` reads back); empty fields left out."""
+        return {k: v for k, v in super().to_dict().items() if k != "path" and v not in ("", {})}
+
+
+_REQUIRED = ("name", "title", "modality", "mode", "network", "preprocessing", "inference", "output", "weights")
+
+
+def card_from_dict(data: dict, path: Optional[Path] = None) -> ModelCard:
+    """Validate a card's fields and build it; every problem is named in the error."""
+    where = str(path) if path else "model card"
+    if not isinstance(data, dict):
+        raise TumorSegError(f"{where}: a model card must be a JSON object")
+    problems = [f"missing field {key!r}" for key in _REQUIRED if key not in data]
+    values = _read_fields(ModelCard, {k: v for k, v in data.items() if k not in ("schema", "path")}, "", problems)
+    card = None if problems else ModelCard(**values, path=path)
+    problems += _card_problems(card) if card else []
+    if problems:
+        raise TumorSegError(f"{where} is not a valid model card: " + "; ".join(problems))
+    return card
+
+
+def _read_fields(kind: type, data, prefix: str, problems: list) -> dict:
+    """Typed values of ``kind``'s fields from a JSON mapping; every unknown key or broken rule goes to ``problems``."""
+    if not isinstance(data, dict):
+        problems.append(f"{prefix.rstrip('.')} must be an object with the fields {list(_names(kind))}, got {data!r}")
+        return {}
+    known = {f.name: f for f in fields(kind) if f.name != "path"}
+    problems += [f"unknown field '{prefix}{key}'" for key in sorted(set(data) - set(known))]
+    values = {}
+    for name, value in data.items():
+        spec = known.get(name)
+        if spec is None:
+            continue
+        if "section" in spec.metadata:
+            section = spec.metadata["section"]
+            values[name] = None if value is None else section(**_read_fields(section, value, f"{prefix}{name}.", problems))
+        elif not spec.metadata["check"](value):
+            problems.append(f"{prefix}{name} must be {spec.metadata['must']}, got {value!r}")
+        else:
+            values[name] = (spec.metadata["convert"] or (lambda v: v))(value)
+    return values
+
+
+def _card_problems(card: ModelCard) -> list:
+    """The rules across a card's fields (what one field's rule cannot say)."""
+    problems = []
+    if not card.weights.file:
+        problems.append("weights must give at least 'file' (and 'sha256')")
+    patch = card.inference.patch_size
+    if patch is not None and len(patch) != card.spatial_dims:
+        problems.append(f"inference.patch_size needs {card.spatial_dims} values for mode {str(card.mode)!r}, got {patch}")
+    flips = flip_axes_problem(card.inference.flip_axes, card.spatial_dims)
+    if flips:
+        problems.append(f"inference.{flips}")
+    if card.modality == Modality.MIP_PET and card.mode != Mode.WHOLE_IMAGE_2D:
+        problems.append("a MIP-PET model must have mode 'whole-image-2d'")
+    if card.preprocessing.picture is not None and card.preprocessing.picture.window is None:
+        problems.append("preprocessing.picture.window must be [low, high] HU with low < high, got None")
+    problems += spec_problems(card.postprocessing.lesion_filter, card.mode)
+    within = card.output.within
+    if within is not None and (card.output.activation != Activation.SIGMOID or within.channel is None
+                               or not within.channel < card.out_channels or within.channel == card.output.channel):
+        problems.append(f"output.within must be {{'channel': another of the {card.out_channels} sigmoid output "
+                        f"channels, 'threshold': in (0, 1)}}, got {within.to_dict()!r}")
+    return problems
+
+
+def flip_axes_problem(axes: Any, dims: int) -> str | None:
+    """What is wrong with test-time ``flip_axes`` for a ``dims``-D network input, or None."""
+    if (not isinstance(axes, (list, tuple))
+            or not all(isinstance(a, int) and not isinstance(a, bool) and 0 <= a < dims for a in axes)
+            or len(set(axes)) != len(axes)):
+        return f"flip_axes must be a list of distinct spatial axes in 0..{dims - 1}, got {axes!r}"
+    return None
+
+
+# -- the settings of one run ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Settings:
+    """What one run uses: the card's inference and post-processing sections and threshold, overrides applied."""
+
+    inference: Inference
+    postprocessing: Postprocessing
+    threshold: float
+    keep_volume_on_device: bool | None = None  # False after a CUDA out-of-memory: the volume stays on the CPU
+
+
+# what a user may override, and the section it changes (None: the threshold)
+OVERRIDES = {"overlap": "inference", "threshold": None, "min_lesion_ml": "postprocessing",
+             "min_lesion_px": "postprocessing", "precision": "inference", "recheck_margin": "inference",
+             "sw_batch_size": "inference", "batch_size": "inference", "flip_axes": "inference",
+             "lesion_filter": "postprocessing"}  # lesion_filter: only false (off); its model lives in the card
+
+
+def settings_for(card: ModelCard, overrides: Overrides = None) -> Settings:
+    """The card's inference, output and post-processing settings with the user's overrides (None: the card's)."""
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    if "lesion_filter" in overrides:
+        if overrides["lesion_filter"] is not False:
+            raise TumorSegError("the lesion_filter setting can only be switched off (false); its model lives in the card")
+        overrides["lesion_filter"] = None
+    unknown = sorted(set(overrides) - set(OVERRIDES))
+    if unknown:
+        raise TumorSegError(f"unknown setting(s) {unknown}; settings that can be changed: {tuple(OVERRIDES)}")
+    problems = []
+    if not _PROBABILITY(overrides.get("threshold", card.threshold)):
+        problems.append(f"threshold must lie strictly between 0 and 1, got {overrides['threshold']!r}")
+    sections = {}
+    for name in ("inference", "postprocessing"):
+        changes = {k: v for k, v in overrides.items() if OVERRIDES[k] == name}
+        sections[name] = replace(getattr(card, name), **_read_fields(type(getattr(card, name)), changes, "", problems))
+    problem = flip_axes_problem(sections["inference"].flip_axes, card.spatial_dims)
+    if problems or problem:
+        raise TumorSegError("; ".join(problems + ([problem] if problem else [])))
+    return Settings(sections["inference"], sections["postprocessing"], float(overrides.get("threshold", card.threshold)))
+
+
+def load_card(path: PathLike) -> ModelCard:
     path = Path(path)
     try:
         data = json.loads(path.read_text())
@@ -235,7 +451,7 @@ def load_card(path) -> ModelCard:
     return card_from_dict(data, path)
 
 
-def model_dirs(extra=None) -> list:
+def model_dirs(extra: PathLike | None = None) -> list:
     """Folders searched for cards, user folders first (so a user card can shadow a built-in)."""
     if extra and not Path(extra).is_dir():
         raise TumorSegError(f"models folder {extra} does not exist or is not a folder")
@@ -245,7 +461,7 @@ def model_dirs(extra=None) -> list:
     return dirs
 
 
-def scan_cards(extra_dir=None) -> tuple:
+def scan_cards(extra_dir: PathLike | None = None) -> tuple:
     """``(cards, broken)``: every valid card found (first occurrence of each name wins) and
     ``{card file: error}`` for the files that are not valid cards; one broken card hides no other."""
     found, broken = {}, {}
@@ -262,12 +478,12 @@ def scan_cards(extra_dir=None) -> tuple:
     return list(found.values()), broken
 
 
-def list_cards(extra_dir=None) -> list:
+def list_cards(extra_dir: PathLike | None = None) -> list:
     """All valid cards found, first occurrence of each name wins (``scan_cards`` also names the broken ones)."""
     return scan_cards(extra_dir)[0]
 
 
-def find_card(name: str, extra_dir=None) -> ModelCard:
+def find_card(name: str, extra_dir: PathLike | None = None) -> ModelCard:
     """The card called ``name`` (or a path to a card file)."""
     if name.endswith(".json") and Path(name).is_file():
         return load_card(name)
@@ -282,7 +498,7 @@ def find_card(name: str, extra_dir=None) -> ModelCard:
     raise TumorSegError(f"unknown model {name!r}; known models: {known}")
 
 
-def sha256(path) -> str:
+def sha256(path: PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as stream:
         for block in iter(lambda: stream.read(1 << 20), b""):
@@ -304,7 +520,7 @@ def weights_status(card: ModelCard) -> str:
         return OUTSIDE
     if not path.is_file():
         return "missing"
-    expected = card.weights.get("sha256")
+    expected = card.weights.sha256
     if not expected:
         return NO_SHA256
     return SHA256_OK if sha256(path) == expected else "sha256 mismatch"

@@ -14,6 +14,7 @@ import importlib
 import os
 import sys
 import traceback
+from typing import NoReturn, Sequence
 
 from . import __version__
 from .errors import Cancelled, TumorSegError, brief
@@ -25,7 +26,7 @@ DEBUG_VAR = "TUMORSEG_DEBUG"
 class _Parser(argparse.ArgumentParser):
     """argparse's usage errors in the same one-line form as every other error (exit 2)."""
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         self.exit(2, f"tumorseg: error: {self.prog}: {message} (see '{self.prog} --help')\n")
 
 
@@ -40,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)

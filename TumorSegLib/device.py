@@ -20,10 +20,11 @@ import contextlib
 
 import torch
 
+from .cards import Precision
 from .errors import TumorSegError
 
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16")
+PRECISIONS = Precision.values()
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -44,7 +45,7 @@ def cpu_has_bf16() -> bool:
         return False
 
 
-def autocast_dtype(device: torch.device, precision: str = "auto"):
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The autocast dtype for ``device`` and ``precision``, or None for plain fp32."""
     if precision not in PRECISIONS:
         raise TumorSegError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -57,7 +58,7 @@ def autocast_dtype(device: torch.device, precision: str = "auto"):
     return None
 
 
-def autocast(device: torch.device, dtype):
+def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
     """An autocast context for ``dtype`` on ``device`` (a no-op context for fp32)."""
     if dtype is None:
         return contextlib.nullcontext()

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import TumorSegError
+from .hints import PathLike
 from .image import Image
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
@@ -60,7 +61,7 @@ def _pydicom():
     return pydicom
 
 
-def is_dicom_file(path) -> bool:
+def is_dicom_file(path: PathLike) -> bool:
     """True for a file starting with the DICOM preamble ("DICM" at byte 128) or named *.dcm."""
     path = Path(path)
     if not path.is_file():
@@ -72,7 +73,7 @@ def is_dicom_file(path) -> bool:
     return head[128:132] == b"DICM"
 
 
-def is_dicom_input(path) -> bool:
+def is_dicom_input(path: PathLike) -> bool:
     """True when ``path`` is a DICOM file or a folder holding at least one DICOM file."""
     path = Path(path)
     if path.is_dir():
@@ -108,7 +109,7 @@ def _is_image(path: Path, dataset) -> bool:
     return complete
 
 
-def find_series(path) -> list:
+def find_series(path: PathLike) -> list:
     """Every image series of ``path``: a folder, or one file (then only that file's series in its folder)."""
     path = Path(path)
     if not path.exists():
@@ -146,7 +147,7 @@ def _sop_class_name(dataset) -> str:
     return getattr(uid, "name", str(uid or "unknown SOP class"))
 
 
-def choose_series(series: list, series_uid: str | None, where) -> Series:
+def choose_series(series: list, series_uid: str | None, where: PathLike) -> Series:
     """The series with ``series_uid``, or the only one; a clear error listing them otherwise."""
     if series_uid is not None:
         chosen = [s for s in series if s.uid == series_uid]
@@ -160,7 +161,7 @@ def choose_series(series: list, series_uid: str | None, where) -> Series:
     return series[0]
 
 
-def read_series(path, series_uid: str | None = None, *, suv: str = "bw") -> Image:
+def read_series(path: PathLike, series_uid: str | None = None, *, suv: str = "bw") -> Image:
     """Read one DICOM series as a 3D image (RAS affine) with its values in physical units.
 
     ``path`` is the series folder or any one file of it. PT series come in SUV when the header

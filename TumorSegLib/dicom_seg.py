@@ -14,7 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
+from .cards import ModelCard
 from .errors import TumorSegError
+from .hints import PathLike
 from .image import Image
 from .files import require_writable, write_bytes
 
@@ -31,13 +33,13 @@ def _highdicom():
     return highdicom
 
 
-def card_version(card) -> str:
+def card_version(card: ModelCard) -> str:
     """The model version written in the SEG: the card's ``version`` if it has one, else its weights' SHA-256 prefix."""
-    version = card.provenance.get("version") if isinstance(card.provenance, dict) else None
-    return str(version) if version else f"sha256:{str(card.weights.get('sha256', 'unknown'))[:16]}"
+    version = card.provenance.get("version")
+    return str(version) if version else f"sha256:{str(card.weights.sha256 or 'unknown')[:16]}"
 
 
-def is_dicom_seg_path(path) -> bool:
+def is_dicom_seg_path(path: PathLike) -> bool:
     return str(path).lower().endswith(SEG_SUFFIXES)
 
 
@@ -52,7 +54,7 @@ def require_dicom_source(image: Image) -> list:
     return files
 
 
-def write_dicom_seg(path, mask: np.ndarray, source: Image, model_name: str, model_version: str) -> Path:
+def write_dicom_seg(path: PathLike, mask: np.ndarray, source: Image, model_name: str, model_version: str) -> Path:
     """Write ``mask`` (on ``source``'s grid) as a DICOM SEG referencing ``source``'s series; atomic."""
     import pydicom
     from pydicom.filebase import DicomBytesIO
@@ -96,7 +98,7 @@ def write_dicom_seg(path, mask: np.ndarray, source: Image, model_name: str, mode
     return write_bytes(path, buffer.getvalue(), "DICOM SEG")
 
 
-def read_dicom_seg(path, source: Image) -> np.ndarray:
+def read_dicom_seg(path: PathLike, source: Image) -> np.ndarray:
     """The Tumor mask of a DICOM SEG on ``source``'s grid (bool, shape ``source.shape``)."""
     import pydicom
 

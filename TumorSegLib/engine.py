@@ -4,7 +4,8 @@
 input's own grid (for a MIP-PET card given a 3D PET volume: on the computed coronal MIP, which
 ``mip3d.segment_traced`` traces back into the volume). Steps:
 
-1. input checks (dimensionality and modality, see ``check_input``); 3D PET -> MIP when the card
+1. input checks (dimensionality, size and the modality rule of ``modality``, see ``check_input``);
+   3D PET -> MIP when the card
    works on MIPs (``mip.coronal_mip``);
 2. optional region of interest: a voxel box ``roi`` = (I0, I1, J0, J1[, K0, K1]), half-open like
    Python slices (I0 <= i < I1), or clicks: ``point`` / ``points`` (world mm; RAS for 3D), each with
@@ -16,15 +17,18 @@ input's own grid (for a MIP-PET card given a 3D PET volume: on the computed coro
    lesion are in ``Prediction.clicks``. An ROI smaller than the card's ``inference.min_roi_mm`` is
    refused; a run with neither on a card that names what it was trained on
    (``inference.trained_on``, e.g. crops around one nodule) says so in ``notes``;
-3. the card's preprocessing: exact reorientation (``preprocessing.orientation``), resampling to
-   ``preprocessing.spacing`` and back (linear, same extent, so the result is exactly on the
-   input grid), intensity window;
+3. the card's preprocessing, the one path training uses too (``preprocess.prepare``): exact
+   reorientation (``preprocessing.orientation``), resampling to ``preprocessing.spacing`` (linear,
+   same extent), intensity window; after the network ``preprocess.restore`` brings the probability
+   back exactly onto the input grid;
 4. the network by the card's mode: MONAI sliding window (3D), batches of axial slices (normal to
    ``image.superior_axis``) or the whole 2D image, padded to ``inference.divisible_by``; with
    ``inference.flip_axes``, averaged over test-time flips (``inferers.Predictor``); run by PyTorch or,
    on a CPU with OpenVINO installed, by OpenVINO (``backend``, ``openvino_backend``);
 5. threshold and the card's post-processing (per box for ROI and click runs); a card's
-   ``lesion_filter`` (``lesion_filter``) acts on whole-image runs only.
+   ``postprocessing.lesion_filter`` (module ``lesion_filter``) acts on whole-image runs only.
+
+Reading and writing files, choosing a card for an image and the readouts of a result are in ``runs``.
 
 Progress goes to a ``progress(fraction, message)`` callback and a ``Cancel`` token is checked
 before every window or batch. On CUDA out-of-memory the work is retried with smaller batches, then
@@ -33,28 +37,25 @@ with the volume kept on the CPU, then on the CPU; every fallback is recorded in 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
 
 from . import boxes
-from .cards import USABLE, ModelCard, flip_axes_problem, list_cards, weights_status
+from .cards import Modality, Mode, ModelCard, Settings, settings_for
 from .errors import TumorSegError
+from .hints import Overrides, Point, Shape
 from .image import Image, superior_axis
-from .io import PNG_SUFFIXES, image_suffix, write_image, write_mask
-from .progress import check_cancel, no_progress, scaled
-from .files import require_not_input, require_writable
+from .lesion_filter import filter_lesions
+from .modality import CT_MIN_BELOW, SUV_P99_MAX, has_air, looks_like_activity, value_range
+from .preprocess import Prepared, normalize_intensity, prepare, restore
+from .progress import Cancel, ProgressCallback, check_cancel, no_progress, scaled
 
-OVERRIDES = ("overlap", "threshold", "min_lesion_ml", "min_lesion_px", "precision", "recheck_margin", "sw_batch_size",
-             "batch_size", "flip_axes", "lesion_filter")
 GPU_BATCH_VOXELS = 2**22  # input voxels per window batch on a GPU (halved on out-of-memory; not yet tuned on a GPU)
-CT_MIN_BELOW = -100.0  # a CT in HU has air or fat below this; PET (SUV) never reaches it
 MIN_INPUT_VOXELS = 8  # per in-plane axis (any number of slices): less is no image to segment
-SUV_P99_MAX = 50.0  # 99th percentile of a PET in SUV stays far below this; in Bq/mL it is ~1000x larger
 SAMPLE_VOXELS = 2**20  # voxels of a large CT whose range settles the modality rule for an ROI or click run
-DEFAULT_CLICK_DISTANCE_MM = 5.0  # a click keeps the nearest lesion this close when it hits none (card click section)
 
 
 @dataclass
@@ -72,7 +73,7 @@ class Click:
         """Index the prediction grid with this: ``mask_on_grid[click.slices] |= click.mask``."""
         return boxes.slices(self.box)
 
-    def cut_at_edge(self, shape) -> bool:
+    def cut_at_edge(self, shape: Shape) -> bool:
         """Whether the lesion reaches a side of the box that is not the image's edge (it may go on there)."""
         for axis, ((lo, hi), n) in enumerate(zip(self.box, shape)):
             if (lo > 0 and self.mask.take(0, axis).any()) or (hi < n and self.mask.take(-1, axis).any()):
@@ -105,84 +106,39 @@ class Prediction:
     clicks: list = field(default_factory=list)  # one Click per point, in the order given
 
 
-def settings_for(card: ModelCard, overrides: dict | None = None) -> dict:
-    """The card's inference, output and post-processing settings with the user's overrides."""
-    inference = card.inference
-    settings = {
-        "patch_size": inference.get("patch_size"),
-        "overlap": float(inference.get("overlap", 0.25)),
-        "blending": inference.get("blending", "gaussian"),
-        "sw_batch_size": int(inference.get("sw_batch_size", 1)),
-        "batch_size": int(inference.get("batch_size", 8)),
-        "precision": inference.get("precision", "auto"),
-        "recheck_margin": float(inference.get("recheck_margin", 0.0)),
-        "flip_axes": inference.get("flip_axes", []),
-        "threshold": card.threshold,
-        **card.postprocessing,
-    }
-    unknown = sorted(set(overrides or {}) - set(OVERRIDES))
-    if unknown:
-        raise TumorSegError(f"unknown setting(s) {unknown}; settings that can be changed: {OVERRIDES}")
-    if (overrides or {}).get("lesion_filter") not in (None, False):
-        raise TumorSegError("the lesion_filter setting can only be switched off (false); its model lives in the card")
-    settings.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    if not 0.0 <= float(settings["overlap"]) < 1.0:
-        raise TumorSegError(f"overlap must be in [0, 1), got {settings['overlap']}")
-    if not 0.0 < float(settings["threshold"]) < 1.0:
-        raise TumorSegError(f"threshold must lie strictly between 0 and 1, got {settings['threshold']}")
-    for key in ("min_lesion_ml", "min_lesion_px"):
-        if float(settings.get(key) or 0.0) < 0.0:
-            raise TumorSegError(f"{key} must be >= 0, got {settings[key]}")
-    problem = flip_axes_problem(settings["flip_axes"], card.spatial_dims)
-    if problem:
-        raise TumorSegError(problem)
-    return settings
-
-
-def gpu_window_batch(settings: dict) -> int:
+def gpu_window_batch(settings: Settings) -> int:
     """Windows per GPU batch: the card's ``sw_batch_size`` or, when more, ``GPU_BATCH_VOXELS`` worth of windows.
 
     Small windows one at a time leave a GPU idle between kernel launches; the out-of-memory
     fallback halves the batch again where this is too much.
     """
-    patch = settings["patch_size"]
-    if not patch:
-        return int(settings["sw_batch_size"])
-    return max(int(settings["sw_batch_size"]), GPU_BATCH_VOXELS // int(np.prod(patch)))
+    inference = settings.inference
+    if not inference.patch_size:
+        return inference.sw_batch_size
+    return max(inference.sw_batch_size, GPU_BATCH_VOXELS // int(np.prod(inference.patch_size)))
 
 
 def divisible_by(card: ModelCard) -> int:
     """What 2D inputs are padded to: the card's ``inference.divisible_by``, else the network's total stride."""
-    if "divisible_by" in card.inference:
-        return int(card.inference["divisible_by"])
-    strides = card.network.get("args", {}).get("strides", (2, 2, 2, 2))
+    if card.inference.divisible_by is not None:
+        return card.inference.divisible_by
+    strides = card.network.kwargs.get("strides", (2, 2, 2, 2))
     return int(np.prod([s if np.isscalar(s) else max(s) for s in strides]))
-
-
-def value_range(array: np.ndarray, step: int = 1) -> tuple:
-    """(min, max) of every ``step``-th voxel along each axis; NaN or infinity show in these two."""
-    array = array[(slice(None, None, step),) * array.ndim]
-    return float(np.min(array)), float(np.max(array))
-
-
-def looks_like_activity(image: Image) -> bool:
-    """A PET volume whose 99th percentile exceeds ``SUV_P99_MAX``: activity concentration (Bq/mL), not SUV."""
-    return bool(np.percentile(image.array, 99) > SUV_P99_MAX)
 
 
 def check_input(image: Image, card: ModelCard, sample: bool = False) -> None:
     """Refuse an input of the wrong size, dimensionality or modality for ``card`` (clear error).
 
-    Rule: a constant image has nothing to segment; a CT card needs values below -100 (HU: air,
-    fat); a PET or MIP-PET card given a 3D volume refuses one with such values (that is CT, not SUV)
-    or with a 99th percentile above ``SUV_P99_MAX`` (activity concentration, not SUV); a MIP-PET
+    Rule: a constant image has nothing to segment; by the modality rule (``modality``) a CT card
+    needs a volume with air (values below -100 HU); a PET or MIP-PET card given a 3D volume refuses
+    one with air (that is CT, not SUV) or too hot for SUV (activity concentration); a MIP-PET
     card given a 2D image needs values in 0..255 (the MIP PNG representation). With ``sample`` (ROI
     and click runs, which check NaN only where the network reads) a CT card first looks at about
     ``SAMPLE_VOXELS`` evenly spread voxels and reads them all only when those do not settle it.
     """
     step = int(np.ceil((image.array.size / SAMPLE_VOXELS) ** (1.0 / image.ndim))) if sample else 1
-    low, high = value_range(image.array, step) if card.modality == "CT" and step > 1 else (np.nan, np.nan)
-    if not (np.isfinite(low) and np.isfinite(high) and low < min(CT_MIN_BELOW, high)):  # the sample did not settle it
+    low, high = value_range(image.array, step) if card.modality == Modality.CT and step > 1 else (np.nan, np.nan)
+    if not (np.isfinite(low) and np.isfinite(high) and has_air(low) and low < high):  # the sample did not settle it
         low, high = value_range(image.array)
     if not (np.isfinite(low) and np.isfinite(high)):
         image.require_finite("input image")
@@ -203,13 +159,13 @@ def check_input(image: Image, card: ModelCard, sample: bool = False) -> None:
         raise TumorSegError(f"{what}: the input of shape {image.shape} is too small; it needs at least "
                             f"{MIN_INPUT_VOXELS} voxels along each {'in-plane ' if image.ndim == 3 else ''}axis")
     if image.ndim == 3:
-        if card.modality == "CT" and not low < CT_MIN_BELOW:
+        if card.modality == Modality.CT and not has_air(low):
             raise TumorSegError(f"{what}: the input does not look like CT in HU (no value below {CT_MIN_BELOW:g}; "
                                 f"range {low:g}..{high:g}); is it PET?")
-        if card.modality in ("PET", "MIP-PET") and low < CT_MIN_BELOW:
+        if card.modality in (Modality.PET, Modality.MIP_PET) and has_air(low):
             raise TumorSegError(f"{what}: the input looks like CT in HU (values down to {low:g}), "
                                 "not PET in SUV")
-        if card.modality in ("PET", "MIP-PET") and looks_like_activity(image):
+        if card.modality in (Modality.PET, Modality.MIP_PET) and looks_like_activity(image.array):
             reason = image.meta.get("suv_unavailable")
             raise TumorSegError(f"{what}: the input is not in SUV (99th percentile {np.percentile(image.array, 99):g}; "
                                 f"a PET in SUV stays below {SUV_P99_MAX:g}): activity concentration (Bq/mL) is about "
@@ -234,7 +190,7 @@ class Segmenter:
             network = load_network(card, self.device)
         network, self.memory_format = for_inference(network, card.spatial_dims)  # a copy: the caller's is untouched
         self.network = network.to(self.device)
-        self.backend, self.backend_notes = self._use_backend(backend or card.inference.get("backend", "auto"))
+        self.backend, self.backend_notes = self._use_backend(backend or card.inference.backend)
 
     def _use_backend(self, backend: str) -> tuple:
         """(backend used, notes): OpenVINO replaces ``self.network`` where chosen; "auto" falls back to PyTorch."""
@@ -252,8 +208,9 @@ class Segmenter:
         return "openvino", []
 
     # -- public -----------------------------------------------------------------------------
-    def predict(self, image: Image, roi=None, point=None, progress=no_progress, cancel=None,
-                overrides=None, points=None) -> Prediction:
+    def predict(self, image: Image, roi: Sequence[int] | None = None, point: Point | None = None,
+                progress: ProgressCallback = no_progress, cancel: Cancel | None = None, overrides: Overrides = None,
+                points: Sequence[Point] | None = None) -> Prediction:
         """Segment ``image``: whole, inside an ``roi`` box, or at clicks (``point``, or several ``points``).
 
         With an ROI or clicks only each box plus the margin the network sees is resampled and run
@@ -279,8 +236,8 @@ class Segmenter:
             probability, mask = _paste(work.shape, [(box, *self._segment_box(work, box, settings, step, cancel,
                                                                              notes))])
         else:
-            if self.card.inference.get("trained_on"):
-                notes.append(f"model {self.card.name!r} was trained on {self.card.inference['trained_on']}, not on "
+            if self.card.inference.trained_on:
+                notes.append(f"model {self.card.name!r} was trained on {self.card.inference.trained_on}, not on "
                              "whole volumes: expect false positives elsewhere; click the lesion (point) or give an ROI")
             probability = self._infer(work, None, settings, step, cancel, notes)
             progress(0.96, "post-processing")
@@ -288,7 +245,8 @@ class Segmenter:
         progress(1.0, "done")
         return Prediction(probability, mask, work, str(self.device), notes, clicks)
 
-    def click(self, image: Image, points, progress=no_progress, cancel=None, overrides=None) -> list:
+    def click(self, image: Image, points: Sequence[Point], progress: ProgressCallback = no_progress,
+              cancel: Cancel | None = None, overrides: Overrides = None) -> list:
         """One ``Click`` per world point: its box on the prediction grid and the lesion inside it.
 
         For callers that add lesions up (the Slicer module): each click changes voxels only inside
@@ -297,10 +255,10 @@ class Segmenter:
         return self.predict(image, points=points, progress=progress, cancel=cancel, overrides=overrides).clicks
 
     # -- steps ------------------------------------------------------------------------------
-    def _settings(self, overrides) -> dict:
+    def _settings(self, overrides) -> Settings:
         settings = settings_for(self.card, overrides)
         if self.device.type == "cuda" and (overrides or {}).get("sw_batch_size") is None:
-            settings["sw_batch_size"] = gpu_window_batch(settings)
+            settings = replace(settings, inference=replace(settings.inference, sw_batch_size=gpu_window_batch(settings)))
         return settings
 
     def _work_image(self, image: Image, notes: list, sample: bool) -> Image:
@@ -313,12 +271,12 @@ class Segmenter:
             return coronal_mip(image, self.card)
         return image
 
-    def _clicks(self, work: Image, source: Image, points, settings: dict, progress, cancel, notes) -> list:
+    def _clicks(self, work: Image, source: Image, points, settings: Settings, progress, cancel, notes) -> list:
         """Segment the context box around each click and keep the lesion at the click."""
         points = boxes.check_points(points, source.ndim)
         indices = [boxes.point_index(work, source, p) for p in points]  # every point checked before any work
         context = boxes.context_mm(self.card, work)
-        reach = float(self.card.click.get("max_distance_mm", DEFAULT_CLICK_DISTANCE_MM))
+        reach = float(self.card.click.max_distance_mm)
         clicks = []
         for number, (point, index) in enumerate(zip(points, indices)):
             box = boxes.clip(boxes.context_box(work, index, context), work.shape)
@@ -327,7 +285,7 @@ class Segmenter:
             notes.append(clicks[-1].describe(number + 1, work, reach))
         return clicks
 
-    def _click(self, work: Image, point, index, box, settings: dict, progress, cancel, reach: float) -> Click:
+    def _click(self, work: Image, point, index, box, settings: Settings, progress, cancel, reach: float) -> Click:
         from .postprocess import lesion_at
 
         probability, found = self._segment_box(work, box, settings, progress, cancel, [])
@@ -335,13 +293,13 @@ class Segmenter:
         mask, distance = lesion_at(found, boxes.crop(work, box), index - corner, reach)
         return Click(tuple(point.tolist()), box, mask, probability, distance)
 
-    def _segment_box(self, work: Image, box, settings: dict, progress, cancel, notes) -> tuple:
+    def _segment_box(self, work: Image, box, settings: Settings, progress, cancel, notes) -> tuple:
         """(probability, post-processed mask) inside ``box``, from the box plus the network's margin only.
 
         The margin is cut at the image edge, as a whole-image run sees it: an image smaller than a
         window is padded by the inferer as in training (centred, with the window's low end).
         """
-        margin = boxes.margin_voxels(self.card, work, float(settings["overlap"]))
+        margin = boxes.margin_voxels(self.card, work, settings.inference.overlap)
         outer = boxes.clip(boxes.grow(box, margin, work.shape), work.shape)
         inner = boxes.within(box, outer)
         region = boxes.crop(work, outer)
@@ -350,61 +308,25 @@ class Segmenter:
         probability = np.ascontiguousarray(probability[boxes.slices(inner)])
         return probability, self._postprocess(probability, boxes.crop(work, box), settings, cancel, notes)
 
-    def _postprocess(self, probability: np.ndarray, grid: Image, settings: dict, cancel, notes,
-                     whole_image: bool = False) -> np.ndarray:
-        """Threshold and post-process; the card's ``lesion_filter`` acts on whole-image runs only (not ROIs, clicks)."""
-        from .lesion_filter import filter_lesions
-        from .postprocess import postprocess
-        from .preprocess import normalize_intensity
-
-        check_cancel(cancel)
-        mask = postprocess(probability >= float(settings["threshold"]), grid, settings, notes)
-        if whole_image and settings.get("lesion_filter"):
-            mask = filter_lesions(mask, probability, normalize_intensity(grid.array, self.card),
-                                  settings["lesion_filter"], notes)
-        return mask
-
-    def _infer(self, image: Image, box, settings: dict, progress, cancel, notes) -> np.ndarray:
-        """Foreground probability on ``image``'s grid: reorient, resample, normalise, run, undo.
+    def _infer(self, image: Image, box, settings: Settings, progress, cancel, notes) -> np.ndarray:
+        """Foreground probability on ``image``'s grid: prepare, run, restore (``preprocess``).
 
         With a ``box``, only the windows or slices touching it are computed (see ``inferers``).
         """
-        from .preprocess import normalize_intensity, reorient, resample, resampled_shape, undo_reorient
+        prepared = prepare(image, self.card)
+        notes.extend(prepared.notes)
+        active = None if box is None else _network_box(prepared, image.shape, box)
+        probability = self._run(prepared.array, prepared.axis, active, settings, progress, cancel, notes)
+        return restore(prepared, probability)
 
-        orientation = self.card.preprocessing.get("orientation")
-        oriented, transform = reorient(image, orientation)
-        array = np.asarray(oriented.array, dtype=np.float32)
-        region = None
-        if box is not None:
-            region = np.zeros(image.shape, dtype=np.float32)
-            region[boxes.slices(box)] = 1.0
-            region = reorient(image.with_array(region), orientation)[0].array
-        axis = superior_axis(oriented.affine) if oriented.ndim == 3 else None
-        spacing = self.card.preprocessing.get("spacing")
-        if spacing and not oriented.spacing_known:
-            notes.append("the image has no pixel spacing: it was not resampled to the model's spacing")
-            spacing = None
-        if spacing:
-            spacing = list(spacing)
-            if self.card.mode == "slice-2d" and len(spacing) == 2 and axis is not None:
-                spacing.insert(axis, None)
-            shape = resampled_shape(array.shape, oriented.spacing, spacing)
-            array = resample(array, shape)
-            if region is not None:  # one voxel more on each side for the interpolation back
-                region = ndimage.binary_dilation(resample(region, shape) > 0)
-        active = None if region is None else _bounding_box(region)
-        probability = self._run(normalize_intensity(array, self.card), axis, active, settings, progress, cancel, notes)
-        probability = resample(probability, oriented.shape)
-        return undo_reorient(probability, transform)
-
-    def _run(self, array: np.ndarray, axis, active, settings: dict, progress, cancel, notes) -> np.ndarray:
+    def _run(self, array: np.ndarray, axis, active, settings: Settings, progress, cancel, notes) -> np.ndarray:
         """The network over a normalised array by the card's mode, with the CUDA out-of-memory fallbacks."""
         import torch
 
         from .device import is_out_of_memory
 
-        batch_key = "sw_batch_size" if self.card.mode == "sliding-window-3d" else "batch_size"
-        attempt = dict(settings, keep_volume_on_device=None)
+        batch_key = "sw_batch_size" if self.card.mode == Mode.SLIDING_WINDOW_3D else "batch_size"
+        attempt = settings
         while True:
             try:
                 return self._run_once(array, axis, active, attempt, progress, cancel)
@@ -412,11 +334,12 @@ class Segmenter:
                 if self.device.type != "cuda" or not is_out_of_memory(error):
                     raise
                 torch.cuda.empty_cache()
-                if int(attempt[batch_key]) > 1:
-                    attempt[batch_key] = max(int(attempt[batch_key]) // 2, 1)
-                    notes.append(f"CUDA out of memory: retrying with {batch_key} {attempt[batch_key]}")
-                elif self.card.mode == "sliding-window-3d" and attempt["keep_volume_on_device"] is not False:
-                    attempt["keep_volume_on_device"] = False
+                batch = getattr(attempt.inference, batch_key)
+                if batch > 1:
+                    attempt = replace(attempt, inference=replace(attempt.inference, **{batch_key: max(batch // 2, 1)}))
+                    notes.append(f"CUDA out of memory: retrying with {batch_key} {max(batch // 2, 1)}")
+                elif self.card.mode == Mode.SLIDING_WINDOW_3D and attempt.keep_volume_on_device is not False:
+                    attempt = replace(attempt, keep_volume_on_device=False)
                     notes.append("CUDA out of memory: retrying with the volume kept on the CPU")
                 else:
                     notes.append("CUDA out of memory: retrying on the CPU (slower)")
@@ -425,40 +348,52 @@ class Segmenter:
                     self.device = resolve_device("cpu")
                     self.network = self.network.to(self.device)
 
-    def _run_once(self, array: np.ndarray, axis, active, settings: dict, progress, cancel) -> np.ndarray:
+    def _run_once(self, array: np.ndarray, axis, active, settings: Settings, progress, cancel) -> np.ndarray:
         from . import inferers
         from .device import autocast_dtype
 
+        inference = settings.inference
         predictor_args = {
             "network": self.network,
             "output": self.card.output,
-            "dtype": autocast_dtype(self.device, settings["precision"]),
+            "dtype": autocast_dtype(self.device, inference.precision),
             "progress": progress,
             "cancel": cancel,
             "memory_format": self.memory_format,
-            "recheck": (float(settings["threshold"]), float(settings["recheck_margin"]))
-            if float(settings["recheck_margin"]) > 0 else None,
-            "flip_axes": settings["flip_axes"],
+            "recheck": (settings.threshold, inference.recheck_margin) if inference.recheck_margin > 0 else None,
+            "flip_axes": inference.flip_axes,
         }
         if self.card.mode == "sliding-window-3d":
-            patch = settings["patch_size"] or [96, 96, 96]
+            patch = inference.patch_size or [boxes.DEFAULT_WINDOW] * 3
             return inferers.sliding_window_3d(
-                array, predictor_args, patch, float(settings["overlap"]), settings["blending"],
-                int(settings["sw_batch_size"]), self.device, self._volume_device(array, settings), active)
+                array, predictor_args, patch, inference.overlap, str(inference.blending),
+                inference.sw_batch_size, self.device, self._volume_device(array, settings), active)
         if self.card.mode == "slice-2d" and axis is not None:  # a 2D picture is one axial slice
-            return inferers.slices_2d(array, axis, predictor_args, int(settings["batch_size"]), divisible_by(self.card),
+            return inferers.slices_2d(array, axis, predictor_args, inference.batch_size, divisible_by(self.card),
                                       self.device, active)
         return inferers.whole_image_2d(array, predictor_args, divisible_by(self.card), self.device)
 
-    def _volume_device(self, array: np.ndarray, settings: dict):
+    def _volume_device(self, array: np.ndarray, settings: Settings):
         """Where the whole volume and the blended output live: the GPU only when they fit easily."""
         import torch
 
-        if self.device.type != "cuda" or settings.get("keep_volume_on_device") is False:
+        if self.device.type != "cuda" or settings.keep_volume_on_device is False:
             return torch.device("cpu")
         free, _ = torch.cuda.mem_get_info(self.device)
         needed = array.size * 4 * 4  # input, output, blending weights, a copy
         return self.device if needed < free / 4 else torch.device("cpu")
+
+    def _postprocess(self, probability: np.ndarray, grid: Image, settings: Settings, cancel, notes,
+                     whole_image: bool = False) -> np.ndarray:
+        """Threshold and post-process; the card's ``lesion_filter`` acts on whole-image runs only (not ROIs, clicks)."""
+        from .postprocess import postprocess
+
+        check_cancel(cancel)
+        mask = postprocess(probability >= settings.threshold, grid, settings.postprocessing, notes)
+        lesion_filter = settings.postprocessing.lesion_filter
+        if whole_image and lesion_filter:
+            mask = filter_lesions(mask, probability, normalize_intensity(grid.array, self.card), lesion_filter, notes)
+        return mask
 
 
 def _paste(shape, parts) -> tuple:
@@ -475,148 +410,12 @@ def _paste(shape, parts) -> tuple:
     return probability, mask
 
 
-def _bounding_box(region: np.ndarray) -> tuple:
-    """Half-open bounding box of the non-zero voxels of ``region``."""
+def _network_box(prepared: Prepared, shape, box) -> tuple:
+    """The half-open box on the network grid covering ``box`` of the source grid (one voxel more on each side
+    after resampling, for the interpolation back)."""
+    region = np.zeros(shape, dtype=np.float32)
+    region[boxes.slices(box)] = 1.0
+    region = prepared.to_network(region) > 0
+    if prepared.resampled:
+        region = ndimage.binary_dilation(region)
     return tuple((int(s.start), int(s.stop)) for s in ndimage.find_objects(region.astype(np.uint8))[0])
-
-
-def default_card(image: Image, extra_dir=None) -> ModelCard:
-    """The one card with weights present that fits ``image`` (by dimensionality and the modality rule)."""
-    candidates, reasons = [], []
-    for card in list_cards(extra_dir):
-        status = weights_status(card)
-        if status not in USABLE:
-            reasons.append(f"{card.name}: weights {status}")
-            continue
-        try:
-            check_input(image, card)
-        except TumorSegError as error:
-            reasons.append(str(error))
-            continue
-        candidates.append(card)
-    if len(candidates) == 1:
-        return candidates[0]
-    if not candidates:
-        raise TumorSegError(f"no installed model fits this {image.ndim}D image of shape {image.shape}: "
-                            + "; ".join(reasons or ["no model cards found"]) + " (see 'tumorseg models')")
-    raise TumorSegError(f"several models fit this image ({', '.join(c.name for c in candidates)}); "
-                        "choose one with --model")
-
-
-def mip_image_path(mask_path) -> Path:
-    """Where the MIP image goes beside a 2D MIP mask of a 3D PET input: ``<mask>_mip-image.png``."""
-    mask_path = Path(mask_path)
-    return mask_path.with_name(mask_path.name[: -len(image_suffix(mask_path))] + "_mip-image.png")
-
-
-def planned_flat_masks(image: Image, card: ModelCard, output_path, mip_mask=None) -> list:
-    """The 2D MIP masks ``segment_file`` will write (each with its ``mip_image_path``), after checking
-    that every requested file type suits its mask; a type is never changed silently.
-
-    A 2D input gives a 2D mask (PNG). A 3D input gives a 3D mask (NIfTI or NRRD); with a MIP-PET
-    model, an output ending in .png asks for the 2D MIP mask instead, and ``mip_mask`` for it as well.
-    """
-    output_path = Path(output_path)
-    is_png = image_suffix(output_path) in PNG_SUFFIXES
-    on_mip = card.modality == "MIP-PET" and image.ndim == 3
-    if image.ndim == 2 and not is_png:
-        raise TumorSegError(f"model {card.name!r} segments 2D images, so its mask is a 2D image: give an output "
-                            f"ending in .png, not {output_path.name}")
-    if image.ndim == 3 and is_png and not on_mip:
-        raise TumorSegError(f"cannot write the mask of a 3D volume as PNG ({output_path}); use .nii.gz or .nrrd")
-    if mip_mask is not None:
-        if not on_mip:
-            raise TumorSegError("a MIP mask is written only for a MIP-PET model given a 3D PET volume")
-        if image_suffix(mip_mask) not in PNG_SUFFIXES:
-            raise TumorSegError(f"the MIP mask is a 2D image: give a .png path, got {mip_mask}")
-    flat = ([output_path] if on_mip and is_png else []) + ([Path(mip_mask)] if mip_mask is not None else [])
-    return list(dict.fromkeys(flat))
-
-
-def segment_file(input_path, output_path, segmenter: Segmenter, roi=None, points=None, progress=no_progress,
-                 cancel=None, overrides=None, image: Image | None = None, mip_mask=None,
-                 clicks_only: bool = False) -> tuple:
-    """Segment one file and write its mask; returns (Prediction, written mask path).
-
-    For a MIP-PET model given a 3D PET volume the mask is 3D, on the volume's grid: each MIP lesion
-    traced back into the volume (``mip3d``); 2D MIP masks are written as ``planned_flat_masks`` says,
-    each with the MIP image beside it. Every output is checked before any work, none may be the
-    input, and nothing is written when the run fails or is cancelled. ``image``: the input already
-    read (a DICOM series converted to SUV; the worker keeps it between requests), else it is read
-    here (a JPEG through the card's picture channel, ``windowed``). ``clicks_only``: after clicks,
-    write only the box holding every click's box (its own exact geometry), not the whole grid.
-    """
-    from .windowed import picture_notes, read_input
-
-    image_suffix(output_path)
-    require_writable(output_path, "mask")
-    require_not_input([output_path], [input_path])
-    image = read_input(input_path, segmenter.card) if image is None else image
-    flat_paths = planned_flat_masks(image, segmenter.card, output_path, mip_mask)
-    outputs = [Path(output_path), *flat_paths, *map(mip_image_path, flat_paths)]
-    for path in outputs:
-        require_writable(path, "output")
-    require_not_input(outputs, [input_path])
-    if segmenter.card.modality == "MIP-PET" and image.ndim == 3 and Path(output_path) not in flat_paths:
-        from .mip3d import segment_traced
-
-        prediction, flat = segment_traced(segmenter, image, roi=roi, points=points, progress=progress, cancel=cancel,
-                                          overrides=overrides)
-    else:
-        prediction = flat = segmenter.predict(image, roi=roi, points=points, progress=progress, cancel=cancel,
-                                              overrides=overrides)
-    prediction.notes.extend(picture_notes(image))
-    check_cancel(cancel)
-    grid, mask = prediction.image, prediction.mask
-    if clicks_only and prediction.clicks:
-        box = clicks_box(prediction)
-        grid, mask = boxes.crop(grid, box), mask[boxes.slices(box)]
-    written = []
-    try:
-        written.append(write_mask(output_path, mask, grid))
-        for path in flat_paths:
-            if path != Path(output_path):
-                written.append(write_mask(path, flat.mask, flat.image))
-            written.append(write_image(mip_image_path(path), flat.image))
-        check_cancel(cancel)
-    except BaseException:
-        for path in written:
-            Path(path).unlink(missing_ok=True)
-        raise
-    return prediction, written[0]
-
-
-def clicks_box(prediction: Prediction, reach=0) -> tuple:
-    """The smallest box holding every click's box, grown by ``reach`` voxels and cut at the image edge."""
-    lows = np.min([[lo for lo, _ in c.box] for c in prediction.clicks], axis=0) - reach
-    highs = np.max([[hi for _, hi in c.box] for c in prediction.clicks], axis=0) + reach
-    return boxes.clip(tuple(zip(lows.tolist(), highs.tolist())), prediction.image.shape)
-
-
-def readouts(prediction: Prediction, card: ModelCard):
-    """Lesion readouts of a prediction (``measure.measure_lesions``); MIP grey levels are not SUV (a traced 3D
-    MIP-PET result is measured on the SUV volume).
-
-    After clicks only the clicks' boxes are measured (every lesion lies in them; plus the SUVpeak
-    sphere for PET), with voxel indices given on the full grid, so a click's cost does not grow
-    with the image here either.
-    """
-    from .measure import SUV_PEAK_RADIUS_MM, measure_lesions
-
-    modality = "PET" if card.modality == "MIP-PET" and prediction.image.ndim == 3 else card.modality
-    modality = modality if modality in ("PET", "CT") else None
-    grid, corner = prediction.image, np.zeros(prediction.image.ndim, dtype=int)
-    mask = prediction.mask
-    if prediction.clicks:
-        reach = np.ceil(SUV_PEAK_RADIUS_MM / grid.spacing).astype(int) if modality == "PET" else 0
-        box = clicks_box(prediction, reach)
-        grid, mask, corner = boxes.crop(grid, box), mask[boxes.slices(box)], np.array([lo for lo, _ in box])
-    values = measure_lesions(grid.with_array(mask.astype(np.uint8)), grid if modality else None, modality)
-    for lesion in values.lesions:  # box indices -> full-grid indices
-        lesion.bbox = [[int(a + o), int(b + o)] for (a, b), o in zip(lesion.bbox, corner)]
-        if lesion.recist_slice is not None:
-            lesion.recist_slice = int(lesion.recist_slice + corner[values.acquisition_axis])
-    if card.modality == "MIP-PET" and modality is None:
-        values.modality = "MIP-PET"
-        values.notes.append("a MIP's grey levels are not SUV: no SUV readouts on a MIP mask")
-    return values

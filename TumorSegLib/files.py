@@ -20,14 +20,15 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from .errors import TumorSegError
+from .hints import PathLike
 
 PARTIAL_TAG = ".tumorseg-partial-"
 
 
-def require_writable(path, what: str = "output") -> Path:
+def require_writable(path: PathLike, what: str = "output") -> Path:
     """``path`` if it can be written: its folder exists, is a folder and is writable, and it is no folder itself."""
     path = Path(path)
     folder = path.parent if str(path.parent) else Path(".")
@@ -45,7 +46,7 @@ def require_writable(path, what: str = "output") -> Path:
     return path
 
 
-def same_file(a, b) -> bool:
+def same_file(a: PathLike, b: PathLike) -> bool:
     """Whether paths ``a`` and ``b`` name the same file or folder (symbolic links and ``..`` resolved)."""
     a, b = Path(a), Path(b)
     if a.exists() and b.exists():
@@ -63,7 +64,7 @@ def require_not_input(outputs: Iterable, inputs: Iterable) -> None:
                                     "choose another output path")
 
 
-def atomic_write(path, write: Callable[[Path], None], what: str = "output") -> Path:
+def atomic_write(path: PathLike, write: Callable[[Path], None], what: str = "output") -> Path:
     """Write ``path`` by calling ``write(temporary_path)`` and renaming it into place (rules above)."""
     path = require_writable(path, what)
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
@@ -81,7 +82,7 @@ def atomic_write(path, write: Callable[[Path], None], what: str = "output") -> P
     return path
 
 
-def remove_stale_partials(path) -> list:
+def remove_stale_partials(path: PathLike) -> list:
     """Remove partial files of ``path`` left by processes that no longer run; returns what was removed."""
     path = Path(path)
     pattern = re.compile(re.escape(f".{path.name}{PARTIAL_TAG}") + r"(\d+)")
@@ -95,17 +96,17 @@ def remove_stale_partials(path) -> list:
     return removed
 
 
-def write_bytes(path, data: bytes, what: str = "output") -> Path:
+def write_bytes(path: PathLike, data: bytes, what: str = "output") -> Path:
     """Write ``data`` atomically."""
     return atomic_write(path, lambda temporary: temporary.write_bytes(data), what)
 
 
-def write_text(path, text: str, what: str = "output") -> Path:
+def write_text(path: PathLike, text: str, what: str = "output") -> Path:
     """Write ``text`` (UTF-8) atomically."""
     return atomic_write(path, lambda temporary: temporary.write_text(text, encoding="utf-8", newline=""), what)
 
 
-def write_json(path, data, what: str = "output") -> Path:
+def write_json(path: PathLike, data: Any, what: str = "output") -> Path:
     """Write ``data`` as indented JSON atomically (numpy values become plain numbers; NaN is refused)."""
     return write_text(path, json.dumps(data, indent=2, allow_nan=False, default=_plain) + "\n", what)
 

@@ -9,6 +9,7 @@ is the identity and ``spacing_known`` is False, so areas are reported in pixels.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Sequence
 
 import numpy as np
 
@@ -63,12 +64,12 @@ class Image:
             raise TumorSegError(f"array shape {array.shape} does not match the image grid {self.shape}")
         return replace(self, array=array, meta={**self.meta, **meta})
 
-    def to_world(self, index) -> np.ndarray:
+    def to_world(self, index: Sequence[float]) -> np.ndarray:
         """World coordinates (mm) of voxel index/indices (..., ndim)."""
         index = np.asarray(index, dtype=np.float64)
         return index @ self.affine[: self.ndim, : self.ndim].T + self.affine[: self.ndim, self.ndim]
 
-    def to_index(self, world) -> np.ndarray:
+    def to_index(self, world: Sequence[float]) -> np.ndarray:
         """Continuous voxel index of world point(s) (..., ndim)."""
         inverse = np.linalg.inv(self.affine)
         world = np.asarray(world, dtype=np.float64)

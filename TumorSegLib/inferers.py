@@ -27,21 +27,23 @@ import math
 import numpy as np
 import torch
 
+from .cards import Output
 from .device import autocast
+from .hints import Box, Shape
 from .progress import ProgressCallback, check_cancel
 
 
 class Predictor:
     """``batch (B, C, *spatial) -> foreground probability (B, 1, *spatial)`` on ``device``."""
 
-    def __init__(self, network, output: dict, device: torch.device, dtype, total: int,
+    def __init__(self, network, output: Output, device: torch.device, dtype, total: int,
                  progress: ProgressCallback, cancel=None, what: str = "window", active=None, offset=None,
                  memory_format=None, recheck=None, flip_axes=()):
         self.network = network
         self.flip_dims = [[2 + int(axis)] for axis in flip_axes]  # batch dims of the spatial axes
-        self.activation = output.get("activation", "sigmoid")
-        self.channel = int(output.get("channel", 0))
-        self.within = output.get("within")
+        self.activation = output.activation
+        self.channel = output.channel
+        self.within = output.within
         self.device = device
         self.dtype = dtype
         self.total = max(int(total), 1)
@@ -113,12 +115,12 @@ class Predictor:
             return torch.softmax(logits, dim=1)[:, self.channel : self.channel + 1]
         probability = torch.sigmoid(logits[:, self.channel : self.channel + 1])
         if self.within:  # tumour only inside the organ channel (card output.within)
-            organ = torch.sigmoid(logits[:, int(self.within["channel"])][:, None])
-            probability = probability * (organ >= float(self.within.get("threshold", 0.5)))
+            organ = torch.sigmoid(logits[:, self.within.channel][:, None])
+            probability = probability * (organ >= self.within.threshold)
         return probability
 
 
-def window_count(shape, patch, overlap: float) -> int:
+def window_count(shape: Shape, patch: Shape, overlap: float) -> int:
     """Number of windows MONAI's sliding_window_inference visits (same scan rule)."""
     count = 1
     for size, roi in zip(shape, patch):
@@ -128,9 +130,9 @@ def window_count(shape, patch, overlap: float) -> int:
     return count
 
 
-def sliding_window_3d(array: np.ndarray, predictor_args: dict, patch, overlap: float, blending: str,
+def sliding_window_3d(array: np.ndarray, predictor_args: dict, patch: Shape, overlap: float, blending: str,
                       sw_batch_size: int, sw_device: torch.device, volume_device: torch.device,
-                      active=None) -> np.ndarray:
+                      active: Box | None = None) -> np.ndarray:
     """Foreground probability of a normalised 3D array by MONAI's sliding-window inferer.
 
     The volume and the blended output stay on ``volume_device`` (the CPU for large volumes on a
@@ -159,7 +161,7 @@ def _pad_to(tensor: torch.Tensor, multiple: int) -> tuple:
 
 
 def slices_2d(array: np.ndarray, axis: int, predictor_args: dict, batch_size: int, divisible_by: int,
-              device: torch.device, active=None) -> np.ndarray:
+              device: torch.device, active: Box | None = None) -> np.ndarray:
     """Foreground probability of a 3D array by a 2D network over its slices normal to ``axis``.
 
     With ``active``, only the slices crossing the box are computed (whole slices, as in a full run).

@@ -22,6 +22,7 @@ import numpy as np
 
 from .errors import TumorSegError
 from .files import atomic_write
+from .hints import PathLike
 from .image import Image
 
 NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -38,7 +39,7 @@ _NRRD_SPACE_TO_RAS = {
 }
 
 
-def image_suffix(path) -> str:
+def image_suffix(path: PathLike) -> str:
     """The recognised suffix of ``path`` (".nii.gz", ".nrrd", ".png", ...), or a clear error."""
     name = str(path).lower()
     for suffix in SUFFIXES:
@@ -47,7 +48,7 @@ def image_suffix(path) -> str:
     raise TumorSegError(f"unsupported file type: {path} (use .nii, .nii.gz, .nrrd, .png or, to read, .jpg)")
 
 
-def is_dicom(path) -> bool:
+def is_dicom(path: PathLike) -> bool:
     """True for a DICOM series folder or a DICOM file (not a file with a NIfTI, NRRD or PNG suffix)."""
     from .dicom import is_dicom_input
 
@@ -57,13 +58,13 @@ def is_dicom(path) -> bool:
     return is_dicom_input(path)
 
 
-def case_name(path) -> str:
+def case_name(path: PathLike) -> str:
     """File name without its image suffix: how cases are matched between folders."""
     name = Path(path).name
     return name[: len(name) - len(image_suffix(name))]
 
 
-def read_image(path, what: str = "image", channel: Optional[int] = None, *, series_uid: str | None = None) -> Image:
+def read_image(path: PathLike, what: str = "image", channel: Optional[int] = None, *, series_uid: str | None = None) -> Image:
     """Read a 2D or 3D image. 4D data (other than a trailing singleton axis) is refused.
 
     A DICOM series folder (or a file of one: .dcm or no image suffix) is read as one volume;
@@ -182,7 +183,7 @@ def _read_jpeg_channel(path, channel: int) -> Image:
                  meta={"jpeg_mode": mode, "jpeg_channel": channel})
 
 
-def write_mask(path, mask: np.ndarray, like: Image) -> Path:
+def write_mask(path: PathLike, mask: np.ndarray, like: Image) -> Path:
     """Write a binary or label mask on the grid of ``like`` (its shape and affine exactly).
 
     PNG masks are 0/255 uint8; volumes are uint8 labels in NIfTI or NRRD by ``path``'s suffix.
@@ -195,7 +196,7 @@ def write_mask(path, mask: np.ndarray, like: Image) -> Path:
     return write_image(path, like.with_array(data))
 
 
-def write_image(path, image: Image) -> Path:
+def write_image(path: PathLike, image: Image) -> Path:
     """Write ``image`` atomically; the suffix picks the format. 2D images go to PNG only."""
     path = Path(path)
     suffix = image_suffix(path)

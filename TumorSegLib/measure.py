@@ -27,6 +27,7 @@ from scipy import ndimage
 from .diameters import max_diameter, recist_axes
 from .errors import TumorSegError
 from .image import Image, binary_mask, superior_axis
+from .modality import CT_MIN_BELOW, SUV_P99_MAX, guess
 
 MODALITIES = ("PET", "CT")
 SUV_PEAK_RADIUS_MM = (3.0 / (4.0 * np.pi)) ** (1.0 / 3.0) * 10.0  # a 1 mL sphere
@@ -164,7 +165,7 @@ def label_lesions(mask: np.ndarray, ndim: int | None = None) -> tuple[np.ndarray
     return labels, int(count)
 
 
-def measure_lesions(mask, image: Image | None = None, modality: str | None = None) -> Readouts:
+def measure_lesions(mask: Image | np.ndarray, image: Image | None = None, modality: str | None = None) -> Readouts:
     """Measure every lesion of ``mask`` (an Image, or a bool array on ``image``'s grid).
 
     ``image`` (optional) adds PET or CT statistics; ``modality`` ("PET"/"CT") says how to read it.
@@ -226,9 +227,9 @@ def resolve_modality(image: Image | None, modality: str | None, notes: list) -> 
     if image.ndim == 2:
         notes.append("2D image of unknown modality: no intensity statistics (give the modality to get them)")
         return None
-    array = image.array
-    if np.issubdtype(array.dtype, np.floating) and array.size and array.min() >= 0 and array.max() < 100:
-        notes.append("modality guessed PET (non-negative floating-point values below 100, read as SUV)")
+    if guess(image.array) == "PET":
+        notes.append(f"modality guessed PET (floating-point values, none below {CT_MIN_BELOW:g}, 99th percentile at "
+                     f"most {SUV_P99_MAX:g}: read as SUV)")
         return "PET"
     notes.append("modality guessed CT (values read as HU)")
     return "CT"

@@ -12,11 +12,13 @@ are in mm.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 
 from .cards import ModelCard
 from .errors import TumorSegError
+from .hints import Shape
 from .image import Image
 
 
@@ -31,7 +33,7 @@ class MipGeometry:
     col_flip: bool
     source_shape: tuple
 
-    def pixel(self, index) -> np.ndarray:
+    def pixel(self, index: Sequence[float]) -> np.ndarray:
         """(row, col) of a continuous voxel index of the source volume."""
         index = np.asarray(index, dtype=np.float64)
         row = index[self.row_axis]
@@ -43,7 +45,7 @@ class MipGeometry:
         return np.array([row, col])
 
 
-def mip_geometry(affine: np.ndarray, shape) -> MipGeometry:
+def mip_geometry(affine: np.ndarray, shape: Shape) -> MipGeometry:
     directions = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
     projection = int(np.argmax(np.abs(directions[1])))
     rest = [a for a in range(3) if a != projection]
@@ -71,14 +73,14 @@ def coronal_mip(volume: Image, card: ModelCard) -> Image:
     """The card's MIP representation (uint8 0..255, 2D Image with mm spacing) of a 3D SUV volume."""
     if volume.ndim != 3:
         raise TumorSegError(f"a MIP needs a 3D PET volume, got a {volume.ndim}D image")
-    settings = card.preprocessing.get("mip")
-    if not settings:
+    settings = card.preprocessing.mip
+    if settings is None:
         raise TumorSegError(f"model {card.name!r} has no preprocessing.mip settings to project a 3D PET volume")
     geometry = mip_geometry(volume.affine, volume.shape)
     projection = project_max(np.asarray(volume.array, dtype=np.float32), geometry)
-    low, high = settings.get("window", (0.0, 10.0))
+    low, high = settings.window
     scaled = np.clip((projection - low) / float(high - low), 0.0, 1.0)
-    if settings.get("invert", True):
+    if settings.invert:
         scaled = 1.0 - scaled
     pixels = np.rint(scaled * 255.0).astype(np.uint8)
     spacing = volume.spacing

@@ -20,12 +20,19 @@ its rows and columns plus a depth range on the projection axis; a ``point`` work
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Sequence
+
 import numpy as np
 from scipy import ndimage
 
+from .hints import Box, Overrides, Point
 from .image import Image
 from .mip import MipGeometry, mip_geometry
 from .pet_thresholds import threshold_mask
+from .progress import Cancel, ProgressCallback
+
+if TYPE_CHECKING:
+    from .engine import Segmenter
 
 BOX_MM = 100.0  # edge of the delineation box around a traced seed (several radii of a typical lesion)
 
@@ -49,7 +56,7 @@ def prism(plane: np.ndarray, geometry: MipGeometry) -> np.ndarray:
     return np.broadcast_to(spread, geometry.source_shape)
 
 
-def mip_box(roi_box, geometry: MipGeometry) -> tuple:
+def mip_box(roi_box: Box, geometry: MipGeometry) -> Box:
     """The MIP (row, col) box of a 3D voxel box ((lo, hi) per axis)."""
     def mip_range(axis, flip):
         lo, hi = roi_box[axis]
@@ -59,7 +66,8 @@ def mip_box(roi_box, geometry: MipGeometry) -> tuple:
     return mip_range(geometry.row_axis, geometry.row_flip), mip_range(geometry.col_axis, geometry.col_flip)
 
 
-def trace_lesions(volume: Image, mip_mask: np.ndarray, geometry: MipGeometry, depth=None) -> tuple:
+def trace_lesions(volume: Image, mip_mask: np.ndarray, geometry: MipGeometry,
+                  depth: np.ndarray | None = None) -> tuple:
     """3D mask of the lesions of ``mip_mask`` traced into ``volume`` (SUV); returns (mask, seeds).
 
     ``seeds`` are the voxel indices of each lesion's maximum, in MIP-label order; ``depth``
@@ -85,7 +93,9 @@ def trace_lesions(volume: Image, mip_mask: np.ndarray, geometry: MipGeometry, de
     return mask, seeds
 
 
-def segment_traced(segmenter, volume: Image, roi=None, points=None, progress=None, cancel=None, overrides=None):
+def segment_traced(segmenter: Segmenter, volume: Image, roi: Sequence[int] | None = None,
+                   points: Sequence[Point] | None = None, progress: ProgressCallback | None = None,
+                   cancel: Cancel | None = None, overrides: Overrides = None) -> tuple:
     """(3D Prediction on ``volume``'s grid, the 2D MIP Prediction) for a MIP-PET ``segmenter``."""
     from .boxes import parse_box
     from .engine import Prediction

@@ -6,9 +6,8 @@ or a TorchScript module; both are checked against the card's SHA-256 before load
 
 For inference, ``for_inference`` makes an eval-mode copy with each BatchNorm folded into the
 convolution before it (the same function, one memory pass less per layer) in the channels-last
-memory layout. On a 2-core AMX CPU under bf16, folding took the 256x256x128 benchmark CT from
-5.2-6.7 s to 4.2-5.1 s, and channels-last was 1.5x faster per window (the README's performance
-section has the end-to-end figures).
+memory layout; what each gains is measured by ``Testing/benchmarks/bench_inference.py`` (the
+README's performance section).
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ import pickle
 
 import torch
 
-from .cards import ModelCard, verified_weights
+from .cards import ModelCard, WeightsFormat, verified_weights
 from .errors import TumorSegError, brief
 
 
@@ -25,21 +24,21 @@ def build_network(card: ModelCard) -> torch.nn.Module:
     """A fresh, untrained network as the card describes it."""
     from monai.networks import nets
 
-    name = card.network.get("name", "AttentionUnet")
+    name = card.network.name
     cls = getattr(nets, name, None)
     if cls is None or not isinstance(cls, type):
         raise TumorSegError(f"model {card.name!r}: unknown MONAI network {name!r}")
     try:
-        return cls(**card.network.get("args", {}))
+        return cls(**card.network.kwargs)
     except TypeError as error:
         raise TumorSegError(f"model {card.name!r}: bad arguments for {name}: {error}") from error
 
 
-def load_network(card: ModelCard, device="cpu") -> torch.nn.Module:
+def load_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.nn.Module:
     """The card's network with its verified weights, in eval mode on ``device``."""
     path = verified_weights(card)
     try:
-        if card.weights.get("format", "state_dict") == "torchscript":
+        if card.weights.format == WeightsFormat.TORCHSCRIPT:
             network = torch.jit.load(str(path), map_location="cpu")
         else:
             network = build_network(card)

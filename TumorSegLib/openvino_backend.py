@@ -21,13 +21,15 @@ import importlib.util
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from .cards import Backend
 from .errors import TumorSegError
 
-BACKENDS = ("auto", "torch", "openvino")
+BACKENDS = Backend.values()
 
 
 def installed() -> bool:
@@ -107,7 +109,7 @@ class OpenVinoNetwork:
         partial.replace(self.path)
         self.converted = True
 
-    def compiled_for(self, shape: tuple, dtype):
+    def compiled_for(self, shape: tuple, dtype: torch.dtype | None) -> Any:
         """The model compiled for one input ``shape`` and precision (``dtype`` None: f32)."""
         precision = "bf16" if dtype == torch.bfloat16 else "f32"
         key = (tuple(shape), precision)

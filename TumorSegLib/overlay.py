@@ -14,10 +14,12 @@ in the readouts table (``measure.label_lesions`` order), an SUV colour bar and o
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 from scipy import ndimage
 
+from .hints import PathLike
 from .image import Image
 from .measure import label_lesions
 from .preprocess import reorient
@@ -26,7 +28,7 @@ RED = np.array([230, 40, 40], dtype=np.float32)
 MIN_HEIGHT = 256  # pixels: small volumes are enlarged to at least about this height
 
 
-def overlay_png(path, image: Image, mask: np.ndarray, window=None) -> Path:
+def overlay_png(path: PathLike, image: Image, mask: np.ndarray, window: Sequence[float] | None = None) -> Path:
     """Write the overlay of bool ``mask`` (on ``image``'s grid) to ``path`` (PNG); ``window`` = (low, high)."""
     mask = np.asarray(mask, dtype=bool)
     if window is None:
@@ -92,7 +94,7 @@ def _save_rgb(path, rgb: np.ndarray) -> Path:
                         "overlay")
 
 
-def mip_overlay_png(path, image: Image, mask: np.ndarray, window) -> Path:
+def mip_overlay_png(path: PathLike, image: Image, mask: np.ndarray, window: Sequence[float]) -> Path:
     """Coronal MIP of a 3D SUV volume with numbered lesion outlines, SUV colour bar and R/L/S/I letters."""
     from PIL import Image as PILImage, ImageDraw, ImageFont
 

@@ -16,7 +16,7 @@ voxel of the array. ``within`` restricts every rule to a region (e.g. a MIP foot
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -31,7 +31,7 @@ NESTLE_BETA = 0.15
 NESTLE_CORE = 0.70
 
 
-def component_at(mask: np.ndarray, index) -> np.ndarray:
+def component_at(mask: np.ndarray, index: Sequence[int]) -> np.ndarray:
     """The 26-connected component of ``mask`` holding voxel ``index`` (empty when that voxel is off)."""
     index = tuple(int(i) for i in index)
     if not mask[index]:
@@ -47,7 +47,7 @@ def border_median(suv: np.ndarray) -> float:
     return float(np.median(suv[~inner]))
 
 
-def threshold_mask(suv: np.ndarray, method: str, seed=None, within: Optional[np.ndarray] = None) -> np.ndarray:
+def threshold_mask(suv: np.ndarray, method: str, seed: Sequence[int] | None = None, within: Optional[np.ndarray] = None) -> np.ndarray:
     """The lesion mask of one rule (``METHODS``) on ``suv``; see the module docstring."""
     if method not in METHODS:
         raise TumorSegError(f"unknown threshold method {method!r}; known: {METHODS}")

@@ -7,12 +7,15 @@ oblique and anisotropic grids and its analytic volume and diameters are known.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 
+from .hints import Shape
 from .image import Image
 
 
-def rotation(axis=(1.0, 0.0, 0.0), degrees: float = 0.0) -> np.ndarray:
+def rotation(axis: Sequence[float] = (1.0, 0.0, 0.0), degrees: float = 0.0) -> np.ndarray:
     """3x3 rotation about ``axis`` by ``degrees`` (Rodrigues)."""
     axis = np.asarray(axis, dtype=float)
     axis = axis / np.linalg.norm(axis)
@@ -21,8 +24,9 @@ def rotation(axis=(1.0, 0.0, 0.0), degrees: float = 0.0) -> np.ndarray:
     return np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k
 
 
-def grid_affine(shape, spacing=(1.0, 1.0, 1.0), flip=(False, False, False), oblique_degrees: float = 0.0,
-                oblique_axis=(1.0, 0.3, 0.0), center=(0.0, 0.0, 0.0)) -> np.ndarray:
+def grid_affine(shape: Shape, spacing: Sequence[float] = (1.0, 1.0, 1.0), flip: Sequence[bool] = (False, False, False),
+                oblique_degrees: float = 0.0, oblique_axis: Sequence[float] = (1.0, 0.3, 0.0),
+                center: Sequence[float] = (0.0, 0.0, 0.0)) -> np.ndarray:
     """A 4x4 voxel-to-RAS affine whose grid is centred on ``center`` (mm).
 
     ``flip`` reverses axes (as LPS-stored or reversed-slice data do); ``oblique_degrees``
@@ -36,14 +40,15 @@ def grid_affine(shape, spacing=(1.0, 1.0, 1.0), flip=(False, False, False), obli
     return affine
 
 
-def world_coordinates(shape, affine) -> np.ndarray:
+def world_coordinates(shape: Shape, affine: np.ndarray) -> np.ndarray:
     """World (mm) coordinates of every voxel centre, shape ``shape + (ndim,)``."""
     ndim = len(shape)
     index = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), axis=-1).astype(np.float64)
     return index @ affine[:ndim, :ndim].T + affine[:ndim, ndim]
 
 
-def ellipsoid(shape, affine, center, radii, orientation=None) -> np.ndarray:
+def ellipsoid(shape: Shape, affine: np.ndarray, center: Sequence[float], radii: Sequence[float],
+              orientation: np.ndarray | None = None) -> np.ndarray:
     """Bool mask of voxel centres inside an ellipsoid (2D: ellipse) given in world mm.
 
     ``orientation`` is a rotation whose columns are the ellipsoid's axes in world space.
@@ -54,7 +59,8 @@ def ellipsoid(shape, affine, center, radii, orientation=None) -> np.ndarray:
     return np.sum((local / np.asarray(radii, dtype=float)) ** 2, axis=-1) <= 1.0
 
 
-def pet_phantom(shape=(96, 96, 128), spacing=(4.0, 4.0, 4.0), affine=None, seed: int = 0):
+def pet_phantom(shape: Shape = (96, 96, 128), spacing: Sequence[float] = (4.0, 4.0, 4.0),
+                affine: np.ndarray | None = None, seed: int = 0) -> tuple:
     """A whole-body-like FDG PET in SUV with three lesions; returns (Image, lesion mask).
 
     Physiological uptake (brain, bladder) is hot but is not tumour, so a plain threshold fails.
@@ -77,7 +83,8 @@ def pet_phantom(shape=(96, 96, 128), spacing=(4.0, 4.0, 4.0), affine=None, seed:
     return Image(suv, affine, meta={"modality": "PET"}), mask
 
 
-def ct_phantom(shape=(128, 128, 64), spacing=(0.8, 0.8, 2.0), affine=None, seed: int = 0):
+def ct_phantom(shape: Shape = (128, 128, 64), spacing: Sequence[float] = (0.8, 0.8, 2.0),
+               affine: np.ndarray | None = None, seed: int = 0) -> tuple:
     """A chest-like CT in HU (soft tissue, two lungs) with two solid nodules; returns (Image, mask)."""
     rng = np.random.default_rng(seed)
     affine = grid_affine(shape, spacing) if affine is None else affine

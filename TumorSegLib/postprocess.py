@@ -10,20 +10,23 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import numpy as np
 from scipy import ndimage
 
+from .cards import Postprocessing
 from .image import Image
 from .measure import label_lesions
 
 
-def postprocess(mask: np.ndarray, grid: Image, settings: dict, notes: list) -> np.ndarray:
+def postprocess(mask: np.ndarray, grid: Image, settings: Postprocessing, notes: list) -> np.ndarray:
     """The post-processed bool mask; what was removed is added to ``notes``."""
     mask = np.asarray(mask, dtype=bool)
-    if settings.get("fill_holes"):
+    if settings.fill_holes:
         mask = ndimage.binary_fill_holes(mask)
     minimum = _min_voxels(grid, settings, notes)
-    if minimum > 1 or settings.get("largest_component"):
+    if minimum > 1 or settings.largest_component:
         labels, count = label_lesions(mask)
         if count:
             sizes = np.bincount(labels.ravel(), minlength=count + 1)
@@ -32,7 +35,7 @@ def postprocess(mask: np.ndarray, grid: Image, settings: dict, notes: list) -> n
             removed = int(count - keep.sum())
             if removed:
                 notes.append(f"removed {removed} lesion(s) smaller than the minimum lesion size")
-            if settings.get("largest_component") and keep.any():
+            if settings.largest_component and keep.any():
                 largest = int(np.argmax(np.where(keep, sizes, 0)))
                 if keep.sum() > 1:
                     notes.append(f"kept only the largest of {int(keep.sum())} lesions")
@@ -42,15 +45,15 @@ def postprocess(mask: np.ndarray, grid: Image, settings: dict, notes: list) -> n
     return mask
 
 
-def _min_voxels(grid: Image, settings: dict, notes: list) -> int:
+def _min_voxels(grid: Image, settings: Postprocessing, notes: list) -> int:
     if grid.ndim == 3:
-        return int(np.ceil(float(settings.get("min_lesion_ml") or 0.0) * 1000.0 / grid.voxel_volume))
-    if float(settings.get("min_lesion_ml") or 0.0) > 0.0:
+        return int(np.ceil(settings.min_lesion_ml * 1000.0 / grid.voxel_volume))
+    if settings.min_lesion_ml > 0.0:
         notes.append("min_lesion_ml applies to 3D volumes only; for a 2D image set min_lesion_px (pixels)")
-    return int(np.ceil(float(settings.get("min_lesion_px") or 0)))
+    return int(np.ceil(settings.min_lesion_px))
 
 
-def lesion_at(mask: np.ndarray, grid: Image, index, max_distance_mm: float) -> tuple:
+def lesion_at(mask: np.ndarray, grid: Image, index: Sequence[float], max_distance_mm: float) -> tuple:
     """The lesion of ``mask`` a click at voxel ``index`` (continuous, on ``grid``) points to: (bool mask, mm).
 
     The connected lesion (18-connected in 3D, 8 in 2D) holding the click's voxel (distance 0), else

@@ -11,7 +11,7 @@ import json
 import sys
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Optional, TextIO
 
 from .errors import Cancelled
 
@@ -44,7 +44,7 @@ def check_cancel(cancel: Optional[Cancel]) -> None:
         cancel.check()
 
 
-def json_lines(stream=None) -> ProgressCallback:
+def json_lines(stream: TextIO | None = None) -> ProgressCallback:
     """A callback printing ``{"progress": f, "message": m}`` lines, flushed at once."""
     stream = stream or sys.stdout
 

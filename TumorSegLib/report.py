@@ -6,8 +6,11 @@ import csv
 import io
 import math
 from pathlib import Path
+from typing import Any, Sequence
 
 from .files import write_text
+from .hints import PathLike
+from .measure import Readouts
 
 LESION_COLUMNS = ("label", "voxels", "volume_ml", "area_mm2", "area_px", "recist_long_mm", "recist_short_mm",
                   "recist_long_px", "recist_short_px", "recist_slice", "max3d_mm", "suv_max", "suv_mean",
@@ -17,7 +20,7 @@ CASE_COLUMNS = ("case", "control", "dice", "iou", "sensitivity", "precision", "f
                 "relative_volume_error", "recist_relative_error")
 
 
-def write_csv(path, rows: list) -> Path:
+def write_csv(path: PathLike, rows: list) -> Path:
     """One row per dict; the columns are every key, in first-seen order; None is written empty (no rows: empty file)."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
     if not columns:
@@ -29,7 +32,7 @@ def write_csv(path, rows: list) -> Path:
     return write_text(path, stream.getvalue())
 
 
-def format_value(value) -> str:
+def format_value(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -41,7 +44,7 @@ def format_value(value) -> str:
     return str(value)
 
 
-def format_table(rows: list, columns) -> str:
+def format_table(rows: list, columns: Sequence[str]) -> str:
     """An aligned text table of ``rows`` (dicts) with the ``columns`` that any row has."""
     columns = [c for c in columns if any(c in row for row in rows)]
     cells = [[format_value(row.get(c)) for c in columns] for row in rows]
@@ -56,7 +59,7 @@ def format_pairs(title: str, values: dict) -> str:
     return "\n".join([title] + [f"  {key}: {format_value(value)}" for key, value in values.items()])
 
 
-def readouts_text(readouts) -> str:
+def readouts_text(readouts: Readouts) -> str:
     """Lesion table, totals and notes of a ``measure.Readouts``."""
     parts = []
     if readouts.lesions:

@@ -24,6 +24,8 @@ import datetime
 from dataclasses import dataclass, field
 
 from .errors import TumorSegError
+from .hints import PathLike
+from .image import Image
 
 SUV_UNITS = {"bw": "SUVbw", "lbm": "SUVlbm"}
 TIME_TOLERANCE_S = 1.0
@@ -209,7 +211,7 @@ def _injection_time(datasets: list, scan: datetime.datetime, notes: list) -> dat
     raise _Unavailable(f"the injection ({injection}) is after the scan ({scan})")
 
 
-def require_suv(image, what: str = "PET image") -> None:
+def require_suv(image: Image, what: str = "PET image") -> None:
     """Refuse SUV readouts on a PT image whose values are not SUV, with the reason."""
     meta = image.meta
     if meta.get("dicom_modality") == "PT" and not str(meta.get("units", "")).startswith("SUV"):
@@ -217,7 +219,8 @@ def require_suv(image, what: str = "PET image") -> None:
         raise TumorSegError(f"{what} is not in SUV ({reason}); give --suv-factor F (SUV = stored value x F)")
 
 
-def read_input(path, what: str = "image", series_uid: str | None = None, suv_factor: float | None = None):
+def read_input(path: PathLike, what: str = "image", series_uid: str | None = None,
+               suv_factor: float | None = None) -> Image:
     """Read an image or a DICOM series (``series_uid`` picks one); with ``suv_factor`` its stored values times it."""
     from .io import is_dicom, read_image
 
@@ -232,7 +235,7 @@ def read_input(path, what: str = "image", series_uid: str | None = None, suv_fac
     return image if suv_factor is None else apply_suv_factor(image, suv_factor)
 
 
-def apply_suv_factor(image, factor: float):
+def apply_suv_factor(image: Image, factor: float) -> Image:
     """``image`` (in stored units, e.g. Bq/mL) times a user-given SUV factor."""
     if not factor > 0:
         raise TumorSegError(f"--suv-factor must be positive, got {factor}")

@@ -42,7 +42,7 @@ class BqmlHeader:
         return self.dose_bq * 2.0 ** (-elapsed / self.half_life_s)
 
 
-def rewrite_as_bqml(files: list, target, header: BqmlHeader) -> list:
+def rewrite_as_bqml(files: list, target: Path, header: BqmlHeader) -> list:
     """Rewrite the SUV slices ``files`` as a BQML series in folder ``target``; returns the new files."""
     import pydicom
     from pydicom.uid import generate_uid

@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from .cards import SHA256_OK, ModelCard, card_from_dict, load_card, sha256, weights_status
+from .hints import PathLike, Shape
 from .image import Image
 from .phantoms import ellipsoid, grid_affine
 from .preprocess import normalize_intensity
@@ -29,7 +31,7 @@ _LOOKS = {
 _AIR_HU = -1000.0
 
 
-def synthetic_image(shape, affine, lesions, modality: str = "CT", seed: int = 0) -> tuple:
+def synthetic_image(shape: Shape, affine: np.ndarray, lesions: Sequence[tuple], modality: str = "CT", seed: int = 0) -> tuple:
     """(Image, bool mask) with ellipsoidal lesions ``[(center_mm, radii_mm), ...]`` on any grid.
 
     CT has air (-1000 HU) in the first quarter of the first axis so it reads as CT; PET is in
@@ -67,7 +69,7 @@ def _random_case(rng, size: int, ndim: int, modality: str) -> tuple:
     return np.flip(image.array, axis).copy(), np.flip(mask, axis).copy()
 
 
-def tiny_card_dict(name: str, mode: str, modality: str, spacing=None) -> dict:
+def tiny_card_dict(name: str, mode: str, modality: str, spacing: Sequence[float] | None = None) -> dict:
     ndim = 3 if mode == "sliding-window-3d" else 2
     _, _, _, window, invert = _LOOKS[modality]
     preprocessing = {"intensity": {"window": list(window), "invert": invert}, "spacing": spacing}
@@ -91,8 +93,8 @@ def tiny_card_dict(name: str, mode: str, modality: str, spacing=None) -> dict:
     }
 
 
-def tiny_model(directory, mode: str = "sliding-window-3d", modality: str = "CT", seconds: float | None = None,
-               steps: int = 100, spacing=None, seed: int = 0) -> ModelCard:
+def tiny_model(directory: PathLike, mode: str = "sliding-window-3d", modality: str = "CT", seconds: float | None = None,
+               steps: int = 100, spacing: Sequence[float] | None = None, seed: int = 0) -> ModelCard:
     """Train (or reuse) a tiny model; writes ``<directory>/<name>.json`` and its weights.
 
     Training runs ``steps`` steps with a fixed seed (deterministic); ``seconds`` optionally caps
@@ -150,7 +152,8 @@ def tiny_model(directory, mode: str = "sliding-window-3d", modality: str = "CT",
     return load_card(card_path)
 
 
-def lesion_volume(modality: str = "CT", shape=(40, 36, 20), spacing=(1.1, 0.9, 2.5), flip=(True, False, True),
+def lesion_volume(modality: str = "CT", shape: Shape = (40, 36, 20), spacing: Sequence[float] = (1.1, 0.9, 2.5),
+                  flip: Sequence[bool] = (True, False, True),
                 oblique_degrees: float = 20.0, seed: int = 3) -> tuple:
     """A flipped, oblique, anisotropic volume with two lesions placed asymmetrically: (Image, mask)."""
     affine = grid_affine(shape, spacing, flip, oblique_degrees, center=(5.0, -3.0, 12.0))
@@ -158,7 +161,7 @@ def lesion_volume(modality: str = "CT", shape=(40, 36, 20), spacing=(1.1, 0.9, 2
     return synthetic_image(shape, affine, lesions, modality, seed)
 
 
-def lesion_png(shape=(72, 56), seed: int = 4) -> tuple:
+def lesion_png(shape: Shape = (72, 56), seed: int = 4) -> tuple:
     """A 2D MIP-like image (0..255, lesions dark) with two asymmetric lesions: (Image, mask)."""
     affine = np.eye(3)
     lesions = [((14.0, 12.0), (6.0, 4.0)), ((50.0, 40.0), (4.0, 7.0))]

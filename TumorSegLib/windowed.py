@@ -18,40 +18,41 @@ import numpy as np
 
 from .cards import ModelCard
 from .errors import TumorSegError
+from .hints import PathLike
 from .image import Image
 from .io import JPEG_SUFFIXES, read_image
 
 
-def is_picture(path) -> bool:
+def is_picture(path: PathLike) -> bool:
     """Whether ``path`` names a JPEG picture."""
     return str(path).lower().endswith(JPEG_SUFFIXES)
 
 
 def picture_to_hu(image: Image, card: ModelCard) -> Image:
     """A 0..255 picture as HU on a grid of the card's assumed pixel spacing (``meta["picture"]`` set)."""
-    spec = card.preprocessing.get("picture")
-    if not spec:
+    spec = card.preprocessing.picture
+    if spec is None:
         raise TumorSegError(f"model {card.name!r} does not take windowed pictures (no preprocessing.picture)")
     if image.ndim != 2:
         raise TumorSegError(f"a windowed picture must be 2D, got shape {image.shape}")
-    low, high = (float(v) for v in spec["window"])
+    low, high = (float(v) for v in spec.window)
     values = np.asarray(image.array, dtype=np.float32)
     if values.min() < 0 or values.max() > 255:
         raise TumorSegError(f"a windowed picture needs values 0..255, got {values.min():g}..{values.max():g}")
     hu = np.float32(low) + values * np.float32((high - low) / 255.0)
-    spacing = spec.get("spacing")
+    spacing = spec.spacing
     affine = np.diag([*(float(s) for s in spacing), 1.0]) if spacing else np.eye(3)
-    return Image(hu, affine, spacing_known=bool(spacing), meta={**image.meta, "picture": dict(spec)})
+    return Image(hu, affine, spacing_known=bool(spacing), meta={**image.meta, "picture": spec.to_dict()})
 
 
-def read_input(path, card: ModelCard, what: str = "input image") -> Image:
+def read_input(path: PathLike, card: ModelCard, what: str = "input image") -> Image:
     """Read ``path`` for ``card``: a JPEG through its ``picture`` channel and window, anything else as is."""
     if not is_picture(path):
         return read_image(path, what)
-    spec = card.preprocessing.get("picture")
-    if not spec:
+    spec = card.preprocessing.picture
+    if spec is None:
         raise TumorSegError(f"{what} {path} is a JPEG, but model {card.name!r} does not take windowed pictures")
-    return picture_to_hu(read_image(path, what, channel=int(spec.get("channel", 0))), card)
+    return picture_to_hu(read_image(path, what, channel=spec.channel), card)
 
 
 def picture_notes(image: Image) -> list:
@@ -65,32 +66,13 @@ def picture_notes(image: Image) -> list:
             f"{size} (the file has no spacing)"]
 
 
-def default_picture_card(extra_dir=None) -> ModelCard:
+def default_picture_card(extra_dir: PathLike | None = None) -> ModelCard:
     """The one model with weights present that takes windowed pictures (for a JPEG input without --model)."""
     from .cards import list_cards, weights_status
 
-    cards = [c for c in list_cards(extra_dir) if c.preprocessing.get("picture")
+    cards = [c for c in list_cards(extra_dir) if c.preprocessing.picture is not None
              and weights_status(c) not in ("missing", "sha256 mismatch")]
     if len(cards) != 1:
         names = ", ".join(c.name for c in cards) or "none"
         raise TumorSegError(f"a JPEG input needs a model that takes windowed pictures; found {names}: choose one with --model")
     return cards[0]
-
-
-def picture_problems(preprocessing: dict) -> list:
-    """Problems with a card's ``preprocessing.picture`` (empty when absent or valid)."""
-    spec = preprocessing.get("picture")
-    if spec is None:
-        return []
-    problems = []
-    if not isinstance(spec, dict):
-        return ["preprocessing.picture must be {'channel', 'window', 'spacing'}"]
-    if spec.get("channel", 0) not in (0, 1, 2):
-        problems.append("preprocessing.picture.channel must be 0, 1 or 2")
-    window = spec.get("window")
-    if not isinstance(window, list) or len(window) != 2 or not float(window[0]) < float(window[1]):
-        problems.append(f"preprocessing.picture.window must be [low, high] HU with low < high, got {window!r}")
-    spacing = spec.get("spacing")
-    if spacing is not None and (not isinstance(spacing, list) or len(spacing) != 2 or any(float(s) <= 0 for s in spacing)):
-        problems.append(f"preprocessing.picture.spacing must be null or 2 positive mm values, got {spacing!r}")
-    return problems

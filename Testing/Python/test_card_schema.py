@@ -1,5 +1,6 @@
 """The model card JSON Schema (Resources/ModelCard.schema.json) agrees with the loader (``cards.card_from_dict``)."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,7 +12,9 @@ from TumorSegLib.testing import tiny_card_dict
 
 jsonschema = pytest.importorskip("jsonschema", reason="needs jsonschema (the test extra installs it)")
 
-SCHEMA = json.loads((Path(__file__).resolve().parents[2] / "Resources" / "ModelCard.schema.json").read_text())
+RESOURCES = Path(__file__).resolve().parents[2] / "Resources"
+MODELS = RESOURCES / "Models"
+SCHEMA = json.loads((RESOURCES / "ModelCard.schema.json").read_text())
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 
@@ -50,6 +53,9 @@ BROKEN = [
     ("sw_batch_size 0", {"inference": {"sw_batch_size": 0}}),
     ("blending linear", {"inference": {"blending": "linear"}}),
     ("weights format onnx", {"weights": {"file": "m.pt", "format": "onnx"}}),
+    ("unknown inference field", {"inference": {"overlapp": 0.5}}),
+    ("unknown window field", {"preprocessing": {"intensity": {"window": [0, 1], "level": 0.5}}}),
+    ("lesion filter not a mapping", {"postprocessing": {"lesion_filter": 3}}),
 ]
 
 
@@ -59,3 +65,50 @@ def test_broken_cards_are_rejected_by_the_schema_and_the_loader(change):
     assert list(VALIDATOR.iter_errors(data)), f"the schema accepts {change}"
     with pytest.raises(TumorSegError, match="not a valid model card"):
         cards.card_from_dict(data)
+
+
+def test_a_lesion_filter_is_validated_and_kept_by_the_typed_card():
+    spec = json.loads((MODELS / "mip-pet-2d.json").read_text())["postprocessing"]["lesion_filter"]
+    data = tiny_card_dict("m", "whole-image-2d", "MIP-PET")
+    data["postprocessing"] = {"lesion_filter": spec}
+    VALIDATOR.validate(data)
+    card = cards.card_from_dict(data)
+    assert card.postprocessing.lesion_filter == spec
+    assert cards.card_from_dict(card.to_dict()) == card
+    data["postprocessing"]["lesion_filter"] = {"kind": "anything"}
+    with pytest.raises(jsonschema.ValidationError):
+        VALIDATOR.validate(data)
+    with pytest.raises(TumorSegError, match="lesion_filter"):
+        cards.card_from_dict(data)
+
+
+SECTIONS = {"network": cards.Network, "preprocessing": cards.Preprocessing, "preprocessing.intensity": cards.Intensity,
+            "preprocessing.mip": cards.Mip, "preprocessing.picture": cards.Picture, "inference": cards.Inference,
+            "click": cards.Click, "output": cards.Output, "output.within": cards.Within,
+            "postprocessing": cards.Postprocessing, "weights": cards.Weights}
+
+
+def schema_node(dotted: str) -> dict:
+    node = SCHEMA
+    for key in dotted.split("."):
+        node = node["properties"][key]
+    return node
+
+
+@pytest.mark.parametrize("dotted", sorted(SECTIONS))
+def test_the_schema_names_the_fields_and_choices_of_each_typed_section(dotted):
+    """A field added to a section (or a choice to an enum) must be added to the schema too, and back."""
+    node = schema_node(dotted)
+    fields = {f.name: f for f in dataclasses.fields(SECTIONS[dotted])}
+    assert set(node["properties"]) == set(fields) and node.get("additionalProperties") is False
+    for name, spec in fields.items():
+        kind = spec.metadata.get("convert")
+        if isinstance(kind, type) and issubclass(kind, cards.Choice):
+            assert node["properties"][name]["enum"] == list(kind.values()), name
+
+
+def test_the_schema_names_the_top_level_fields_and_choices():
+    fields = {f.name for f in dataclasses.fields(cards.ModelCard)} - {"path"}
+    assert set(SCHEMA["properties"]) == fields | {"schema"}
+    assert SCHEMA["properties"]["modality"]["enum"] == list(cards.Modality.values())
+    assert SCHEMA["properties"]["mode"]["enum"] == list(cards.Mode.values())

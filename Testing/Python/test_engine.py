@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from TumorSegLib import device, engine
-from TumorSegLib.cards import load_card
+from TumorSegLib.cards import Postprocessing, load_card
 from TumorSegLib.device import autocast_dtype
 from TumorSegLib.engine import Segmenter, settings_for
 from TumorSegLib.errors import Cancelled, TumorSegError
@@ -161,7 +161,7 @@ def test_wrong_dimensionality_and_modality_are_refused(segmenter, mip2d):
 
 
 def test_overrides_are_checked(ct3d):
-    assert settings_for(ct3d, {"overlap": 0.5, "threshold": None})["overlap"] == 0.5
+    assert settings_for(ct3d, {"overlap": 0.5, "threshold": None}).inference.overlap == 0.5
     for bad in ({"overlap": 1.0}, {"threshold": 0.0}, {"min_lesion_ml": -1}, {"min_lesion_px": -1}, {"patch": 3},
                 {"flip_axes": [3]}, {"flip_axes": [0, 0]}, {"flip_axes": 1}):
         with pytest.raises(TumorSegError):
@@ -239,7 +239,7 @@ def test_cuda_out_of_memory_falls_back_to_smaller_batches_then_cpu(ct3d, monkeyp
     attempts = []
 
     def run_once(array, axis, active, settings, progress, cancel):
-        attempts.append((segmenter.device.type, settings["sw_batch_size"], settings["keep_volume_on_device"]))
+        attempts.append((segmenter.device.type, settings.inference.sw_batch_size, settings.keep_volume_on_device))
         if segmenter.device.type == "cuda":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return np.zeros(array.shape, dtype=np.float32)
@@ -256,7 +256,7 @@ def test_gpu_batches_fill_the_gpu_unless_the_user_sets_them(ct3d, monkeypatch):
     segmenter.device = torch.device("cuda")  # pretend; _run_once records the batch instead of running
     batches = []
     monkeypatch.setattr(segmenter, "_run_once", lambda array, axis, active, settings, progress, cancel: (
-        batches.append(settings["sw_batch_size"]), np.zeros(array.shape, dtype=np.float32))[1])
+        batches.append(settings.inference.sw_batch_size), np.zeros(array.shape, dtype=np.float32))[1])
     image = lesion_volume("CT")[0]
     segmenter.predict(image)
     segmenter.predict(image, overrides={"sw_batch_size": 3})
@@ -271,10 +271,10 @@ def test_postprocessing_removes_small_lesions_and_fills_holes():
     mask[6, 6, 6] = False  # a hole
     mask[20:22, 20:22, 20:22] = True  # 0.064 mL
     notes = []
-    out = postprocess(mask, grid, {"min_lesion_ml": 0.1, "fill_holes": True}, notes)
+    out = postprocess(mask, grid, Postprocessing(min_lesion_ml=0.1, fill_holes=True), notes)
     assert out[6, 6, 6] and not out[20:22, 20:22, 20:22].any() and out.sum() == 1000
     assert notes
-    largest = postprocess(mask, grid, {"largest_component": True}, [])
+    largest = postprocess(mask, grid, Postprocessing(largest_component=True), [])
     assert not largest[20:22, 20:22, 20:22].any()
 
 
@@ -329,6 +329,6 @@ def test_min_lesion_px_removes_small_2d_lesions_without_spacing():
     mask[2:12, 2:12] = True  # 100 pixels
     mask[30:33, 30:33] = True  # 9 pixels
     notes = []
-    out = postprocess(mask, grid, {"min_lesion_px": 10, "min_lesion_ml": 0.5}, notes)
+    out = postprocess(mask, grid, Postprocessing(min_lesion_px=10, min_lesion_ml=0.5), notes)
     assert out.sum() == 100 and not out[30:33, 30:33].any()
     assert any("min_lesion_px" in note for note in notes)  # min_lesion_ml does not apply in 2D

@@ -87,7 +87,7 @@ def evaluate_case(segmenter, case) -> tuple:
         probabilities[name] = prediction.probability
         for size in MIN_SIZES if sized else ():
             settings = settings_for(segmenter.card, {**overrides, "min_lesion_px": size})
-            mask = postprocess(prediction.probability >= float(settings["threshold"]), image, settings, [])
+            mask = postprocess(prediction.probability >= settings.threshold, image, settings.postprocessing, [])
             variant = f"{name}, min {size} px"
             rows[variant], masks[variant] = row_of(case, mask, truth, image), mask
     # an image re-checked in fp32 has exactly the fp32 probability

@@ -109,12 +109,13 @@ def click_mask(segmenter, image, truth: np.ndarray) -> np.ndarray:
 
 def model_masks(segmenter, image, truth: np.ndarray) -> dict:
     """The model's mask as the card says, with only its largest lesion kept, with flips too, and by click."""
+    from TumorSegLib.cards import Postprocessing
     from TumorSegLib.postprocess import postprocess
 
     plain = segmenter.predict(image).mask
     flipped = segmenter.predict(image, overrides={"flip_axes": [0, 1, 2]}).mask
-    return {MODEL: plain, LARGEST: postprocess(plain, image, {"largest_component": True}, []),
-            FLIPS: postprocess(flipped, image, {"largest_component": True}, []),
+    return {MODEL: plain, LARGEST: postprocess(plain, image, Postprocessing(largest_component=True), []),
+            FLIPS: postprocess(flipped, image, Postprocessing(largest_component=True), []),
             CLICK: click_mask(segmenter, image, truth)}
 
 

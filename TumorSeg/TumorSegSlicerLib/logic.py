@@ -65,7 +65,6 @@ INPUT_ROLE = "TumorSegInput"
 SOURCE_ROLE = "TumorSegSource"  # a MIP volume -> the PET volume it was computed from
 READOUTS_ROLE = "TumorSegReadouts"
 MODALITIES = ("PET", "CT")
-CT_AIR_HU = -200.0
 CLICK_OUTPUT = "box.nrrd"  # the worker's mask of the click's box (NRRD: its geometry in double precision)
 WORKER_IDLE_TIMEOUT_S = 600.0
 
@@ -215,21 +214,17 @@ class TumorSegLogic:
         return card is not None and "min_roi_mm" in card.inference
 
     def detectModality(self, volumeNode) -> str:
-        """"PET" or "CT": the DICOM Modality the volume was loaded with, else from its intensities.
-
-        Without DICOM tags, CT is recognised by air: at least 1% of voxels below -200 (HU);
-        otherwise the volume is taken as PET (SUV images are non-negative).
+        """"PET" or "CT" by the backend's modality rule (``TumorSegLib.modality``): the DICOM Modality
+        the volume was loaded with, else CT when it holds air in HU; anything else is taken as PET
+        (a PET card's input check then says when it is not in SUV).
         """
+        from TumorSegLib.modality import from_dicom, guess
+
         shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)
         name = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMSeriesModalityAttributeName()
         item = shNode.GetItemByDataNode(volumeNode) if shNode else 0
         modality = (shNode.GetItemAttribute(item, name) if item else "") or volumeNode.GetAttribute(name) or ""
-        if modality.upper() in ("PT", "PET"):
-            return "PET"
-        if modality.upper() == "CT":
-            return "CT"
-        voxels = slicer.util.arrayFromVolume(volumeNode)
-        return "CT" if np.percentile(voxels[::2, ::2, ::2], 1) < CT_AIR_HU else "PET"
+        return from_dicom(modality) or ("CT" if guess(slicer.util.arrayFromVolume(volumeNode)) == "CT" else "PET")
 
     # ---- segmentation ------------------------------------------------------------------------
     def segment(self, inputVolume, modelName, device="auto", roi=None, outputSegmentation=None,

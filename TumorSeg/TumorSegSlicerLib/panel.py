@@ -157,11 +157,11 @@ class TumorSegPanel(VTKObservationMixin):
         self.ui.mipViewCheckBox.visible = card is not None and card.modality == "MIP-PET"
         if card and (reset or card.name != self.advancedModel):
             self.advancedModel = card.name
-            self.ui.overlapSpinBox.value = float(card.inference.get("overlap", 0.25))
+            self.ui.overlapSpinBox.value = card.inference.overlap
             self.ui.thresholdSpinBox.value = card.threshold
             self.ui.minLesionSpinBox.suffix = MIN_SIZE_UNITS[card.min_size_setting]
             self.ui.minLesionSpinBox.decimals = 0 if card.min_size_setting == "min_lesion_px" else 2
-            self.ui.minLesionSpinBox.value = float(card.postprocessing.get(card.min_size_setting, 0.0))
+            self.ui.minLesionSpinBox.value = float(getattr(card.postprocessing, card.min_size_setting))
         self.onRegionChanged()
 
     def onRegionChanged(self, *_):
@@ -180,8 +180,8 @@ class TumorSegPanel(VTKObservationMixin):
         """The settings the user changed from the card's: overlap, threshold, the smallest lesion kept."""
         card = self.card()
         size = card.min_size_setting
-        defaults = {"overlap": float(card.inference.get("overlap", 0.25)), "threshold": card.threshold,
-                    size: float(card.postprocessing.get(size, 0.0))}
+        defaults = {"overlap": card.inference.overlap, "threshold": card.threshold,
+                    size: float(getattr(card.postprocessing, size))}
         values = {key: getattr(self.ui, widget).value for key, widget in OVERRIDES}
         values[size] = self.ui.minLesionSpinBox.value
         changed = {key: value for key, value in values.items() if abs(value - defaults[key]) > 1e-9}

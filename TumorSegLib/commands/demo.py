@@ -8,16 +8,19 @@ phantom's known lesions. Without a model whose weights are present it stops with
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 from . import HelpFormatter
+from ..cards import ModelCard
 from ..errors import TumorSegError
+from ..hints import PathLike
 from .segment import add_model_arguments, cancel_on_signals, progress_reporter
 
 DEMO_SUV_WINDOW = (0.0, 10.0)  # SUV range of the PET demo's MIP overlay (the phantom's lesions reach 10)
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="segment a built-in PET or CT phantom with an installed model and show the readouts",
@@ -29,7 +32,7 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def demo_card(name, extra_dir):
+def demo_card(name: str | None, extra_dir: PathLike | None) -> ModelCard:
     """The card to demonstrate: ``name``, else the first model with weights whose input a phantom can be.
 
     PET models come first: the phantom is a whole body, what they see; CT lesion models expect a
@@ -51,8 +54,9 @@ def demo_card(name, extra_dir):
     )
 
 
-def run(args) -> int:
-    from ..engine import Segmenter, mip_image_path, readouts, segment_file
+def run(args: argparse.Namespace) -> int:
+    from ..engine import Segmenter
+    from ..runs import mip_image_path, readouts, segment_file
     from ..io import write_image
     from ..metrics import case_metrics
     from ..overlay import mip_overlay_png, overlay_png
@@ -80,7 +84,7 @@ def run(args) -> int:
                                           "notes": prediction.notes, "readouts": values.to_dict(),
                                           "agreement_with_phantom_truth": agreement})
     if card.modality == "CT":
-        window = card.preprocessing.get("intensity", {}).get("window")
+        window = card.preprocessing.intensity.window
         overlay = overlay_png(folder / "overlay.png", prediction.image, prediction.mask, window)
     else:  # whole-body PET: the coronal MIP with numbered lesions, SUV colour bar and orientation letters
         overlay = mip_overlay_png(folder / "overlay.png", prediction.image, prediction.mask, DEMO_SUV_WINDOW)

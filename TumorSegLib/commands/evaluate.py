@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import re
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from ..files import require_not_input, require_writable, write_json
 from ..report import evaluation_text, write_csv
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="compare predicted masks with ground truth (Dice, autoPET FP/FN volume, lesion detection)",
@@ -31,7 +32,7 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     for path in (args.json, args.csv):
         if path:
             require_writable(path)
@@ -49,7 +50,7 @@ def run(args) -> int:
     return 0
 
 
-def match_cases(pred, truth) -> dict:
+def match_cases(pred: Path, truth: Path) -> dict:
     """{case name: (prediction path, truth path)}; two files are one case.
 
     Folders pair cases by file name without the image suffix. Where the names differ, they pair by

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
+
 
 from . import HelpFormatter
 from ..dicom_seg import is_dicom_seg_path, read_dicom_seg
 from ..errors import TumorSegError
+from ..hints import PathLike
+from ..image import Image
 from ..files import require_not_input, require_writable, write_json
 from ..io import read_image
 from ..measure import MODALITIES, measure_lesions
@@ -14,7 +18,7 @@ from ..suv import read_input, require_suv
 from .segment import add_dicom_arguments
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "measure",
         help="measure the lesions of a mask (volume, RECIST axes, 3D diameter, SUV or HU)",
@@ -36,7 +40,7 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     for path in (args.json, args.csv):
         if path:
             require_writable(path)
@@ -54,7 +58,7 @@ def run(args) -> int:
     return 0
 
 
-def read_mask(path, image):
+def read_mask(path: PathLike, image: Image | None) -> Image:
     """The mask file, or a DICOM SEG placed on the grid of the DICOM series ``image`` it references."""
     if not is_dicom_seg_path(path):
         return read_image(path, "mask")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 from ..report import format_table
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "models",
         help="list the models (cards) found, their modality and mode, and the state of their weights",
@@ -22,7 +23,7 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..cards import model_dirs, scan_cards, weights_status
 
     cards, broken = scan_cards(args.models_dir)

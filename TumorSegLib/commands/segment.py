@@ -14,25 +14,27 @@ SIGINT/SIGTERM cancel the run: exit 130 and no output file for the case in progr
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Iterator
 
 from . import HelpFormatter
 from ..errors import TumorSegError
 from ..dicom_seg import card_version, is_dicom_seg_path, write_dicom_seg
 from ..files import require_not_input, require_writable, same_file, write_json
 from ..io import JPEG_SUFFIXES, PNG_SUFFIXES, SUFFIXES, case_name, image_suffix, is_dicom
-from ..progress import Cancel, ProgressBar, check_cancel, json_lines, scaled
+from ..progress import Cancel, ProgressBar, ProgressCallback, check_cancel, json_lines, scaled
 from ..report import readouts_text
 from ..suv import read_input, require_suv
 from ..windowed import default_picture_card, is_picture, read_input as read_picture
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "segment",
         help="segment tumours in a PET, CT or MIP image (or a folder of them) and measure them",
@@ -67,13 +69,13 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def add_dicom_arguments(parser) -> None:
+def add_dicom_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--series", metavar="UID", help="the Series Instance UID to read from a DICOM folder of several")
     parser.add_argument("--suv-factor", type=float, metavar="F",
                         help="PET: SUV = stored value x F (instead of the DICOM header's SUV; for Bq/mL input)")
 
 
-def add_model_arguments(parser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model name or card file (default: the one installed model that fits INPUT)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where the network runs")
     parser.add_argument("--backend", choices=("auto", "torch", "openvino"),
@@ -82,7 +84,7 @@ def add_model_arguments(parser) -> None:
 
 
 @contextlib.contextmanager
-def cancel_on_signals(cancel: Cancel):
+def cancel_on_signals(cancel: Cancel) -> Iterator[None]:
     """SIGINT and SIGTERM set ``cancel`` (the work stops at its next check) while inside."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -96,7 +98,7 @@ def cancel_on_signals(cancel: Cancel):
 
 
 @contextlib.contextmanager
-def progress_reporter(as_json: bool, description: str):
+def progress_reporter(as_json: bool, description: str) -> Iterator[ProgressCallback]:
     if as_json:
         yield json_lines()
     else:
@@ -104,9 +106,10 @@ def progress_reporter(as_json: bool, description: str):
             yield bar
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..cards import find_card
-    from ..engine import Segmenter, default_card
+    from ..engine import Segmenter
+    from ..runs import default_card
 
     inputs, outputs = _pairs(Path(args.input), Path(args.output))
     seg_paths = _dicom_seg_paths(args, inputs)
@@ -166,7 +169,7 @@ def run(args) -> int:
 
 
 def _segment_one(segmenter, source: Path, target: Path, image, args, progress, cancel, overrides) -> dict:
-    from ..engine import readouts, segment_file
+    from ..runs import readouts, segment_file
 
     if is_dicom_seg_path(target):
         prediction = segmenter.predict(image, roi=args.roi, points=args.point, progress=progress, cancel=cancel,

@@ -10,13 +10,14 @@ weights, config) into a models folder such as ``Resources/Models`` when training
 
 from __future__ import annotations
 
+import argparse
 import os
 import shlex
 import sys
 from pathlib import Path
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("train", help="train a model from a training config (<name>.train.json)",
                                    description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="training config, e.g. Resources/Models/mip-pet-2d.train.json")
@@ -34,7 +35,7 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..progress import ProgressBar, json_lines
@@ -64,7 +65,7 @@ def run(args) -> int:
     return 0
 
 
-def command_line(args) -> str:
+def command_line(args: argparse.Namespace) -> str:
     """The command as it can be typed again (with the torchrun prefix when distributed)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     prefix = (f"torchrun --nnodes={world // int(os.environ.get('LOCAL_WORLD_SIZE', world))} "

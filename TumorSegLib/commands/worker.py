@@ -175,7 +175,7 @@ def answer(channel: Channel, segmenter, cache, request: dict, stop: Cancel) -> N
 
 def segment(segmenter, cache, request: dict, progress, cancel) -> dict:
     """One request: segment, write the mask (and readouts), describe the clicks."""
-    from ..engine import readouts, segment_file
+    from ..runs import readouts, segment_file
     from ..files import require_writable, write_json
 
     for key in ("input", "output"):

@@ -1,8 +1,8 @@
 """MONAI dictionary transforms for training: loading with the card's preprocessing, then augmentation.
 
 Loading goes through ``TumorSegLib.io`` (the reader inference uses: exact geometry, the DM i AI
-PNG's R channel) and ``TumorSegLib.preprocess`` (the card's orientation, spacing, window and
-inversion, in the engine's order), so the network sees in training what the engine gives it. Padding uses 0, the window's low end
+PNG's R channel) and ``preprocess.prepare`` (the engine's own preprocessing: the card's orientation,
+spacing, window and inversion), so the network sees in training what the engine gives it. Padding uses 0, the window's low end
 after normalisation (air for CT, background white for an inverted MIP, no uptake for PET).
 """
 
@@ -10,20 +10,23 @@ from __future__ import annotations
 
 import math
 import warnings
+from typing import Callable, Sequence
 
 import numpy as np
 from monai import transforms as mt
 
-from ..image import binary_mask, superior_axis
+from ..cards import ModelCard
+from ..image import Image, binary_mask
 from ..io import read_image
+from ..preprocess import prepare
 from ..windowed import read_input
-from ..preprocess import normalize_intensity, reorient, resample, resampled_shape
+from .data import Case
 
 # RandCropByPosNegLabeld warns for every control (no tumour to centre on); that is intended.
 warnings.filterwarnings("ignore", message=".*unable to generate class balanced samples.*")
 
 
-def read_pair(case, card=None, values=None) -> tuple:
+def read_pair(case: Case, card: ModelCard | None = None, values: Sequence[int] | None = None) -> tuple:
     """(Image, bool mask on its grid) of a case; controls get an all-background mask.
 
     ``card``: read JPEG pictures the way it says (``windowed.read_input``); ``values``: the mask
@@ -33,7 +36,7 @@ def read_pair(case, card=None, values=None) -> tuple:
     return image, _select(image, labels, values, case)
 
 
-def read_channels(case, card, label_values) -> tuple:
+def read_channels(case: Case, card: ModelCard, label_values: Sequence[Sequence[int]]) -> tuple:
     """(Image, bool stack (channel, ...) with one mask per entry of ``label_values``) of a case."""
     image, labels = _read_case(case, card)
     return image, np.stack([_select(image, labels, values, case) for values in label_values])
@@ -59,33 +62,20 @@ def _select(image, labels, values, case) -> np.ndarray:
     return np.isin(labels.array, values)
 
 
-def prepare(image, mask: np.ndarray, card) -> dict:
-    """The engine's preprocessing of an image and its mask: reorient, resample, window.
+def prepare_case(image: Image, mask: np.ndarray, card: ModelCard) -> dict:
+    """An image and its mask as the engine gives them to the network (``preprocess.prepare``).
 
     ``mask`` is on the image's grid, or a stack (channel, ...) of such masks. Returns {"image":
     float32 in [0, 1], "label": uint8 (stacked like ``mask``), "axis": the axial voxel axis (3D) or None}.
     """
-    preprocessing = card.preprocessing
-    stacked = mask.ndim > image.ndim
-    oriented, _ = reorient(image, preprocessing.get("orientation"))
-    labels = [reorient(image.with_array(m.astype(np.uint8)), preprocessing.get("orientation"))[0].array
-              for m in (mask if stacked else [mask])]
-    array = np.asarray(oriented.array, dtype=np.float32)
-    axis = superior_axis(oriented.affine) if oriented.ndim == 3 else None
-    spacing = preprocessing.get("spacing")
-    if spacing and oriented.spacing_known:
-        spacing = list(spacing)
-        if card.mode == "slice-2d" and len(spacing) == 2 and axis is not None:
-            spacing.insert(axis, None)
-        shape = resampled_shape(array.shape, oriented.spacing, spacing)
-        array = resample(array, shape)
-        labels = [resample(label.astype(np.float32), shape) >= 0.5 for label in labels]
-    label = np.stack(labels) if stacked else labels[0]
-    return {"image": normalize_intensity(array, card), "label": np.asarray(label, dtype=np.uint8), "axis": axis}
+    prepared = prepare(image, card)
+    labels = [prepared.to_network(m) >= 0.5 for m in (mask if mask.ndim > image.ndim else [mask])]
+    label = np.stack(labels) if mask.ndim > image.ndim else labels[0]
+    return {"image": prepared.array, "label": np.asarray(label, dtype=np.uint8), "axis": prepared.axis}
 
 
 class LoadCased(mt.MapTransform):
-    """{"case": Case} -> ``prepare`` of its image and mask (what the network trains on)."""
+    """{"case": Case} -> ``prepare_case`` of its image and mask (what the network trains on)."""
 
     def __init__(self, card, label_values=None):
         super().__init__(keys=["case"])
@@ -96,10 +86,10 @@ class LoadCased(mt.MapTransform):
             image, mask = read_pair(data["case"], self.card)
         else:
             image, mask = read_channels(data["case"], self.card, self.label_values)
-        return prepare(image, mask, self.card)
+        return prepare_case(image, mask, self.card)
 
 
-def load_arrays(card, label_values=None):
+def load_arrays(card: ModelCard, label_values: Sequence[Sequence[int]] | None = None) -> Callable[[Case], dict]:
     """A callable ``case -> {"image", "label", "axis"}`` (what the training dataset caches).
 
     ``label_values`` (the config's ``data.label_values``): one label channel per entry, tumour first.
