@@ -74,7 +74,10 @@ class _Run:
     def _model(self):
         seed = int(self.train_cfg["seed"])
         torch.manual_seed(seed)  # identical initial weights on every rank
-        network = build_network(self.card).to(self.context.device)
+        network = build_network(self.card)
+        if self.train_cfg["init_weights"] is not None:
+            _load_initial(network, Path(self.train_cfg["init_weights"]))
+        network = network.to(self.context.device)
         self.network = distributed.wrap(network, self.context)
         options = {k: v for k, v in self.train_cfg["optimizer"].items() if k != "name"}
         optimizer_class = torch.optim.AdamW if self.train_cfg["optimizer"]["name"] == "adamw" else torch.optim.NAdam
@@ -108,7 +111,7 @@ class _Run:
         cases = split.train
         items = training_items(cases)
         seed = int(cfg["seed"])
-        transform = augmentation(cfg, self.card.spatial_dims, seed + 1000 * context.rank)
+        transform = augmentation(cfg, self.card.spatial_dims, seed + 1000 * context.rank, self.card)
         dataset = TrainingDataset(cases, items, load_arrays(self.card, self.config.data["label_values"]), transform,
                                   bool(cfg["cache"]))
         self.sampler = EpochSampler(items, float(cfg["positive_weight"]), cfg["cases_per_epoch"],
@@ -280,6 +283,7 @@ class _Run:
             "training": {"epochs": state["epoch"], "steps": state["step"], "stopped": reason,
                          "device": str(context.device), "processes": context.world,
                          "seconds_per_step": round(state["train_seconds"] / steps, 3),
+                         "init_weights_sha256": init_sha256(self.train_cfg["init_weights"]),
                          "final_state_sha256_per_rank": final},
         }
         card = write_model(self.out_dir, self.config, best, provenance)
@@ -300,6 +304,22 @@ def load_checkpoint(path, device) -> dict:
     if not isinstance(saved, dict) or not {"network", "optimizer", "state"} <= set(saved):
         raise TumorSegError(f"cannot resume from {path}: not a TumorSeg training checkpoint")
     return saved
+
+
+def init_sha256(path) -> Optional[str]:
+    """The sha256 of the ``train.init_weights`` file (None when training started from random weights)."""
+    from ..cards import sha256
+
+    return sha256(path) if path is not None else None
+
+
+def _load_initial(network: torch.nn.Module, path: Path) -> None:
+    """Start from the weights of a state_dict file (``train.init_weights``), loaded without running code from it."""
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        network.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+    except Exception as error:  # pickle, zip, weights-only and shape errors
+        raise TumorSegError(f"cannot start from train.init_weights {path}: {load_error_reason(error)}") from None
 
 
 def validate(network: torch.nn.Module, card, cases: list, device: torch.device, tumour_values=None) -> dict:
