@@ -101,6 +101,7 @@ def test_edge_background_replicates_the_case_border():
         voxels = np.array(np.unravel_index(index.ravel(), image.shape)).T.reshape(values.shape + (3,))
         for axis in range(3):  # along each axis the case index never decreases and stays in the case
             assert (np.diff(voxels[..., axis], axis=axis) >= 0).all()
+        np.testing.assert_array_equal(crop["label"][0].numpy(), label[tuple(np.moveaxis(voxels, -1, 0))])
 
 
 @pytest.mark.parametrize("context, message", [

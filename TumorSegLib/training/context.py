@@ -17,8 +17,9 @@ card's intensity window, as the engine windows a study::
 
 ``noise``: a constant mean drawn from ``mean``, plus Gaussian noise of standard deviation drawn
 from ``sd``, smoothed by a Gaussian of sigma drawn from ``smooth`` (voxels of the working grid)
-and rescaled to that deviation. ``edge``: the case's border voxels replicated outwards. ``weight``
-(default 1): the odds of each background. The label is 0 outside the case.
+and rescaled to that deviation; the label is 0 there. ``edge``: the case's border voxels replicated
+outwards with their label (a lesion cut by the crop's edge continues, labelled as it looks).
+``weight`` (default 1): the odds of each background.
 """
 
 from __future__ import annotations
@@ -108,14 +109,12 @@ class ContextCropd(mt.Randomizable, mt.MapTransform):
         else:
             origin = np.array([self.R.randint(1 - p, s) for p, s in zip(self.patch, shape)])
         background = self.backgrounds[self.R.choice(len(self.backgrounds), p=self.odds)]
-        return {"image": self._image(image, origin, background), "label": paste(label, origin, self.patch, 0)}
-
-    def _image(self, image: np.ndarray, origin: np.ndarray, background: dict) -> np.ndarray:
-        if background["kind"] == "edge":
-            index = [np.clip(o + np.arange(p), 0, s - 1) for o, p, s in zip(origin, self.patch, image.shape[1:])]
-            return image[(slice(None),) + np.ix_(*index)].astype(np.float32)
+        if background["kind"] == "edge":  # every window voxel is a copy of a case voxel, label included
+            index = (slice(None),) + np.ix_(*[np.clip(o + np.arange(p), 0, s - 1)
+                                              for o, p, s in zip(origin, self.patch, shape)])
+            return {"image": image[index].astype(np.float32), "label": label[index]}
         canvas = normalize_intensity(self._noise(background), self.card)
-        return paste(image, origin, self.patch, canvas)
+        return {"image": paste(image, origin, self.patch, canvas), "label": paste(label, origin, self.patch, 0)}
 
     def _noise(self, background: dict) -> np.ndarray:
         mean = self.R.uniform(*background["mean"])
