@@ -13,6 +13,7 @@ from TumorSegLib.errors import TumorSegError
 from TumorSegLib.io import write_image, write_mask
 from TumorSegLib.phantoms import pet_phantom
 from TumorSegLib.training.config import TRAIN_DEFAULTS, config_from_dict
+from TumorSegLib.training.loop import initial_weights
 from TumorSegLib.training.transforms import augmentation
 
 from test_train import FAST, MODELS, TINY_3D, run_cli, write_config
@@ -152,5 +153,12 @@ def test_fine_tune_from_weights_with_context_end_to_end(tmp_path):
         assert torch.equal(trained[name], start[name]), name
 
     config["train"]["init_weights"] = str(tmp_path / "missing.pt")
-    with pytest.raises(TumorSegError, match="init_weights"):
-        config_from_dict(config)
+    with pytest.raises(TumorSegError, match="init_weights: no file"):
+        initial_weights(config_from_dict(config).train["init_weights"])
+    other = dict(TINY_3D, args={**TINY_3D["args"], "channels": [2, 4]})
+    torch.save(build_network(config_from_dict({**config, "card": {**config["card"], "network": other}}).model_card()).state_dict(),
+               tmp_path / "other.pt")
+    config["train"]["init_weights"] = str(tmp_path / "other.pt")
+    with pytest.raises(TumorSegError, match="cannot start from train.init_weights"):
+        run_cli(write_config(tmp_path, config), tmp_path / "ibsi", tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()

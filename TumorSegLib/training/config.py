@@ -199,8 +199,6 @@ def _check(config: TrainConfig, card: ModelCard, where: str) -> None:
     elif (activation, channels) not in (("sigmoid", 1), ("softmax", 2)):
         problems.append(f"training needs out_channels 1 with sigmoid or 2 with softmax, got {channels} with {activation}")
     problems += context_problems(train["augment"].get("context", {}))
-    if train["init_weights"] is not None and not Path(train["init_weights"]).is_file():
-        problems.append(f"train.init_weights: no file {train['init_weights']}")
     if card.in_channels != 1:
         problems.append("training reads one-channel images: network.args.in_channels must be 1")
     if problems:

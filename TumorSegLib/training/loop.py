@@ -71,12 +71,12 @@ class _Run:
         self.split = split
         return split
 
-    def _model(self):
+    def _model(self, initial: Optional[dict]):
         seed = int(self.train_cfg["seed"])
         torch.manual_seed(seed)  # identical initial weights on every rank
         network = build_network(self.card)
-        if self.train_cfg["init_weights"] is not None:
-            _load_initial(network, Path(self.train_cfg["init_weights"]))
+        if initial is not None:
+            _start_from(network, initial, self.train_cfg["init_weights"])
         network = network.to(self.context.device)
         self.network = distributed.wrap(network, self.context)
         options = {k: v for k, v in self.train_cfg["optimizer"].items() if k != "name"}
@@ -150,6 +150,9 @@ class _Run:
     # ---- the run --------------------------------------------------------------------------
     def run(self, resume) -> Optional[Path]:
         saved = load_checkpoint(resume, self.context.device) if resume else None  # before anything is written
+        initial = initial_weights(self.train_cfg["init_weights"])
+        if initial is not None:  # a mismatch is refused before anything is written
+            _start_from(build_network(self.card), initial, self.train_cfg["init_weights"])
         split = self._data()
         context = self.context
         if context.main:
@@ -157,7 +160,7 @@ class _Run:
             self.manifest, lines = manifest_sha256(split.cases, data_root(self.config))
             write_text(self.out_dir / "manifest.sha256", "\n".join(lines) + "\n")
         distributed.barrier(context)
-        self._model()
+        self._model(initial)
         self._loader(split)
         self.state = self._fresh_state()
         if saved is not None:
@@ -313,13 +316,24 @@ def init_sha256(path) -> Optional[str]:
     return sha256(path) if path is not None else None
 
 
-def _load_initial(network: torch.nn.Module, path: Path) -> None:
-    """Start from the weights of a state_dict file (``train.init_weights``), loaded without running code from it."""
+def initial_weights(path) -> Optional[dict]:
+    """The state_dict ``train.init_weights`` names (None when there is none), loaded without running code from it."""
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise TumorSegError(f"train.init_weights: no file {path}")
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
-        network.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
-    except Exception as error:  # pickle, zip, weights-only and shape errors
+    except Exception as error:  # pickle, zip and weights-only errors
         raise TumorSegError(f"cannot start from train.init_weights {path}: {load_error_reason(error)}") from None
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def _start_from(network: torch.nn.Module, state, path) -> None:
+    try:
+        network.load_state_dict(state)
+    except (RuntimeError, TypeError) as error:
+        raise TumorSegError(f"cannot start from train.init_weights {path}: {error}") from None
 
 
 def validate(network: torch.nn.Module, card, cases: list, device: torch.device, tumour_values=None) -> dict:
