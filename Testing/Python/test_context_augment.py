@@ -10,13 +10,11 @@ import torch
 
 from TumorSegLib.cards import load_card, sha256
 from TumorSegLib.errors import TumorSegError
-from TumorSegLib.io import write_image, write_mask
-from TumorSegLib.phantoms import pet_phantom
 from TumorSegLib.training.config import TRAIN_DEFAULTS, config_from_dict
 from TumorSegLib.training.loop import initial_weights
 from TumorSegLib.training.transforms import augmentation
 
-from test_train import FAST, MODELS, TINY_3D, run_cli, write_config
+from test_train import MODELS, TINY_3D, run_cli, sts_dataset, tiny_pet_config, write_config
 
 PATCH = [16, 16, 8]
 WINDOW = [-1000, 400]  # the CT card's window: HU -> [0, 1]
@@ -126,22 +124,12 @@ def test_fine_tune_from_weights_with_context_end_to_end(tmp_path):
     learning rate of 0: the exported parameters are the starting ones, and the card names them."""
     from TumorSegLib.networks import build_network
 
-    shape, spacing = (24, 24, 28), (5.0, 5.0, 5.0)
-    for i in range(6):
-        folder = tmp_path / "ibsi" / "nifti" / f"STS_{i:03d}"
-        folder.mkdir(parents=True)
-        image, mask = pet_phantom(shape=shape, spacing=spacing, seed=i)
-        write_image(folder / "PET_image.nii.gz", image)
-        write_mask(folder / "PET_mask.nii.gz", mask, image)
-    config = json.loads((MODELS / "pet-lesion-3d.train.json").read_text())
-    config["card"]["network"] = TINY_3D
-    config["card"]["preprocessing"]["spacing"] = [6.0, 6.0, 6.0]
-    config["card"]["inference"].update(patch_size=[16, 16, 16], sw_batch_size=1, flip_axes=[])
+    sts_dataset(tmp_path / "ibsi")
+    config = tiny_pet_config()
     torch.manual_seed(5)
     start = build_network(config_from_dict(config).model_card()).state_dict()
     torch.save(start, tmp_path / "start.pt")
-    config["train"].update({**FAST, "patch_size": [16, 16, 16], "cases_per_step": 2, "init_weights": str(tmp_path / "start.pt"),
-                            "optimizer": {"name": "adamw", "lr": 0.0}})
+    config["train"].update(init_weights=str(tmp_path / "start.pt"), optimizer={"name": "adamw", "lr": 0.0})
     config["train"]["augment"]["context"] = {"prob": 1.0, "backgrounds": [
         {"kind": "noise", "mean": [0.3, 2.5], "sd": [0.05, 0.5], "smooth": [0, 1.5]}, {"kind": "edge"}]}
     assert run_cli(write_config(tmp_path, config), tmp_path / "ibsi", tmp_path / "run") == 0
