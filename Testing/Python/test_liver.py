@@ -121,7 +121,7 @@ def test_axial_slices_reach_the_network_in_picture_orientation_and_the_mask_come
     """Flipped and permuted copies give the network the same slices (anterior up, patient right on the
     left, as the LiTS pictures), and each mask lands on its own copy's grid."""
     card = config_card(inference={"batch_size": 8, "divisible_by": 16, "precision": "fp32"})
-    segmenter = Segmenter(card, device="cpu", network=BrightSpot())
+    segmenter = Segmenter(card, device="cpu", network=BrightSpot(), backend="torch")  # records its inputs: PyTorch runs it
     reference, spot = marked_volume()
     BrightSpot.seen = []
     segmenter.predict(reference)

@@ -69,6 +69,30 @@ def mip_config(**train) -> dict:
     return config
 
 
+STS_SHAPE, STS_SPACING = (24, 24, 28), (5.0, 5.0, 5.0)
+
+
+def sts_dataset(root: Path, patients: int = 6) -> Path:
+    """Synthetic PET crops in the IBSI STS layout (nifti/STS_xxx/PET_image and PET_mask)."""
+    for i in range(patients):
+        folder = root / "nifti" / f"STS_{i:03d}"
+        folder.mkdir(parents=True)
+        image, mask = pet_phantom(shape=STS_SHAPE, spacing=STS_SPACING, seed=i)
+        write_image(folder / "PET_image.nii.gz", image)
+        write_mask(folder / "PET_mask.nii.gz", mask, image)
+    return root
+
+
+def tiny_pet_config(**train) -> dict:
+    """The shipped pet-lesion-3d config with a tiny network and 16^3 patches, fast settings."""
+    config = json.loads((MODELS / "pet-lesion-3d.train.json").read_text())
+    config["card"]["network"] = TINY_3D
+    config["card"]["preprocessing"]["spacing"] = [6.0, 6.0, 6.0]
+    config["card"]["inference"].update(patch_size=[16, 16, 16], sw_batch_size=1, flip_axes=[])
+    config["train"].update({**FAST, "patch_size": [16, 16, 16], "cases_per_step": 2, **train})
+    return config
+
+
 def write_config(tmp_path: Path, config: dict) -> Path:
     path = tmp_path / f"{config['name']}.train.json"
     path.write_text(json.dumps(config))
@@ -319,27 +343,17 @@ def test_pet_lesion_3d_config_end_to_end_on_one_fold(tmp_path):
     six synthetic PET crops, with a tiny network; fold 1 of 3 holds out two patients."""
     from TumorSegLib.engine import Segmenter
 
-    shape, spacing = (24, 24, 28), (5.0, 5.0, 5.0)
-    for i in range(6):
-        folder = tmp_path / "ibsi" / "nifti" / f"STS_{i:03d}"
-        folder.mkdir(parents=True)
-        image, mask = pet_phantom(shape=shape, spacing=spacing, seed=i)
-        write_image(folder / "PET_image.nii.gz", image)
-        write_mask(folder / "PET_mask.nii.gz", mask, image)
-    config = json.loads((MODELS / "pet-lesion-3d.train.json").read_text())
-    config["card"]["network"] = TINY_3D
-    config["card"]["preprocessing"]["spacing"] = [6.0, 6.0, 6.0]
-    config["card"]["inference"].update(patch_size=[16, 16, 16], sw_batch_size=1, flip_axes=[])
-    config["train"].update({**FAST, "patch_size": [16, 16, 16], "cases_per_step": 2})
+    sts_dataset(tmp_path / "ibsi")
+    config = tiny_pet_config()
     config["train"]["augment"].update(noise_prob=1.0, lowres_prob=1.0)
     config["data"]["fold"] = 1
     assert run_cli(write_config(tmp_path, config), tmp_path / "ibsi", tmp_path / "run") == 0
     card = load_card(tmp_path / "run" / "pet-lesion-3d.json")
     held = card.provenance["training_data"]["validation_patients"]
     assert len(held) == 2 and card.provenance["config"]["data"]["folds"] == 3
-    image, _ = pet_phantom(shape=shape, spacing=spacing, seed=9)
+    image, _ = pet_phantom(shape=STS_SHAPE, spacing=STS_SPACING, seed=9)
     prediction = Segmenter(card, device="cpu").predict(image)
-    assert prediction.mask.shape == shape and np.isfinite(prediction.probability).all()
+    assert prediction.mask.shape == STS_SHAPE and np.isfinite(prediction.probability).all()
 
 
 @pytest.mark.parametrize("name", ["mip-pet-2d", "ct-lung-lesion-3d", "pet-lesion-3d"])

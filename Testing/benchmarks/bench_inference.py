@@ -4,6 +4,7 @@
                                                   [--cases NAME ...] [--variants NAME ...] [--repeats N]
                                                   [--device cpu|cuda]
     python Testing/benchmarks/bench_inference.py --click [--json OUT.json] [--model NAME] [--repeats N]
+                                                  [--nodules N] [--agreement-only]
 
 Click case (``--click``, issue 13), card defaults, one process: the LIDC validation nodule (card's
 own split) with the median volume, clicked at its middle voxel in its crop, in the same crop placed
@@ -14,9 +15,10 @@ ratios. Then the round trip of one click on the study file (uncompressed NIfTI) 
 ``tumorseg segment`` process against a warm ``tumorseg worker`` (after its first request, which
 reads the study); the Dice between the crop's and the study's masks (over the crop's voxels) for
 the first ``--nodules`` validation nodules, with the lung-like background and with air (-1000 HU,
-what a click box is padded with beyond an image); and a click on plain lung in the real chest CT
-(``totalseg-example-ct/ct_cropped_1p5mm.nii.gz``): the lung voxel nearest the volume's centre whose
-15 mm neighbourhood averages below -800 HU.
+what a click box is padded with beyond an image), and with the crop placed in the lung of the real
+chest CT (``totalseg-example-ct/ct_cropped_1p5mm.nii.gz``, resampled onto the crop's grid); and a
+click on plain lung in that chest CT: the lung voxel nearest the volume's centre whose 15 mm
+neighbourhood averages below -800 HU. ``--agreement-only``: the Dice and the plain-lung click alone.
 
 Cases: a 256x256x128 and a 512x512x300 CT volume (the real TotalSegmentator example CT from
 ../shared/data resampled to those grids; the CT phantom when the data are absent) and a 2D MIP
@@ -441,8 +443,8 @@ def round_trips(card, study, point, folder: Path, repeats: int) -> dict:
             "input_file": "uncompressed NIfTI, 512x512x300 float32; masks written as uncompressed NIfTI"}
 
 
-def lung_click(segmenter) -> dict:
-    """A click on plain lung in the real chest CT: what it returns."""
+def chest_ct_lung() -> tuple:
+    """(the real chest CT, its plain-lung voxel nearest the volume's centre: 15 mm around it average below -800 HU)."""
     from scipy import ndimage
 
     from TumorSegLib.io import read_image
@@ -451,7 +453,12 @@ def lung_click(segmenter) -> dict:
     size = np.maximum(np.round(15.0 / ct.spacing).astype(int), 1)
     lung = ndimage.uniform_filter(np.asarray(ct.array, dtype=np.float32), size=size) < -800
     voxels = np.argwhere(lung)
-    voxel = voxels[np.argmin(np.linalg.norm(voxels - (np.asarray(ct.shape) - 1) / 2, axis=1))]
+    return ct, voxels[np.argmin(np.linalg.norm(voxels - (np.asarray(ct.shape) - 1) / 2, axis=1))]
+
+
+def lung_click(segmenter) -> dict:
+    """A click on plain lung in the real chest CT: what it returns."""
+    ct, voxel = chest_ct_lung()
     point = ct.to_world(voxel)
     seconds, times, prediction = timed_clicks(segmenter, ct, point, 2)
     return {"input": "totalseg-example-ct/ct_cropped_1p5mm.nii.gz", "shape": list(ct.shape),
@@ -463,16 +470,46 @@ BACKGROUNDS = {"lung-like": (-850.0, 30.0), "air": (-1000.0, 0.0)}  # HU, noise 
 STUDY = (512, 512, 300)
 
 
+def in_chest_ct(image, chest, pad_mm: float = 60.0):
+    """``image`` placed in the real chest CT's lung (``chest_ct_lung``): the CT resampled (linear) onto
+    ``image``'s grid grown by ``pad_mm`` on every side, the crop's centre on the lung voxel, then the
+    crop pasted in. Returns (study Image, slices of the crop)."""
+    from scipy import ndimage
+
+    from TumorSegLib.image import Image
+
+    ct, voxel = chest
+    pad = np.ceil(pad_mm / np.asarray(image.spacing)).astype(int)
+    shape = tuple(int(n) for n in np.asarray(image.shape) + 2 * pad)
+    affine = image.affine.copy()
+    affine[:3, 3] = image.to_world(-pad)
+    shift = ct.to_world(voxel) - image.to_world((np.asarray(image.shape) - 1) / 2)
+    grid = np.indices(shape, dtype=np.float32).reshape(3, -1)
+    world = affine[:3, :3] @ grid + (affine[:3, 3] + shift)[:, None]
+    index = np.linalg.inv(ct.affine)[:3] @ np.vstack([world, np.ones(world.shape[1])])
+    array = ndimage.map_coordinates(np.asarray(ct.array, dtype=np.float32), index, order=1, cval=-1000.0)
+    array = array.reshape(shape)
+    inside = tuple(slice(int(p), int(p + n)) for p, n in zip(pad, image.shape))
+    array[inside] = image.array
+    return Image(array, affine), inside
+
+
 def agreement(segmenter, nodules, count: int) -> dict:
-    """Per background: Dice between the click on the crop and on the crop placed in a study, first ``count`` nodules."""
+    """Per background: Dice between the click on the crop and on the crop placed in a study, first ``count`` nodules.
+
+    Studies: 512x512x300 with a lung-like and an air background, and the real chest CT's lung
+    around the crop (``in_chest_ct``)."""
     from TumorSegLib.metrics import dice
 
-    rows = {label: [] for label in BACKGROUNDS}
+    chest = chest_ct_lung()
+    studies = {**{label: (lambda crop, b=b, n=n: in_study(crop, STUDY, b, n)) for label, (b, n) in BACKGROUNDS.items()},
+               "real chest CT lung": lambda crop: in_chest_ct(crop, chest)}
+    rows = {label: [] for label in studies}
     for name, crop, truth in nodules[:count]:
         point = middle_click(crop, truth)
         on_crop = segmenter.predict(crop, point=point).mask
-        for label, (background, noise) in BACKGROUNDS.items():
-            study, inside = in_study(crop, STUDY, background, noise)
+        for label, make in studies.items():
+            study, inside = make(crop)
             on_study = segmenter.predict(study, point=point).mask[inside]
             rows[label].append({"nodule": name, "crop_shape": list(crop.shape), "dice": round(dice(on_study, on_crop), 4),
                                 "voxels_crop_study_truth": [int(on_crop.sum()), int(on_study.sum()), int(truth.sum())],
@@ -535,6 +572,19 @@ def click_case(model: str, repeats: int, nodule_count: int) -> dict:
     return result
 
 
+def agreement_case(model: str, nodule_count: int) -> dict:
+    """The click case's accuracy part alone: crop-vs-study Dice and the plain-lung click."""
+    from TumorSegLib.cards import find_card
+    from TumorSegLib.engine import Segmenter
+
+    card = find_card(model)
+    segmenter = Segmenter(card, "cpu")
+    return {"model": card.name, "weights_sha256": card.weights.get("sha256"),
+            "precision": card.inference.get("precision", "auto"),
+            "crop_vs_study_dice": agreement(segmenter, validation_nodules(card), nodule_count),
+            "plain_lung_click": lung_click(segmenter), "load_avg_end": os.getloadavg()}
+
+
 def print_table(rows: list) -> None:
     columns = ("name", "backend", "precision", "ours_s", "baseline_s", "speedup", "dice_vs_fp32", "dice_over",
                "peak_rss_mb", "baseline_peak_rss_mb")
@@ -562,11 +612,15 @@ def main() -> int:
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where both sides run")
     parser.add_argument("--click", action="store_true", help="the click case (issue 13) instead of the others")
     parser.add_argument("--nodules", type=int, default=12, help="click case: nodules compared crop vs study")
+    parser.add_argument("--agreement-only", action="store_true",
+                        help="click case: only the crop-vs-study Dice and the plain-lung click (no timings)")
     parser.add_argument("--worker", nargs=8, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.click:
+        model = args.model or DEFAULT_MODELS["3d"]
         result = {"load_avg_start": os.getloadavg(),
-                  **click_case(args.model or DEFAULT_MODELS["3d"], args.repeats, args.nodules)}
+                  **(agreement_case(model, args.nodules) if args.agreement_only else
+                     click_case(model, args.repeats, args.nodules))}
         print(json.dumps(result, indent=2))
         if args.json:
             Path(args.json).write_text(json.dumps(result, indent=2) + "\n")

@@ -32,6 +32,7 @@ from typing import Optional
 
 from ..cards import ModelCard, card_from_dict
 from ..errors import TumorSegError
+from .context import context_problems
 
 DATA_DEFAULTS = {
     "root": ".",
@@ -65,11 +66,13 @@ TRAIN_DEFAULTS = {
     "schedule": {"name": "cosine", "warmup_epochs": 2, "min_lr_ratio": 0.01},
     "augment": {"flip_axes": [], "flip_prob": 0.5, "rotate_degrees": 10.0, "scale": 0.1, "affine_prob": 0.3,
                 "intensity_shift": 0.05, "intensity_scale": 0.1, "intensity_prob": 0.5,
-                "noise_std": 0.0, "noise_prob": 0.0, "lowres_zoom": [0.5, 1.0], "lowres_prob": 0.0},
+                "noise_std": 0.0, "noise_prob": 0.0, "lowres_zoom": [0.5, 1.0], "lowres_prob": 0.0,
+                "context": {"prob": 0.0, "backgrounds": []}},  # the case in a synthetic study: training/context.py
     "amp": True,                   # float16 autocast + grad scaling on CUDA
     "bf16_cpu": False,             # bfloat16 autocast on CPU (only if it matches fp32)
     "clip_grad_norm": 1.0,
     "seed": 0,
+    "init_weights": None,          # fine-tune: a state_dict file (e.g. a card's .pt) to start from, relative to the working directory
     "num_workers": 0,
     "cache": True,                 # keep preprocessed training cases in memory
     "validation_controls": None,   # at most this many validation controls (None = all)
@@ -195,6 +198,7 @@ def _check(config: TrainConfig, card: ModelCard, where: str) -> None:
                             f"got {channels} with {activation}")
     elif (activation, channels) not in (("sigmoid", 1), ("softmax", 2)):
         problems.append(f"training needs out_channels 1 with sigmoid or 2 with softmax, got {channels} with {activation}")
+    problems += context_problems(train["augment"].get("context", {}))
     if card.in_channels != 1:
         problems.append("training reads one-channel images: network.args.in_channels must be 1")
     if problems:

@@ -71,10 +71,13 @@ class _Run:
         self.split = split
         return split
 
-    def _model(self):
+    def _model(self, initial: Optional[dict]):
         seed = int(self.train_cfg["seed"])
         torch.manual_seed(seed)  # identical initial weights on every rank
-        network = build_network(self.card).to(self.context.device)
+        network = build_network(self.card)
+        if initial is not None:
+            _start_from(network, initial, self.train_cfg["init_weights"])
+        network = network.to(self.context.device)
         self.network = distributed.wrap(network, self.context)
         options = {k: v for k, v in self.train_cfg["optimizer"].items() if k != "name"}
         optimizer_class = torch.optim.AdamW if self.train_cfg["optimizer"]["name"] == "adamw" else torch.optim.NAdam
@@ -108,7 +111,7 @@ class _Run:
         cases = split.train
         items = training_items(cases)
         seed = int(cfg["seed"])
-        transform = augmentation(cfg, self.card.spatial_dims, seed + 1000 * context.rank)
+        transform = augmentation(cfg, self.card.spatial_dims, seed + 1000 * context.rank, self.card)
         dataset = TrainingDataset(cases, items, load_arrays(self.card, self.config.data["label_values"]), transform,
                                   bool(cfg["cache"]))
         self.sampler = EpochSampler(items, float(cfg["positive_weight"]), cfg["cases_per_epoch"],
@@ -147,6 +150,9 @@ class _Run:
     # ---- the run --------------------------------------------------------------------------
     def run(self, resume) -> Optional[Path]:
         saved = load_checkpoint(resume, self.context.device) if resume else None  # before anything is written
+        initial = initial_weights(self.train_cfg["init_weights"])
+        if initial is not None:  # a mismatch is refused before anything is written
+            _start_from(build_network(self.card), initial, self.train_cfg["init_weights"])
         split = self._data()
         context = self.context
         if context.main:
@@ -154,7 +160,7 @@ class _Run:
             self.manifest, lines = manifest_sha256(split.cases, data_root(self.config))
             write_text(self.out_dir / "manifest.sha256", "\n".join(lines) + "\n")
         distributed.barrier(context)
-        self._model()
+        self._model(initial)
         self._loader(split)
         self.state = self._fresh_state()
         if saved is not None:
@@ -280,6 +286,7 @@ class _Run:
             "training": {"epochs": state["epoch"], "steps": state["step"], "stopped": reason,
                          "device": str(context.device), "processes": context.world,
                          "seconds_per_step": round(state["train_seconds"] / steps, 3),
+                         "init_weights_sha256": init_sha256(self.train_cfg["init_weights"]),
                          "final_state_sha256_per_rank": final},
         }
         card = write_model(self.out_dir, self.config, best, provenance)
@@ -300,6 +307,33 @@ def load_checkpoint(path, device) -> dict:
     if not isinstance(saved, dict) or not {"network", "optimizer", "state"} <= set(saved):
         raise TumorSegError(f"cannot resume from {path}: not a TumorSeg training checkpoint")
     return saved
+
+
+def init_sha256(path) -> Optional[str]:
+    """The sha256 of the ``train.init_weights`` file (None when training started from random weights)."""
+    from ..cards import sha256
+
+    return sha256(path) if path is not None else None
+
+
+def initial_weights(path) -> Optional[dict]:
+    """The state_dict ``train.init_weights`` names (None when there is none), loaded without running code from it."""
+    if path is None:
+        return None
+    if not Path(path).is_file():
+        raise TumorSegError(f"train.init_weights: no file {path}")
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # pickle, zip and weights-only errors
+        raise TumorSegError(f"cannot start from train.init_weights {path}: {load_error_reason(error)}") from None
+    return state.get("state_dict", state) if isinstance(state, dict) else state
+
+
+def _start_from(network: torch.nn.Module, state, path) -> None:
+    try:
+        network.load_state_dict(state)
+    except (RuntimeError, TypeError) as error:
+        raise TumorSegError(f"cannot start from train.init_weights {path}: {error}") from None
 
 
 def validate(network: torch.nn.Module, card, cases: list, device: torch.device, tumour_values=None) -> dict:

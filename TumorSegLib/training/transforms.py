@@ -21,6 +21,7 @@ from ..io import read_image
 from ..preprocess import prepare
 from ..windowed import read_input
 from .data import Case
+from .context import ContextCropd
 
 # RandCropByPosNegLabeld warns for every control (no tumour to centre on); that is intended.
 warnings.filterwarnings("ignore", message=".*unable to generate class balanced samples.*")
@@ -98,9 +99,11 @@ def load_arrays(card: ModelCard, label_values: Sequence[Sequence[int]] | None = 
     return lambda case: loader({"case": case})
 
 
-def augmentation(train: dict, spatial_dims: int, seed: int) -> mt.Compose:
+def augmentation(train: dict, spatial_dims: int, seed: int, card=None) -> mt.Compose:
     """Pad to the patch, tumour/background-balanced crops, flips, rotation+scaling, intensity jitter,
-    optionally a simulated lower resolution and Gaussian noise (``augment.lowres_*``, ``noise_*``)."""
+    optionally a simulated lower resolution and Gaussian noise (``augment.lowres_*``, ``noise_*``)
+    and, before all of them, the case in a synthetic study (``augment.context``, windowed with
+    ``card``'s intensity window; ``training.context``)."""
     keys = ["image", "label"]
     patch = [int(p) for p in train["patch_size"]]
     aug = train["augment"]
@@ -109,6 +112,10 @@ def augmentation(train: dict, spatial_dims: int, seed: int) -> mt.Compose:
         mt.RandCropByPosNegLabeld(keys, label_key="label", spatial_size=patch, pos=float(train["pos"]),
                                   neg=float(train["neg"]), num_samples=int(train["crops_per_case"])),
     ]
+    context = aug.get("context", {})
+    if float(context.get("prob", 0.0)) > 0:  # off: the steps (and their random streams) stay as they were
+        steps = [ContextCropd(keys, patch, context, card, float(train["pos"]), float(train["neg"]),
+                              int(train["crops_per_case"]), mt.Compose(steps))]
     steps += [mt.RandFlipd(keys, prob=float(aug["flip_prob"]), spatial_axis=int(axis)) for axis in aug["flip_axes"]]
     if float(aug["affine_prob"]) > 0 and (aug["rotate_degrees"] or aug["scale"]):
         angle = math.radians(float(aug["rotate_degrees"]))
