@@ -272,7 +272,12 @@ class Segmenter:
         return image
 
     def _clicks(self, work: Image, source: Image, points, settings: Settings, progress, cancel, notes) -> list:
-        """Segment the context box around each click and keep the lesion at the click."""
+        """Segment the context box around each click and keep the lesion at the click.
+
+        The click chooses the lesion, so the card's ``largest_component`` does not apply: in a context
+        box the largest lesion may be another one (a bladder, a larger sphere) than the one clicked.
+        """
+        settings = replace(settings, postprocessing=replace(settings.postprocessing, largest_component=False))
         points = boxes.check_points(points, source.ndim)
         indices = [boxes.point_index(work, source, p) for p in points]  # every point checked before any work
         context = boxes.context_mm(self.card, work)

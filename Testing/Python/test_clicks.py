@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -102,6 +103,18 @@ def test_click_keeps_only_the_lesion_clicked(models, chest):
         prediction = segmenter.predict(image, point=point, overrides=FP32)
         assert dice(prediction.mask, masks[name]) >= 0.8 and not (prediction.mask & masks[other]).any()
         assert prediction.clicks[0].distance_mm == 0.0 and "at the click" in prediction.notes[-1]
+
+
+def test_a_click_takes_its_lesion_even_where_the_card_keeps_only_the_largest(models, chest):
+    """``largest_component`` (one lesion per crop) would drop the smaller clicked lesion for a larger one in its box."""
+    image, masks = chest
+    card = models["sliding-window-3d"]
+    card = replace(card, postprocessing=replace(card.postprocessing, largest_component=True))
+    segmenter = Segmenter(card, "cpu")
+    whole = segmenter.predict(image, overrides=FP32).mask
+    assert dice(whole, masks["nodule"]) >= 0.8 and not (whole & masks["neighbour"]).any()  # the setting acts
+    clicked = segmenter.predict(image, point=NEIGHBOUR, overrides=FP32).mask
+    assert dice(clicked, masks["neighbour"]) >= 0.8 and not (clicked & masks["nodule"]).any()
 
 
 def test_a_click_near_a_lesion_takes_it_within_the_cards_distance(models, chest):
