@@ -64,7 +64,6 @@ CLICKS_ATTRIBUTE = "TumorSeg.ClickedLesions"  # how many clicked lesions the seg
 INPUT_ROLE = "TumorSegInput"
 SOURCE_ROLE = "TumorSegSource"  # a MIP volume -> the PET volume it was computed from
 READOUTS_ROLE = "TumorSegReadouts"
-MODALITIES = ("PET", "CT")
 CLICK_OUTPUT = "box.nrrd"  # the worker's mask of the click's box (NRRD: its geometry in double precision)
 WORKER_IDLE_TIMEOUT_S = 600.0
 

@@ -34,15 +34,19 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import Cancelled, TumorSegError
-from ..progress import Cancel
+from ..progress import Cancel, ProgressCallback
 from .segment import add_model_arguments, cancel_on_signals
+
+if TYPE_CHECKING:
+    from ..engine import Segmenter
 
 PROTOCOL = 1
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "worker",
         help="serve segment requests (JSON lines on stdin/stdout) with one loaded model, for interactive use",
@@ -90,7 +94,7 @@ class Channel:
         self.cancel(None)  # the caller is gone: stop the work in progress
         self.requests.put({"command": "eof"})
 
-    def cancel(self, request_id) -> None:
+    def cancel(self, request_id: Any) -> None:
         """Cancel request ``request_id`` (None: the one in progress), also while it waits in the queue."""
         key = json.dumps(request_id)
         if request_id is not None and key not in self.running:
@@ -100,7 +104,7 @@ class Channel:
                 token.set()
 
 
-def run(args) -> int:
+def run(args: argparse.Namespace) -> int:
     from ..cards import find_card
     from ..engine import Segmenter
 
@@ -121,7 +125,7 @@ def run(args) -> int:
     return 0
 
 
-def serve(channel: Channel, segmenter, cache, idle_timeout: float, stop: Cancel) -> str:
+def serve(channel: Channel, segmenter: Segmenter, cache: InputCache, idle_timeout: float, stop: Cancel) -> str:
     """Answer requests until end-of-file, quit, a signal or ``idle_timeout`` seconds without one."""
     while True:
         try:
@@ -144,7 +148,7 @@ def serve(channel: Channel, segmenter, cache, idle_timeout: float, stop: Cancel)
             channel.send(id=request.get("id"), error=f"unknown command {command!r} (segment, cancel, ping, quit)")
 
 
-def answer(channel: Channel, segmenter, cache, request: dict, stop: Cancel) -> None:
+def answer(channel: Channel, segmenter: Segmenter, cache: InputCache, request: dict, stop: Cancel) -> None:
     """Run one segment request and send its progress and result (or error)."""
     request_id = request.get("id")
     key = json.dumps(request_id)
@@ -173,7 +177,8 @@ def answer(channel: Channel, segmenter, cache, request: dict, stop: Cancel) -> N
         channel.running.pop(key, None)
 
 
-def segment(segmenter, cache, request: dict, progress, cancel) -> dict:
+def segment(segmenter: Segmenter, cache: InputCache, request: dict, progress: ProgressCallback,
+            cancel: Cancel) -> dict:
     """One request: segment, write the mask (and readouts), describe the clicks."""
     from ..runs import readouts, segment_file
     from ..files import require_writable, write_json

@@ -32,6 +32,7 @@ from typing import Optional
 
 from ..cards import ModelCard, card_from_dict
 from ..errors import TumorSegError
+from ..hints import PathLike
 from .context import context_problems
 
 DATA_DEFAULTS = {
@@ -107,7 +108,7 @@ class TrainConfig:
         return {"notes": self.notes, **fields} if self.notes else fields
 
 
-def load_config(path, data_root=None, overrides: Optional[dict] = None, fold: Optional[int] = None) -> TrainConfig:
+def load_config(path: PathLike, data_root: Optional[PathLike] = None, overrides: Optional[dict] = None, fold: Optional[int] = None) -> TrainConfig:
     """Read and check a training config; ``data_root`` replaces ``data.root``, ``fold`` ``data.fold``."""
     path = Path(path)
     try:
@@ -119,7 +120,7 @@ def load_config(path, data_root=None, overrides: Optional[dict] = None, fold: Op
     return config_from_dict(raw, path, data_root, overrides)
 
 
-def config_from_dict(raw: dict, path=None, data_root=None, overrides: Optional[dict] = None) -> TrainConfig:
+def config_from_dict(raw: dict, path: Optional[PathLike] = None, data_root: Optional[PathLike] = None, overrides: Optional[dict] = None) -> TrainConfig:
     where = str(path) if path else "training config"
     if not isinstance(raw, dict):
         raise TumorSegError(f"{where}: a training config must be a JSON object")

@@ -13,12 +13,14 @@ import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
+from ..cards import ModelCard
 from ..errors import TumorSegError
+from ..hints import PathLike
 from .config import TrainConfig
 
 
@@ -114,7 +116,7 @@ def config_split(config: TrainConfig, cases: list) -> Split:
 
 
 
-def card_validation_cases(card, data_root=None) -> list:
+def card_validation_cases(card: ModelCard, data_root: Optional[PathLike] = None) -> list:
     """The validation cases (patients, then controls) of the split a published ``card`` was trained with.
 
     The split is rebuilt from the config in the card's provenance and checked against the
@@ -129,7 +131,7 @@ def card_validation_cases(card, data_root=None) -> list:
         raise TumorSegError(f"the validation patients found differ from those in {card.path}'s provenance")
     return patients + [c for c in split.validation if c.mask is None]
 
-def check_cases(cases: list, card, load) -> None:
+def check_cases(cases: list, card: ModelCard, load: Callable) -> None:
     """Prepare every case once (grids must match); record which cases (and slices) hold tumour.
 
     ``load(case) -> {"image", "label", "axis"}`` is the loader training uses.
@@ -148,7 +150,7 @@ def check_cases(cases: list, card, load) -> None:
             case.positive_slices = np.moveaxis(label, case.slice_axis, 0).reshape(label.shape[case.slice_axis], -1).any(1)
 
 
-def require_usable(split: Split, card) -> None:
+def require_usable(split: Split, card: ModelCard) -> None:
     if not [c for c in split.train if c.positive]:
         raise TumorSegError("the training split has no case with tumour: nothing to learn")
     if not [c for c in split.validation if c.positive]:

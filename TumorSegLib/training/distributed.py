@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 
@@ -93,7 +95,7 @@ def any_rank(flag: bool, context: Context) -> bool:
     return bool(value.item() > 0)
 
 
-def from_main(obj, context: Context):
+def from_main(obj: Any, context: Context) -> Any:
     """Rank 0's ``obj`` on every rank (picklable objects)."""
     if not context.distributed:
         return obj
@@ -111,7 +113,7 @@ def mean(value: float, context: Context) -> float:
     return float(tensor.item()) / context.world
 
 
-def gather(obj, context: Context) -> list:
+def gather(obj: Any, context: Context) -> list:
     """Every rank's ``obj``, in rank order, on every rank."""
     if not context.distributed:
         return [obj]

@@ -12,6 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from typing import TYPE_CHECKING, Any
+
 import torch
 
 from .. import __version__
@@ -19,8 +21,11 @@ from ..cards import card_from_dict, sha256
 from ..errors import TumorSegError
 from ..files import atomic_write, write_json
 
+if TYPE_CHECKING:
+    from .config import TrainConfig
 
-def save_torch(obj, path: Path) -> Path:
+
+def save_torch(obj: Any, path: Path) -> Path:
     return atomic_write(path, lambda temporary: torch.save(obj, temporary))
 
 
@@ -37,7 +42,7 @@ def code_version() -> str:
     return f"tumorseg {__version__} git {commit}{'+dirty' if dirty else ''}"
 
 
-def write_model(out_dir: Path, config, state_dict: dict, provenance: dict) -> Path:
+def write_model(out_dir: Path, config: TrainConfig, state_dict: dict, provenance: dict) -> Path:
     """Write weights, card and config into ``out_dir``; returns the card's path."""
     out_dir = Path(out_dir)
     weights = save_torch(state_dict, out_dir / f"{config.name}.pt")

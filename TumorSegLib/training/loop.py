@@ -21,12 +21,14 @@ import numpy as np
 import torch
 
 from ..device import autocast
+from ..cards import ModelCard
 from ..errors import TumorSegError
+from ..hints import PathLike
 from ..networks import build_network, load_error_reason
 from ..progress import ProgressCallback, no_progress
 from . import distributed
 from .config import TrainConfig
-from .data import (EpochSampler, TrainingDataset, check_cases, data_root, find_cases, manifest_sha256,
+from .data import (EpochSampler, Split, TrainingDataset, check_cases, data_root, find_cases, manifest_sha256,
                    require_usable, config_split, training_items)
 from ..files import atomic_write, write_text
 from .export import code_version, save_torch, write_model
@@ -37,7 +39,7 @@ LOG_FIELDS = ("epoch", "steps", "train_loss", "lr", "val_dice", "val_dice_median
               "val_controls_with_fp", "best_dice", "seconds")
 
 
-def train(config: TrainConfig, out_dir, device: str = "auto", resume=None, max_minutes: Optional[float] = None,
+def train(config: TrainConfig, out_dir: PathLike, device: str = "auto", resume: Optional[PathLike] = None, max_minutes: Optional[float] = None,
           progress: ProgressCallback = no_progress, command: str = "") -> Optional[Path]:
     """Run a whole training; returns the written card's path on rank 0 (None on other ranks)."""
     started = time.monotonic()
@@ -148,7 +150,7 @@ class _Run:
             raise TumorSegError(f"cannot resume from {path}: {error}") from error
 
     # ---- the run --------------------------------------------------------------------------
-    def run(self, resume) -> Optional[Path]:
+    def run(self, resume: Optional[PathLike]) -> Optional[Path]:
         saved = load_checkpoint(resume, self.context.device) if resume else None  # before anything is written
         initial = initial_weights(self.train_cfg["init_weights"])
         if initial is not None:  # a mismatch is refused before anything is written
@@ -295,7 +297,7 @@ class _Run:
         return card
 
 
-def load_checkpoint(path, device) -> dict:
+def load_checkpoint(path: PathLike, device: torch.device | str) -> dict:
     """A training checkpoint, loaded without running code from it (``weights_only``: tensors and plain data only)."""
     path = Path(path)
     if not path.is_file():
@@ -309,14 +311,14 @@ def load_checkpoint(path, device) -> dict:
     return saved
 
 
-def init_sha256(path) -> Optional[str]:
+def init_sha256(path: Optional[PathLike]) -> Optional[str]:
     """The sha256 of the ``train.init_weights`` file (None when training started from random weights)."""
     from ..cards import sha256
 
     return sha256(path) if path is not None else None
 
 
-def initial_weights(path) -> Optional[dict]:
+def initial_weights(path: Optional[PathLike]) -> Optional[dict]:
     """The state_dict ``train.init_weights`` names (None when there is none), loaded without running code from it."""
     if path is None:
         return None
@@ -336,7 +338,8 @@ def _start_from(network: torch.nn.Module, state, path) -> None:
         raise TumorSegError(f"cannot start from train.init_weights {path}: {error}") from None
 
 
-def validate(network: torch.nn.Module, card, cases: list, device: torch.device, tumour_values=None) -> dict:
+def validate(network: torch.nn.Module, card: ModelCard, cases: list, device: torch.device,
+             tumour_values: Optional[list] = None) -> dict:
     """Segment every validation case with the engine and score it as ``tumorseg evaluate`` does.
 
     Returns ``metrics.summarize`` of the cases (Dice mean/median over tumour cases) plus the
@@ -360,7 +363,7 @@ def validate(network: torch.nn.Module, card, cases: list, device: torch.device, 
     return summary
 
 
-def split_counts(split) -> dict:
+def split_counts(split: Split) -> dict:
     def count(cases, control):
         return sum(1 for c in cases if (c.mask is None) == control)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 
-def build_loss(spec: dict, activation: str = "sigmoid"):
+def build_loss(spec: dict, activation: str = "sigmoid") -> torch.nn.Module:
     """``loss(logits, target) -> scalar`` for ``spec = {"name": ..., other MONAI arguments}``."""
     from monai import losses
 

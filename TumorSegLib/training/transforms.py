@@ -99,7 +99,7 @@ def load_arrays(card: ModelCard, label_values: Sequence[Sequence[int]] | None = 
     return lambda case: loader({"case": case})
 
 
-def augmentation(train: dict, spatial_dims: int, seed: int, card=None) -> mt.Compose:
+def augmentation(train: dict, spatial_dims: int, seed: int, card: ModelCard | None = None) -> mt.Compose:
     """Pad to the patch, tumour/background-balanced crops, flips, rotation+scaling, intensity jitter,
     optionally a simulated lower resolution and Gaussian noise (``augment.lowres_*``, ``noise_*``)
     and, before all of them, the case in a synthetic study (``augment.context``, windowed with
