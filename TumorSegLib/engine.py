@@ -56,6 +56,7 @@ from .progress import Cancel, ProgressCallback, check_cancel, no_progress, scale
 GPU_BATCH_VOXELS = 2**22  # input voxels per window batch on a GPU (halved on out-of-memory; not yet tuned on a GPU)
 MIN_INPUT_VOXELS = 8  # per in-plane axis (any number of slices): less is no image to segment
 SAMPLE_VOXELS = 2**20  # voxels of a large CT whose range settles the modality rule for an ROI or click run
+MIP_NOTE = "the model works on the coronal MIP: the mask lies on the MIP, not on the 3D volume"  # mip3d drops it
 
 
 @dataclass
@@ -222,9 +223,9 @@ class Segmenter:
         check_cancel(cancel)
         progress(0.0, "preparing")
         points = ([] if point is None else [point]) + list(points or [])
-        work = self._work_image(image, notes, sample=bool(points) or roi is not None)
         if roi is not None and points:
             raise TumorSegError("give either an ROI or a point, not both")
+        work = self._work_image(image, notes, sample=bool(points) or roi is not None)
         step = scaled(progress, 0.02, 0.95)
         clicks = []
         if points:
@@ -267,7 +268,7 @@ class Segmenter:
         if self.card.modality == "MIP-PET" and image.ndim == 3:
             from .mip import coronal_mip
 
-            notes.append("the model works on the coronal MIP: the mask lies on the MIP, not on the 3D volume")
+            notes.append(MIP_NOTE)
             return coronal_mip(image, self.card)
         return image
 

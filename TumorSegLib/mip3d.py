@@ -98,7 +98,7 @@ def segment_traced(segmenter: Segmenter, volume: Image, roi: Sequence[int] | Non
                    cancel: Cancel | None = None, overrides: Overrides = None) -> tuple:
     """(3D Prediction on ``volume``'s grid, the 2D MIP Prediction) for a MIP-PET ``segmenter``."""
     from .boxes import parse_box
-    from .engine import Prediction
+    from .engine import MIP_NOTE, Prediction
     from .progress import no_progress
 
     depth = mip_roi = None
@@ -112,7 +112,7 @@ def segment_traced(segmenter: Segmenter, volume: Image, roi: Sequence[int] | Non
     geometry = flat.image.meta["mip"]
     mask, seeds = trace_lesions(volume, flat.mask, geometry, depth)
     probability = np.where(mask, prism(flat.probability, geometry), 0.0).astype(np.float32)
-    notes = [n for n in flat.notes if "lies on the MIP" not in n]
+    notes = [n for n in flat.notes if n != MIP_NOTE]  # the mask is traced back onto the volume
     notes.append(f"{len(seeds)} MIP lesion(s) traced into 3D: seed at the ray maximum, 41 % of its SUV "
                  f"in a {BOX_MM:g} mm box, kept inside the MIP footprint")
     return Prediction(probability, mask, volume, flat.device, notes), flat

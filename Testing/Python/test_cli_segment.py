@@ -108,7 +108,8 @@ def test_3d_pet_to_mip_model_writes_a_3d_mask_and_the_mip_mask_on_request(models
     readouts = json.loads((tmp_path / "r.json").read_text())["readouts"]
     assert readouts["totals"]["lesion_count"] == 2
     assert all("volume_ml" in lesion and "suv_max" in lesion for lesion in readouts["lesions"])
-    assert "traced into 3D" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "traced into 3D" in printed and "the mask lies on the MIP" not in printed  # a 3D mask: no MIP note
     # a .png output asks for the 2D MIP mask alone (with the MIP beside it)
     assert segment(models_dir, tmp_path / "pet.nii.gz", "-o", tmp_path / "m.png", "--model",
                    "tiny-mip-pet-whole-image-2d") == 0

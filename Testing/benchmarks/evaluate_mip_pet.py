@@ -289,8 +289,8 @@ def precision_lines(card, summaries: dict, changes: dict, rows: dict) -> list:
 
 def post_text(card) -> str:
     """The card's post-processing in words: its non-default settings, the lesion filter by its thresholds."""
-    post = {k: v for k, v in card.postprocessing.items() if v and k != "lesion_filter"}
-    spec = card.postprocessing.get("lesion_filter")
+    post = {k: v for k, v in card.postprocessing.to_dict().items() if v and k != "lesion_filter"}
+    spec = card.postprocessing.lesion_filter
     if spec:
         post["lesion_filter"] = f"logistic regression on {len(spec['features'])} features, lesion threshold " \
                                 f"{spec['threshold']:g}, image threshold {spec['image_threshold']:g}"
