@@ -237,6 +237,22 @@ def test_augmentation_crops_balanced_and_padded():
         assert crop["label"].sum() > 0
 
 
+def test_2d_augmentation_with_noise_and_lower_resolution():
+    """Noise and simulated lower resolution also run on 2D slices (MONAI's default upsampling is 3D);
+    the label is left as it was drawn."""
+    image = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    label = np.zeros((64, 64), np.uint8)
+    label[20:40, 20:40] = 1
+    train = load_config(MODELS / "ct-liver-lesion-2d.train.json").train
+    train.update(patch_size=[64, 64], crops_per_case=1)
+    train["augment"].update(noise_prob=1.0, noise_std=0.05, lowres_prob=1.0, lowres_zoom=[0.5, 0.5],
+                            affine_prob=0.0, intensity_prob=0.0)
+    crop = augmentation(train, 2, seed=3)({"image": image[None], "label": label[None]})[0]
+    assert crop["image"].shape == (1, 64, 64)
+    assert not torch.allclose(crop["image"], torch.from_numpy(image)[None], atol=0.01)
+    assert torch.equal(crop["label"], torch.from_numpy(label[None]).float())
+
+
 @pytest.mark.parametrize("name", ["dicefocal", "dicece", "bce", "dice"])
 def test_losses_prefer_the_right_answer(name):
     target = torch.zeros(2, 1, 16, 16)

@@ -128,7 +128,8 @@ def augmentation(train: dict, spatial_dims: int, seed: int, card: ModelCard | No
                   mt.RandShiftIntensityd("image", offsets=float(aug["intensity_shift"]), prob=float(aug["intensity_prob"]))]
     if float(aug["lowres_prob"]) > 0:  # a coarser scanner: down- and up-sample the image (not the label)
         steps.append(mt.RandSimulateLowResolutiond("image", prob=float(aug["lowres_prob"]),
-                                                   zoom_range=tuple(float(z) for z in aug["lowres_zoom"])))
+                                                   zoom_range=tuple(float(z) for z in aug["lowres_zoom"]),
+                                                   upsample_mode="bilinear" if spatial_dims == 2 else "trilinear"))
     if float(aug["noise_prob"]) > 0:
         steps.append(mt.RandGaussianNoised("image", prob=float(aug["noise_prob"]), std=float(aug["noise_std"])))
     steps += [mt.ToTensord(keys, track_meta=False), mt.EnsureTyped(keys, dtype=np.float32, track_meta=False)]
