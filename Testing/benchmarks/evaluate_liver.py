@@ -244,7 +244,7 @@ def report_text(card, result: dict) -> str:
     lines = [
         "# ct-liver-lesion-2d: validation report (LiTS slices)", "",
         f"Produced by `Testing/benchmarks/evaluate_liver.py` on {result['machine']} from the published card "
-        f"(weights sha256 `{card.weights.get('sha256', '')[:12]}...`), CPU, fp32. Training: {training.get('epochs')} "
+        f"(weights sha256 `{(card.weights.sha256 or '')[:12]}...`), CPU, fp32. Training: {training.get('epochs')} "
         f"epochs in the last phase, {training.get('steps')} steps in all on a shared 2-core CPU ({training.get('stopped')}).", "",
         "Data: LiTS 2017 training scans as windowed JPEG slices (`../shared/data/lits-liver-2d`, 26 dev scans; "
         "LiTS terms: non-commercial research use, CC BY-NC-SA 4.0, cite Bilic et al., MedIA 2023). "
@@ -332,6 +332,7 @@ def main(argv=None) -> int:
 
     from TumorSegLib.cards import find_card, load_card
     from TumorSegLib.engine import Segmenter
+    from TumorSegLib.networks import load_network
     from TumorSegLib.training.data import card_validation_cases
 
     if args.threads:
@@ -341,10 +342,9 @@ def main(argv=None) -> int:
     cases = card_validation_cases(card, data_root=root)
     if args.slices_per_scan:
         cases = first_slices(cases, args.slices_per_scan)
-    segmenters = {"tumour": Segmenter(card, device="cpu")}
-    network = segmenters["tumour"].network
-    segmenters.update(liver=Segmenter(channel_card(card, LIVER), device="cpu", network=network),
-                      ungated=Segmenter(channel_card(card, 0), device="cpu", network=network))
+    network = load_network(card, "cpu")  # one network read, three outputs of it (PyTorch fp32: the report's figures)
+    segmenters = {name: Segmenter(c, device="cpu", network=network, backend="torch")
+                  for name, c in (("tumour", card), ("liver", channel_card(card, LIVER)), ("ungated", channel_card(card, 0)))}
     rows = [evaluate_slice(segmenters, case, card) for case in cases]
     scans = scan_figures(rows, slice_weights(root))
     figures_dir = Path(args.report).parent / "figures"
