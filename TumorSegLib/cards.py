@@ -149,19 +149,7 @@ def _section(kind: type, optional: bool = False) -> Any:
 
 
 class Section:
-    """A card section. Also read by JSON key (``section.get("overlap")``), for callers written against the JSON."""
-
-    def get(self, key: str, default: Any = None) -> Any:
-        value = getattr(self, key, None) if key in _names(self) else None
-        return default if value is None else value
-
-    def __getitem__(self, key: str) -> Any:
-        if key not in self:
-            raise KeyError(key)
-        return getattr(self, key)
-
-    def __contains__(self, key: object) -> bool:
-        return key in _names(self) and getattr(self, key) is not None
+    """A card section: typed fields, written back to JSON by ``to_dict``."""
 
     def to_dict(self) -> dict:
         """The section as JSON: unset (None) fields left out, choices as their strings."""

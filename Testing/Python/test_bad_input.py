@@ -22,6 +22,7 @@ import pytest
 from TumorSegLib.cli import main
 from TumorSegLib.image import Image
 from TumorSegLib.io import write_image
+from TumorSegLib.progress import ProgressBar
 from TumorSegLib.testing import lesion_png, lesion_volume, tiny_model
 
 CT_MODEL = "tiny-ct-sliding-window-3d"
@@ -247,6 +248,7 @@ def snapshot(folder: Path) -> dict:
 def test_bad_input_is_one_clear_error_and_changes_nothing(name, build, says, models_dir, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TUMORSEG_MODELS", str(models_dir))
+    monkeypatch.setattr(ProgressBar, "LOG_INTERVAL_S", float("inf"))  # a loaded machine may log progress first
     argv = build(tmp_path, models_dir)
     before = snapshot(tmp_path)
     try:

@@ -132,7 +132,7 @@ def test_weights_symlinked_out_of_the_card_folder_are_refused(tmp_path):
     card = load_card(write_card(tmp_path / "models", "m", weights=None))
     (tmp_path / "secret.pt").write_bytes(b"secret")
     card.weights_path  # inside: fine while the file is absent
-    (tmp_path / "models" / card.weights["file"]).symlink_to(tmp_path / "secret.pt")
+    (tmp_path / "models" / card.weights.file).symlink_to(tmp_path / "secret.pt")
     assert weights_status(card) == OUTSIDE
     with pytest.raises(TumorSegError, match="outside the card's folder"):
         cards.verified_weights(card)

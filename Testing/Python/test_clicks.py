@@ -120,7 +120,7 @@ def test_a_click_takes_its_lesion_even_where_the_card_keeps_only_the_largest(mod
 def test_a_click_near_a_lesion_takes_it_within_the_cards_distance(models, chest):
     image, masks = chest
     segmenter = Segmenter(models["sliding-window-3d"], "cpu")
-    reach = segmenter.card.click.get("max_distance_mm", 5.0)
+    reach = segmenter.card.click.max_distance_mm
     beside = np.add(NODULE, (0.0, 0.0, -5.0 - 0.5 * reach))  # below the lesion (radius 5 mm), half the reach away
     near = segmenter.predict(image, point=beside, overrides=FP32)
     assert dice(near.mask, masks["nodule"]) >= 0.8 and 0 < near.clicks[0].distance_mm <= reach

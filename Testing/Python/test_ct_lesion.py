@@ -36,7 +36,7 @@ def card(tmp_path_factory):
     data = tiny.to_dict()
     data["name"] = "tiny-ct-lesion"
     data["inference"] = {**data["inference"], **shipped_rules("ct-lung-lesion-3d")}
-    (folder / tiny.weights["file"]).write_bytes(tiny.weights_path.read_bytes())
+    (folder / tiny.weights.file).write_bytes(tiny.weights_path.read_bytes())
     path = folder / "tiny-ct-lesion.json"
     path.write_text(json.dumps(data))
     return load_card(path)
@@ -69,7 +69,7 @@ def test_click_segments_the_nodule_in_the_context_box_only(segmenter, card, ches
     assert dice(prediction.mask, nodule) >= 0.8
     assert not (prediction.mask & other).any()
     found = image.to_world(np.argwhere(prediction.probability > 0))
-    half = np.asarray(card.inference["context_mm"]) / 2 + image.spacing.max()
+    half = np.asarray(card.inference.context_mm) / 2 + image.spacing.max()
     assert np.all(np.abs(found - NODULE) <= half)  # a grid with flips only: voxel box = RAS box
 
 
@@ -99,7 +99,7 @@ def test_point_outside_the_image_is_an_error(segmenter, chest, card, tmp_path, c
 
 def test_roi_smaller_than_the_minimum_context_is_refused(segmenter, card, chest):
     image, nodule, _ = chest
-    minimum = np.asarray(card.inference["min_roi_mm"])
+    minimum = np.asarray(card.inference.min_roi_mm)
     centre = np.argwhere(nodule).mean(axis=0).astype(int)
     # RAS extents of the ROI = voxel extents here (axes are only flipped); one axis just too small
     narrow = np.maximum(np.ceil(minimum / image.spacing).astype(int) + 2, 1)
@@ -107,7 +107,7 @@ def test_roi_smaller_than_the_minimum_context_is_refused(segmenter, card, chest)
     roi = [v for c, n in zip(centre, narrow) for v in (c - n // 2, c - n // 2 + n)]
     with pytest.raises(TumorSegError, match="smaller than the model's minimum"):
         segmenter.predict(image, roi=roi)
-    wide = np.ceil(np.asarray(card.inference["context_mm"]) / image.spacing).astype(int)
+    wide = np.ceil(np.asarray(card.inference.context_mm) / image.spacing).astype(int)
     roi = [v for c, n, size in zip(centre, wide, image.shape) for v in (max(c - n // 2, 0), min(c + n // 2, size))]
     assert dice(segmenter.predict(image, roi=roi).mask, nodule) >= 0.8
 
@@ -122,7 +122,7 @@ def test_pet_volume_given_to_a_ct_card_is_refused(segmenter):
 def test_whole_volume_without_point_says_what_the_model_was_trained_for(segmenter, card, chest):
     image, nodule, other = chest
     prediction = segmenter.predict(image)
-    assert any(card.inference["trained_on"] in note for note in prediction.notes)
+    assert any(card.inference.trained_on in note for note in prediction.notes)
     assert dice(prediction.mask, nodule | other) >= 0.8  # the sliding window still covers the whole volume
     assert not any("trained on" in note for note in segmenter.predict(image, point=NODULE).notes)
 
@@ -191,7 +191,7 @@ def test_shipped_ct_models_give_the_fp32_masks_in_bf16(name):
 
     card = find_card(name)
     cases = card_validation_cases(card, data_root=shared_data("lidc-nodule-vois") / "dev")[:6]
-    assert card.inference.get("precision", "auto") == "auto"
+    assert card.inference.precision == "auto"
     segmenter = Segmenter(card, "cpu")
     masks = {"fp32": [], "bf16": []}
     for case in cases:

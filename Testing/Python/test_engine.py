@@ -48,7 +48,7 @@ def variant(card, tmp_path, **changes):
     for section, values in changes.items():
         data[section] = {**data.get(section, {}), **values}
     path = tmp_path / f"{card.name}.json"
-    (tmp_path / card.weights["file"]).write_bytes(card.weights_path.read_bytes())
+    (tmp_path / card.weights.file).write_bytes(card.weights_path.read_bytes())
     path.write_text(json.dumps(data))
     return load_card(path)
 
@@ -132,7 +132,7 @@ def test_point_segments_a_box_around_it(segmenter):
     click = (-6.0, 6.0, 14.0)  # centre of the larger lesion
     prediction = segmenter.predict(image, point=click)
     box = prediction.clicks[0].box
-    context = np.asarray(segmenter.card.inference["context_mm"]) / image.spacing  # the box is the context, cut at edges
+    context = np.asarray(segmenter.card.inference.context_mm) / image.spacing  # the box is the context, cut at edges
     assert all(hi - lo <= c + 2 for (lo, hi), c in zip(box, context))
     inside = np.zeros(image.shape, dtype=bool)
     inside[tuple(slice(lo, hi) for lo, hi in box)] = True
@@ -260,8 +260,8 @@ def test_gpu_batches_fill_the_gpu_unless_the_user_sets_them(ct3d, monkeypatch):
     image = lesion_volume("CT")[0]
     segmenter.predict(image)
     segmenter.predict(image, overrides={"sw_batch_size": 3})
-    window = int(np.prod(ct3d.inference["patch_size"]))
-    assert batches == [engine.GPU_BATCH_VOXELS // window, 3] and batches[0] > ct3d.inference.get("sw_batch_size", 1)
+    window = int(np.prod(ct3d.inference.patch_size))
+    assert batches == [engine.GPU_BATCH_VOXELS // window, 3] and batches[0] > ct3d.inference.sw_batch_size
 
 
 def test_postprocessing_removes_small_lesions_and_fills_holes():

@@ -123,7 +123,7 @@ def test_the_shipped_mip_card_filter_clears_validation_controls_and_keeps_a_pati
 
     root = shared_data("dmiai2023-mip-pet") / "dev"
     card = cards.find_card("mip-pet-2d")
-    assert card.postprocessing.get("lesion_filter"), "the shipped MIP card has no lesion filter"
+    assert card.postprocessing.lesion_filter, "the shipped MIP card has no lesion filter"
     segmenter = Segmenter(card, "cpu", backend="torch")
 
     def both(case):

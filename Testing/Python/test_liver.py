@@ -52,8 +52,8 @@ def window_agreement(low: float, high: float) -> tuple:
 def test_card_window_is_the_window_of_the_pictures_r_channel():
     """The R channel through the card's window gives the HU that the G channel (W200/L60) gives."""
     card = config_card()
-    window = card.preprocessing["picture"]["window"]
-    assert window == card.preprocessing["intensity"]["window"] == [-45, 105]
+    window = card.preprocessing.picture.window
+    assert window == card.preprocessing.intensity.window == [-45, 105]
     median, spread = window_agreement(*window)
     assert abs(median) < 5 and spread < 20, (median, spread)
     for wrong in ((-160, 240), (-100, 200), (-20, 80)):  # soft-tissue, wider and narrower windows
@@ -152,7 +152,7 @@ def test_jpeg_input_gives_a_png_mask_and_a_folder_is_segmented_in_one_run(tmp_pa
         (folder / path.name).write_bytes(path.read_bytes())
     assert main(["segment", str(folder), "-o", str(tmp_path / "masks"), "--device", "cpu"]) == 0  # default card
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == sorted(p.stem + ".png" for p in pictures)
-    assert card.preprocessing["picture"]["channel"] == 0
+    assert card.preprocessing.picture.channel == 0
 
 
 def test_liver_lies_on_the_patients_right_in_the_upper_abdomen_of_any_copy_of_a_real_ct():

@@ -115,7 +115,7 @@ def test_shipped_configs_are_complete(path):
     config = load_config(path)
     card = config.model_card()
     assert card.name == path.name[: -len(".train.json")]
-    strides = card.network["args"]["strides"]
+    strides = card.network.kwargs["strides"]
     assert all(p % int(np.prod(strides)) == 0 for p in config.patch_size)
     assert config.data["images"] and config.data["mask"]
 

@@ -178,7 +178,7 @@ def bench_card(model: str, ndim: int, folder: Path):
     data["inference"] = {k: v for k, v in data["inference"].items() if k != "flip_axes"}
     if card.spatial_dims != ndim:
         raise SystemExit(f"model {model!r} is {card.spatial_dims}D; this case needs a {ndim}D model")
-    return card_from_dict(data, card.path), f"{card.name} (trained; {weights.name} sha256 {card.weights['sha256'][:12]})"
+    return card_from_dict(data, card.path), f"{card.name} (trained; {weights.name} sha256 {card.weights.sha256[:12]})"
 
 
 def make_input(name: str):
@@ -223,7 +223,7 @@ def worker(name: str, variant: str, model: str, folder: Path, out: Path, thresho
     card, weights = bench_card(model, image.ndim, folder)
     from TumorSegLib.device import autocast_dtype
 
-    precision = VARIANTS.get(variant, {}).get("precision", card.inference.get("precision", "auto"))
+    precision = VARIANTS.get(variant, {}).get("precision", card.inference.precision.value)
     precision = "fp32" if variant == "baseline" or autocast_dtype(torch.device(device), precision) is None else "bf16"
     if variant == "baseline":
         from monai.inferers import sliding_window_inference
@@ -234,7 +234,7 @@ def worker(name: str, variant: str, model: str, folder: Path, out: Path, thresho
         from TumorSegLib.preprocess import normalize_intensity
 
         network = load_network(card, device)
-        patch = tuple(card.inference.get("patch_size") or (96, 96, 96))
+        patch = tuple(card.inference.patch_size or (96, 96, 96))
         multiple = divisible_by(card)
 
         def run(array):
@@ -300,7 +300,7 @@ def hardware_use(card, array, computed: int, seconds: float, precision: str) -> 
     from TumorSegLib.engine import divisible_by
     from TumorSegLib.networks import build_network
 
-    shape = card.inference.get("patch_size") or [n + (-n) % divisible_by(card) for n in array.shape]
+    shape = card.inference.patch_size or [n + (-n) % divisible_by(card) for n in array.shape]
     per_window = macs_per_call(build_network(card).eval(), (1, card.in_channels, *shape))
     cpu = cpu_description()
     peak = peak_macs_per_s(cpu["isa"], precision, torch.get_num_threads(), cpu["clock_ghz"])
@@ -541,7 +541,7 @@ def click_case(model: str, repeats: int, nodule_count: int) -> dict:
     study, inside = in_study(crop, STUDY, *BACKGROUNDS["lung-like"])
     # the region the network sees for this click, cut out of the study: a crop as large as the click box
     around = boxes.context_box(study, study.to_index(point), boxes.context_mm(card, study))
-    margin = boxes.margin_voxels(card, study, float(card.inference.get("overlap", 0.25)))
+    margin = boxes.margin_voxels(card, study, card.inference.overlap)
     box_crop = boxes.crop(study, boxes.clip(boxes.grow(around, margin, study.shape), study.shape))
     times, masks = {}, {}
     for label, image in (("nodule crop", crop), ("click-box crop", box_crop), ("512x512x300 study", study)):
@@ -552,7 +552,7 @@ def click_case(model: str, repeats: int, nodule_count: int) -> dict:
         print(f"  click on the {label} {image.shape}: {seconds:.3f} s", flush=True)
     outer = boxes.clip(boxes.grow(around, margin, study.shape), study.shape)
     exact = dice(masks["512x512x300 study"][boxes.slices(outer)], masks["click-box crop"])
-    result = {"model": card.name, "precision": card.inference.get("precision", "auto"),
+    result = {"model": card.name, "precision": card.inference.precision.value,
               "threads": torch.get_num_threads(), "cpu_cores": os.cpu_count(), "timed_nodule": name,
               "timed_nodule_voxels": int(truth.sum()), "point_ras_mm": np.round(point, 2).tolist(),
               "study_background": "lung-like: -850 HU, noise sd 30 HU", "clicks": times,
@@ -580,7 +580,7 @@ def agreement_case(model: str, nodule_count: int) -> dict:
     card = find_card(model)
     segmenter = Segmenter(card, "cpu")
     return {"model": card.name, "weights_sha256": card.weights.get("sha256"),
-            "precision": card.inference.get("precision", "auto"),
+            "precision": card.inference.precision.value,
             "crop_vs_study_dice": agreement(segmenter, validation_nodules(card), nodule_count),
             "plain_lung_click": lung_click(segmenter), "load_avg_end": os.getloadavg()}
 

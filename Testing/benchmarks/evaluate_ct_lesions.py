@@ -270,7 +270,7 @@ def main(argv=None) -> int:
     wholes = {name: whole_volume(segmenter, Path(args.ct)) for name, segmenter in segmenters.items()}
 
     figures, by_case = [], {case_id(case): case for case in cases}
-    window = cards[args.models[0]].preprocessing["intensity"]["window"]
+    window = cards[args.models[0]].preprocessing.intensity.window
     for figure, case_name, title in pick_cases(rows):
         image, truth = read_pair(by_case[case_name])
         dice = {n: next(r["dice"] for r in rows[n] if r["case"] == case_name) for n in cards}

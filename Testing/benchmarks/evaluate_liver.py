@@ -197,9 +197,10 @@ def overlay(path: Path, rows: list) -> Path:
     return path
 
 
-def example_ct(card, path: Path, figure: Path) -> dict:
+def example_ct(card, path: Path, figure: Path, data_root: Path) -> dict:
     """On a whole CT without labels: tumour (false-positive) and liver volume, the liver's place, the
-    time, and the liver masks of flipped and permuted copies of the volume mapped back (differing voxels)."""
+    time, the liver masks of flipped and permuted copies of the volume mapped back (differing voxels), and
+    the tumour volume once the volume's intensities are moved so that its liver has the training livers' median."""
     from TumorSegLib.engine import Segmenter
     from TumorSegLib.io import read_image
     from TumorSegLib.measure import label_lesions
@@ -222,6 +223,10 @@ def example_ct(card, path: Path, figure: Path) -> dict:
     body = image.to_world(np.argwhere(image.array > -300))
     centre = image.to_world(np.argwhere(liver)).mean(axis=0) if liver.any() else None
     overlay_png(figure, image, liver | tumour, window=(-160, 240))
+    level = training_liver_hu(card, data_root)
+    median = float(np.median(image.array[liver])) if liver.any() else None
+    moved = None if median is None else Segmenter(card, device="cpu").predict(
+        image.with_array((image.array + np.float32(level - median)).astype(np.float32)), overrides=fp32).mask
     return {
         "file": f"{path.parent.name}/{path.name}", "shape": list(image.shape),
         "spacing_mm": [round(float(s), 3) for s in image.spacing],
@@ -231,10 +236,58 @@ def example_ct(card, path: Path, figure: Path) -> dict:
         [round(float(c), 1) for c in centre - np.median(body, axis=0)],
         "copies_differing_liver_voxels": copies,
         "seconds_tumour_run": round(seconds, 2),
+        "liver_median_hu": median, "training_liver_median_hu": level,
+        "tumour_ml_liver_moved_to_training_level": None if moved is None else float(moved.sum() * millilitres),
     }
 
 
-def report_text(card, result: dict) -> str:
+def training_liver_hu(card, data_root: Path) -> float:
+    """Median over the training scans of the card's split of each scan's median liver HU (truth labels, pictures)."""
+    from TumorSegLib.training.config import config_from_dict
+    from TumorSegLib.training.data import config_split, find_cases
+    from TumorSegLib.training.transforms import read_channels
+
+    config = config_from_dict(card.provenance["config"], data_root=data_root)
+    values = {}
+    for case in config_split(config, find_cases(config)).train:
+        image, (_, liver) = read_channels(case, card, [[2], [1]])  # liver without tumour
+        if liver.any():
+            values.setdefault(scan_of(case), []).append(image.array[liver > 0])
+    return float(np.median([np.median(np.concatenate(v)) for v in values.values()]))
+
+
+BEFORE_ROWS = (("tumour Dice per scan, mean", "dice_per_scan_mean"), ("tumour Dice, global", "dice_global"),
+               ("liver Dice per scan, mean", "liver_dice_per_scan_mean"),
+               ("tumour regions found", "lesion_sensitivity"), ("precision of regions", "lesion_precision"),
+               ("false-positive pixels per slice without tumour", "fp_px_per_non_tumour_slice"))
+
+
+def before_lines(result: dict, before: dict | None) -> list:
+    """A table of the card before this one (its ``--json`` figures, same script and data) against this one."""
+    if before is None:
+        return []
+    rows = [(name, before["summary"][key], result["summary"][key]) for name, key in BEFORE_ROWS]
+    rows.append(("tumour on the example CT (mL; no labels)", before["example_ct"]["tumour_ml"],
+                 result["example_ct"]["tumour_ml"]))
+    return ["## Against the card it replaced", "",
+            f"Both measured by this script on the same slices (before: weights sha256 `{before['weights_sha256'][:12]}...`).",
+            "", "| figure | before | this card |", "|---|---|---|",
+            *[f"| {name} | {b:.3f} | {a:.3f} |" for name, b, a in rows], ""]
+
+
+def intensity_lines(ct: dict) -> list:
+    """How far the example CT's liver lies from the training livers, and what moving it there does."""
+    if ct.get("liver_median_hu") is None:
+        return []
+    return [f"Its predicted liver has a median of {ct['liver_median_hu']:.0f} HU; the training scans' livers "
+            f"{ct['training_liver_median_hu']:.0f} HU (median over scans of each scan's median; most are at or near "
+            "the 105 HU top of the pictures' window, enhanced). With the volume's intensities moved so that its liver "
+            f"lies at that level, the same model marks {ct['tumour_ml_liver_moved_to_training_level']:.1f} mL as "
+            "tumour: a liver darker than the enhanced livers of training is read as tumour, which a liver-relative "
+            "intensity (or training scans with unenhanced or fatty livers) should address.", ""]
+
+
+def report_text(card, result: dict, before: dict | None = None) -> str:
     s, scans, ct = result["summary"], result["scans"], result["example_ct"]
     training = card.provenance.get("training", {})
 
@@ -245,17 +298,15 @@ def report_text(card, result: dict) -> str:
         "# ct-liver-lesion-2d: validation report (LiTS slices)", "",
         f"Produced by `Testing/benchmarks/evaluate_liver.py` on {result['machine']} from the published card "
         f"(weights sha256 `{(card.weights.sha256 or '')[:12]}...`), CPU, fp32. Training: {training.get('epochs')} "
-        f"epochs in the last phase, {training.get('steps')} steps in all on a shared 2-core CPU ({training.get('stopped')}).", "",
+        f"epochs, {training.get('steps')} steps on a shared 2-core CPU ({training.get('stopped')}).", "",
+    ] + before_lines(result, before) + [
         "Data: LiTS 2017 training scans as windowed JPEG slices (`../shared/data/lits-liver-2d`, 26 dev scans; "
         "LiTS terms: non-commercial research use, CC BY-NC-SA 4.0, cite Bilic et al., MedIA 2023). "
         f"Validation = the {s['scans']} scans the training split held out (by scan, seed 20240607): "
         f"{s['slices']} stored slices, {s['tumour_slices']} with tumour. No cross-validation (CPU time).", "",
-        "Training history: the card's `provenance.config.notes` (four phases, 80 epochs in all; the first two used "
-        "MONAI's DiceCELoss, whose softmax cross-entropy across the two sigmoid channels taught the tumour channel to "
-        "copy the liver; with a sigmoid Dice + binary cross-entropy the third phase, at a low learning rate, did not "
-        "correct it, the fourth, a warm restart of the schedule, did; the card holds the best per-slice validation "
-        "Dice, epoch 6 of that phase). Loss and validation Dice (per-slice mean, the training loop's selection "
-        "figure) per epoch of that last phase:", "",
+        "How it was trained: the card's `provenance.config.notes` and `provenance.command`. Loss and validation Dice "
+        "(per-slice mean, the training loop's selection figure) per epoch of its run (retrained candidates that "
+        "were measured and not shipped, and why: `docs/ship-rules.md`):", "",
         "![training curve](figures/liver-training-curve.png)", "",
         "## LiTS figures", "",
         "| figure | stored slices | weighted to whole scans |", "|---|---|---|",
@@ -304,6 +355,7 @@ def report_text(card, result: dict) -> str:
               f"right, positive z = superior); {ct['seconds_tumour_run']} s for the tumour run on this CPU (indicative: "
               "shared machine). Flipped and permuted copies of the volume (axis codes: voxels whose liver label "
               f"differs after mapping back, of {ct['liver_voxels']}): {ct['copies_differing_liver_voxels']}.", "",
+              *intensity_lines(ct),
               "Overlay: predicted liver and tumour (red) in the axial, coronal and sagittal planes through the "
               "largest region (patient right on the image left).", "",
               "![example CT liver](figures/liver-example-ct.png)", "",
@@ -311,8 +363,10 @@ def report_text(card, result: dict) -> str:
               "- The pictures carry no spacing: they are taken as 0.8 mm pixels (LiTS in-plane spacing is about "
               "0.55-1.0 mm), so scans at other spacings were seen 0.7-1.25x too large or small in training; scale "
               "augmentation (15 %) covers part of that. Areas of JPEG inputs assume 0.8 mm.",
-              "- Slices only (no neighbouring slices as channels: not tried, CPU time); validation on 5 scans, "
-              "so the figures have wide uncertainty.",
+              "- Slices only: neighbouring slices as channels (2.5D) cannot be trained on this folder, which holds the "
+              "neighbours (2 slices apart) of 487 of its 547 tumour slices but of 1 of its 294 liver-only slices, so "
+              "a 2.5D model would see context almost only where there is tumour. Validation on 5 scans, so the "
+              "figures have wide uncertainty.",
               "- The JPEG window clips HU to -45..105; the model sees the same clipping on HU volumes.", ""]
     return "\n".join(lines)
 
@@ -326,6 +380,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="also write the figures as JSON")
     parser.add_argument("--slices-per-scan", type=int, help="only the first N stored slices of each scan (a quick check)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
+    parser.add_argument("--before", help="the --json figures of the card this one replaces: a before/after table")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
     import torch
@@ -356,12 +411,14 @@ def main(argv=None) -> int:
         title = f"{label}: scan {entry['scan']}, tumour Dice {entry['dice']:.3f}"
         path = figures_dir / f"liver-{label}.png"
         figures[title] = str(overlay(path, [r for r in rows if r["scan"] == entry["scan"]]))
-    result = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(), "summary": summary(rows, scans),
+    result = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+              "weights_sha256": card.weights.sha256 or "", "summary": summary(rows, scans),
               "scans": scans, "figures": figures,
-              "example_ct": example_ct(card, Path(args.example_ct), figures_dir / "liver-example-ct.png")}
-    Path(args.report).write_text(report_text(card, result))
+              "example_ct": example_ct(card, Path(args.example_ct), figures_dir / "liver-example-ct.png", root)}
+    before = json.loads(Path(args.before).read_text()) if args.before else None
+    Path(args.report).write_text(report_text(card, result, before))
     if args.json:
-        Path(args.json).write_text(json.dumps({k: v for k, v in result.items()}, indent=2))
+        Path(args.json).write_text(json.dumps(result, indent=2))
     print(json.dumps(result["summary"], indent=2))
     print(json.dumps(result["example_ct"], indent=2))
     return 0

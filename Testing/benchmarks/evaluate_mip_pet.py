@@ -259,9 +259,9 @@ def card_precision(card) -> str:
 
     from TumorSegLib.device import autocast_dtype
 
-    precision = card.inference.get("precision", "auto")
+    precision = card.inference.precision.value
     dtype = autocast_dtype(torch.device("cpu"), precision)
-    recheck = " with the fp32 re-check" if float(card.inference.get("recheck_margin", 0.0)) > 0 else ""
+    recheck = " with the fp32 re-check" if card.inference.recheck_margin > 0 else ""
     return f"{precision!r} runs as {'fp32' if dtype is None else 'bf16 autocast' + recheck} on this CPU"
 
 
@@ -300,11 +300,11 @@ def post_text(card) -> str:
 def report_text(card, rows, summaries, changes, chosen, figures, environment, cases_note) -> str:
     shipped = summaries["card"]
     recorded = card.provenance.get("validation", {})
-    inference = {k: card.inference[k] for k in ("flip_axes", "precision") if k in card.inference}
+    inference = {k: v for k, v in card.inference.to_dict().items() if k in ("flip_axes", "precision")}
     text = [
         "# mip-pet-2d: validation report\n\n",
         "Made by `Testing/benchmarks/evaluate_mip_pet.py` from the card "
-        f"`{card.path.name if card.path else card.name}` (weights sha256 `{card.weights.get('sha256', '?')[:16]}…`); "
+        f"`{card.path.name if card.path else card.name}` (weights sha256 `{(card.weights.sha256 or '?')[:16]}…`); "
         "every figure below was measured by that script in one run.\n\n",
         f"Data: DM i AI 2023 MIP-PET PNGs, {cases_note}. The split is the training's own "
         "(`TumorSegLib.training.data.split_cases`, patient level, seed "
@@ -414,7 +414,7 @@ def main(argv=None) -> int:
         path = side_by_side(image, truth, masks["card"], label, figures_dir / f"mip-{tag}.png")
         figures.append((path, f"{tag.replace('-', ' ')} ({'control' if row['control'] else 'patient'}, card settings): "
                               f"{label}"))
-    if control_rows and card.postprocessing.get("lesion_filter"):  # before / after the lesion filter
+    if control_rows and card.postprocessing.lesion_filter:  # before / after the lesion filter
         plain = sorted((r for r in rows[REFERENCE] if r["control"]), key=lambda r: (r["fp_voxels"], r["case"]))
         row = plain[(len(plain) - 1) // 2]
         case, masks = kept[row["case"]]

@@ -407,6 +407,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cache", required=True, help="folder for the probability maps (outside the repository)")
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "dmiai2023-mip-pet" / "dev"))
     parser.add_argument("--out", default=str(REPO / "docs"))
+    parser.add_argument("--card", help="card file to fit the filter for (default: the shipped mip-pet-2d); "
+                                       "--write-card writes into that file")
     parser.add_argument("--training-only", action="store_true",
                         help="fit and choose settings; do not look at validation")
     parser.add_argument("--write-card", action="store_true",
@@ -415,13 +417,13 @@ def main(argv=None) -> int:
 
     import torch
 
-    from TumorSegLib.cards import find_card
+    from TumorSegLib.cards import find_card, load_card
     from TumorSegLib.engine import Segmenter
     from TumorSegLib.lesion_filter import FEATURES, scores
     from TumorSegLib.training.transforms import read_pair
 
     torch.set_num_threads(1)
-    card = find_card("mip-pet-2d")
+    card = load_card(args.card) if args.card else find_card("mip-pet-2d")
     cache = Path(args.cache)
     cache.mkdir(parents=True, exist_ok=True)
     segmenter = Segmenter(card, "cpu", backend="torch")

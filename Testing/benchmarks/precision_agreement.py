@@ -123,7 +123,7 @@ def main(argv=None) -> int:
     rows, summaries, precisions = {}, {}, {}
     for name in args.models:
         card = find_card(name, args.models_dir)
-        precision = card.inference.get("precision", "auto")
+        precision = card.inference.precision.value
         dtype = autocast_dtype(torch.device("cpu"), precision)
         precisions[name] = f"{precision} = {'fp32' if dtype is None else str(dtype).replace('torch.', '')}"
         segmenter = Segmenter(card, "cpu", backend=args.backend)

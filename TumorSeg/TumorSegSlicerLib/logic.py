@@ -210,7 +210,7 @@ class TumorSegLogic:
     def needsRegion(card) -> bool:
         """Whether the model was trained on regions around one lesion (its card gives ``inference.min_roi_mm``):
         it wants a click point or an ROI, not a whole volume."""
-        return card is not None and "min_roi_mm" in card.inference
+        return card is not None and card.inference.min_roi_mm is not None
 
     def detectModality(self, volumeNode) -> str:
         """"PET" or "CT" by the backend's modality rule (``TumorSegLib.modality``): the DICOM Modality

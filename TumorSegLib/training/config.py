@@ -144,7 +144,7 @@ def config_from_dict(raw: dict, path: Optional[PathLike] = None, data_root: Opti
     config = TrainConfig(name=str(raw["name"]), card=card, data=data, train=train, path=path, notes=notes)
     model_card = config.model_card()  # validates the card section
     if train["patch_size"] is None:
-        train["patch_size"] = model_card.inference.get("patch_size")
+        train["patch_size"] = model_card.inference.patch_size
     _check(config, model_card, where)
     return config
 
@@ -187,8 +187,8 @@ def _check(config: TrainConfig, card: ModelCard, where: str) -> None:
         problems.append(f"train.optimizer.name must be one of {OPTIMIZERS}")
     if train["schedule"].get("name") not in SCHEDULES:
         problems.append(f"train.schedule.name must be one of {SCHEDULES}")
-    channels = int(card.network.get("args", {}).get("out_channels", 1))
-    activation = card.output.get("activation", "sigmoid")
+    channels = card.out_channels
+    activation = card.output.activation
     values = data["label_values"]
     if values is not None:
         if (not isinstance(values, list) or not values

@@ -85,7 +85,7 @@ class _Run:
         optimizer_class = torch.optim.AdamW if self.train_cfg["optimizer"]["name"] == "adamw" else torch.optim.NAdam
         self.optimizer = optimizer_class(self.network.parameters(), **options)
         self.scheduler = self._schedule()
-        self.loss = build_loss(self.train_cfg["loss"], self.card.output.get("activation", "sigmoid"))
+        self.loss = build_loss(self.train_cfg["loss"], self.card.output.activation)
         cuda = self.context.device.type == "cuda"
         self.amp_dtype = (torch.float16 if cuda and self.train_cfg["amp"] else
                           torch.bfloat16 if not cuda and self.train_cfg["bf16_cpu"] else None)
