@@ -283,8 +283,8 @@ def intensity_lines(ct: dict) -> list:
             f"{ct['training_liver_median_hu']:.0f} HU (median over scans of each scan's median; most are at or near "
             "the 105 HU top of the pictures' window, enhanced). With the volume's intensities moved so that its liver "
             f"lies at that level, the same model marks {ct['tumour_ml_liver_moved_to_training_level']:.1f} mL as "
-            "tumour: a liver darker than the enhanced livers of training is read as tumour, which a liver-relative "
-            "intensity (or training scans with unenhanced or fatty livers) should address.", ""]
+            f"tumour instead of {ct['tumour_ml']:.1f} mL: part of the false tumour is a liver darker than the "
+            "livers of training; the rest (3 mm voxels? disease? the file has no labels) is not explained here.", ""]
 
 
 def report_text(card, result: dict, before: dict | None = None) -> str:
