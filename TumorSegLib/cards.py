@@ -198,6 +198,15 @@ class Picture(Section):
 
 
 @dataclass(frozen=True)
+class OrganLevel(Section):
+    """Move the input so that the median inside an organ (an output channel) is ``value`` (``preprocess.move_to_level``)."""
+    channel: Optional[int] = _rule(None, _CHANNEL, "the organ's output channel")
+    threshold: float = _rule(0.5, _PROBABILITY, "a number strictly between 0 and 1")
+    value: Optional[float] = _rule(None, lambda v: isinstance(v, (int, float)) and not isinstance(v, bool),
+                                   "the organ's median in input units (HU)")
+
+
+@dataclass(frozen=True)
 class Preprocessing(Section):
     intensity: Intensity = _section(Intensity)
     orientation: Optional[str] = _rule(None, _optional(_is_axis_codes), "axis codes such as 'RAS' or 'LPS'")
@@ -205,6 +214,7 @@ class Preprocessing(Section):
                                     "null or 2-3 positive mm values (null keeps an axis)")
     mip: Optional[Mip] = _section(Mip, optional=True)
     picture: Optional[Picture] = _section(Picture, optional=True)
+    organ_level: Optional[OrganLevel] = _section(OrganLevel, optional=True)
 
 
 @dataclass(frozen=True)
@@ -376,6 +386,11 @@ def _card_problems(card: ModelCard) -> list:
                                or not within.channel < card.out_channels or within.channel == card.output.channel):
         problems.append(f"output.within must be {{'channel': another of the {card.out_channels} sigmoid output "
                         f"channels, 'threshold': in (0, 1)}}, got {within.to_dict()!r}")
+    level = card.preprocessing.organ_level
+    if level is not None and (card.output.activation != Activation.SIGMOID or level.channel is None
+                              or not level.channel < card.out_channels or level.value is None):
+        problems.append(f"preprocessing.organ_level must be {{'channel': one of the {card.out_channels} sigmoid output "
+                        f"channels, 'value': the organ's median, 'threshold'}}, got {level.to_dict()!r}")
     return problems
 
 
@@ -398,6 +413,7 @@ class Settings:
     postprocessing: Postprocessing
     threshold: float
     keep_volume_on_device: bool | None = None  # False after a CUDA out-of-memory: the volume stays on the CPU
+    output: Output | None = None  # another output of the network than the card's (the organ of organ_level)
 
 
 # what a user may override, and the section it changes (None: the threshold)

@@ -44,13 +44,13 @@ import numpy as np
 from scipy import ndimage
 
 from . import boxes
-from .cards import Modality, Mode, ModelCard, Settings, settings_for
+from .cards import Activation, Modality, Mode, ModelCard, Output, Settings, settings_for
 from .errors import TumorSegError
 from .hints import Overrides, Point, Shape
 from .image import Image, superior_axis
 from .lesion_filter import filter_lesions
 from .modality import CT_MIN_BELOW, SUV_P99_MAX, has_air, looks_like_activity, value_range
-from .preprocess import Prepared, normalize_intensity, prepare, restore
+from .preprocess import Prepared, move_to_level, normalize_intensity, prepare, restore
 from .progress import Cancel, ProgressCallback, check_cancel, no_progress, scaled
 
 GPU_BATCH_VOXELS = 2**22  # input voxels per window batch on a GPU (halved on out-of-memory; not yet tuned on a GPU)
@@ -317,13 +317,28 @@ class Segmenter:
     def _infer(self, image: Image, box, settings: Settings, progress, cancel, notes) -> np.ndarray:
         """Foreground probability on ``image``'s grid: prepare, run, restore (``preprocess``).
 
-        With a ``box``, only the windows or slices touching it are computed (see ``inferers``).
+        With a ``box``, only the windows or slices touching it are computed (see ``inferers``). A card with
+        ``preprocessing.organ_level`` first finds the organ (``_move_to_organ_level``): two passes.
         """
+        if self.card.preprocessing.organ_level is not None and settings.output is None:
+            image = self._move_to_organ_level(image, box, settings, scaled(progress, 0.0, 0.5), cancel, notes)
+            progress = scaled(progress, 0.5, 1.0)
         prepared = prepare(image, self.card)
         notes.extend(prepared.notes)
         active = None if box is None else _network_box(prepared, image.shape, box)
         probability = self._run(prepared.array, prepared.axis, active, settings, progress, cancel, notes)
         return restore(prepared, probability)
+
+    def _move_to_organ_level(self, image: Image, box, settings: Settings, progress, cancel, notes) -> Image:
+        """``image`` moved so that the median inside the organ the network finds on it is the card's level."""
+        level = self.card.preprocessing.organ_level
+        organ_output = Output(activation=Activation.SIGMOID, channel=level.channel, threshold=level.threshold)
+        organ = self._infer(image, box, replace(settings, output=organ_output), progress, cancel, [])
+        moved, shift = move_to_level(image, organ >= level.threshold, level.value)
+        notes.append(f"organ level: no voxel of output channel {level.channel} found, intensities not moved"
+                     if shift is None else f"organ level: intensities moved by {shift:+.1f} so that the median "
+                     f"inside output channel {level.channel} is {level.value:g}")
+        return moved
 
     def _run(self, array: np.ndarray, axis, active, settings: Settings, progress, cancel, notes) -> np.ndarray:
         """The network over a normalised array by the card's mode, with the CUDA out-of-memory fallbacks."""
@@ -361,7 +376,7 @@ class Segmenter:
         inference = settings.inference
         predictor_args = {
             "network": self.network,
-            "output": self.card.output,
+            "output": settings.output or self.card.output,
             "dtype": autocast_dtype(self.device, inference.precision),
             "progress": progress,
             "cancel": cancel,

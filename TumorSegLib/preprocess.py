@@ -4,7 +4,8 @@
   spacing, windowed) as a ``Prepared``, and an array of the network's grid (a probability) back onto
   the image's own grid, voxel for voxel; ``Prepared.to_network`` takes any other array of the image's
   grid (a training mask, an ROI) to the network grid the same way;
-- ``normalize_intensity``: window -> [0, 1], optional invert.
+- ``normalize_intensity``: window -> [0, 1], optional invert; ``move_to_level``: the input moved so that an
+  organ's median has a fixed value (card ``preprocessing.organ_level``).
 - ``reorient`` / ``undo_reorient``: exact axis permutation and flips (no interpolation) so the
   network sees the orientation it was trained on (card ``preprocessing.orientation``, e.g. "RAS").
 - ``resample``: linear resampling of a whole grid to a new shape covering the same extent (voxel
@@ -65,6 +66,17 @@ def prepare(image: Image, card: ModelCard) -> Prepared:
 def restore(prepared: Prepared, array: np.ndarray) -> np.ndarray:
     """An array on the network grid (a probability) back on the prepared image's own grid, voxel for voxel."""
     return undo_reorient(resample(array, prepared.oriented_shape), prepared.transform)
+
+
+def move_to_level(image: Image, organ: np.ndarray, value: float) -> tuple:
+    """``(image moved, shift)``: ``image`` plus the constant that puts its median inside ``organ`` (a mask of its
+    grid) at ``value``; ``(image, None)`` when ``organ`` is empty. The card's ``preprocessing.organ_level``:
+    training takes the true organ, inference the organ a first pass of the network finds."""
+    inside = np.asarray(image.array)[np.asarray(organ, dtype=bool)]
+    if not inside.size:
+        return image, None
+    shift = float(value) - float(np.median(inside))
+    return image.with_array(np.asarray(image.array, dtype=np.float32) + np.float32(shift)), shift
 
 
 def normalize_intensity(array: np.ndarray, card: ModelCard) -> np.ndarray:

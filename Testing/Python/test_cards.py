@@ -36,6 +36,8 @@ def write_card(folder, name="m", weights=b"weights", **changes):
     ({"inference": {"precision": "fp8"}}, "inference.precision"),
     ({"inference": {"sw_batch_size": 0}}, "inference.sw_batch_size"),
     ({"modality": "MIP-PET"}, "MIP-PET model must have mode 'whole-image-2d'"),
+    ({"preprocessing": {"organ_level": {"channel": 3, "value": 90}}}, "preprocessing.organ_level must be"),
+    ({"preprocessing": {"organ_level": {"channel": 0}}}, "preprocessing.organ_level must be"),
 ])
 def test_invalid_cards_name_the_problem(change, message):
     data = {**tiny_card_dict("m", "sliding-window-3d", "CT"), **change}

@@ -174,3 +174,58 @@ def test_liver_lies_on_the_patients_right_in_the_upper_abdomen_of_any_copy_of_a_
         copy_liver = segmenter.predict(copy, overrides={"precision": "fp32"}).mask
         expected = reorient(image.with_array(liver.astype(np.uint8)), codes)[0].array.astype(bool)
         assert np.count_nonzero(copy_liver != expected) <= 1e-4 * liver.sum()
+
+
+class LiverWhereBody(torch.nn.Module):
+    """Test network: liver where the input is above the window's low end (the body), tumour nowhere; records inputs."""
+
+    seen = []
+
+    def forward(self, x):
+        LiverWhereBody.seen.append(x.detach().clone())
+        return torch.cat([torch.full_like(x, -10.0), 40 * (x - 0.05)], dim=1)
+
+
+def test_organ_level_moves_the_input_by_the_organ_the_first_pass_finds():
+    """preprocessing.organ_level: the first pass reads the organ channel, the second gets the input moved so that
+    the organ's median is the card's value (here body at 40 HU and a spot at 100 HU: median 40 -> 70, +30 HU)."""
+    level = {"channel": 1, "threshold": 0.5, "value": 70.0}
+    card = config_card(inference={"batch_size": 8, "divisible_by": 16, "precision": "fp32"},
+                       preprocessing={**config_card().preprocessing.to_dict(), "organ_level": level})
+    segmenter = Segmenter(card, device="cpu", network=LiverWhereBody(), backend="torch")
+    image, _ = marked_volume()
+    LiverWhereBody.seen = []
+    prediction = segmenter.predict(image)
+    first, second = (torch.cat(LiverWhereBody.seen[: len(LiverWhereBody.seen) // 2]),
+                     torch.cat(LiverWhereBody.seen[len(LiverWhereBody.seen) // 2:]))
+    low, high = card.preprocessing.intensity.window
+    body = first > (40 - low) / (high - low) - 1e-4
+    assert body.any() and torch.allclose(second[body], (first[body] + 30 / (high - low)).clamp(0, 1), atol=1e-5)
+    assert any("moved by +30.0" in note for note in prediction.notes)
+    assert not prediction.mask.any()
+
+
+def test_training_moves_each_case_by_its_true_organ():
+    """The training loader applies the same rule with the true organ (label channel = the organ's output channel)."""
+    from TumorSegLib.training.transforms import prepare_case
+
+    level = {"channel": 1, "threshold": 0.5, "value": 70.0}
+    card = config_card(preprocessing={**config_card().preprocessing.to_dict(), "organ_level": level})
+    image, spot = marked_volume()
+    organ = image.array > 0
+    moved = prepare_case(image, np.stack([spot, organ]), card)["image"]
+    plain = prepare_case(image, np.stack([spot, organ]), config_card())["image"]
+    low, high = card.preprocessing.intensity.window
+    np.testing.assert_allclose(moved[plain > 0.5], np.clip(plain[plain > 0.5] + 30 / (high - low), 0, 1), atol=1e-5)
+    with pytest.raises(TumorSegError, match="one label channel per output channel"):
+        prepare_case(image, spot, card)
+
+
+def test_move_to_level_and_an_absent_organ():
+    from TumorSegLib.preprocess import move_to_level
+
+    image = Image(np.arange(10, dtype=np.float32).reshape(2, 5), np.eye(3))
+    moved, shift = move_to_level(image, image.array >= 5, 100.0)
+    assert shift == 93.0 and np.median(moved.array[image.array >= 5]) == 100.0 and moved.array.dtype == np.float32
+    same, none = move_to_level(image, np.zeros(image.shape, bool), 100.0)
+    assert same is image and none is None

@@ -16,9 +16,10 @@ import numpy as np
 from monai import transforms as mt
 
 from ..cards import ModelCard
+from ..errors import TumorSegError
 from ..image import Image, binary_mask
 from ..io import read_image
-from ..preprocess import prepare
+from ..preprocess import move_to_level, prepare
 from ..windowed import read_input
 from .data import Case
 from .context import ContextCropd
@@ -69,6 +70,12 @@ def prepare_case(image: Image, mask: np.ndarray, card: ModelCard) -> dict:
     ``mask`` is on the image's grid, or a stack (channel, ...) of such masks. Returns {"image":
     float32 in [0, 1], "label": uint8 (stacked like ``mask``), "axis": the axial voxel axis (3D) or None}.
     """
+    level = card.preprocessing.organ_level
+    if level is not None:  # by the true organ: the label channel of the organ's output channel
+        if mask.ndim == image.ndim:
+            raise TumorSegError(f"model {card.name!r} moves its input to an organ's level: data.label_values must "
+                                "give one label channel per output channel")
+        image, _ = move_to_level(image, mask[level.channel] > 0, level.value)
     prepared = prepare(image, card)
     labels = [prepared.to_network(m) >= 0.5 for m in (mask if mask.ndim > image.ndim else [mask])]
     label = np.stack(labels) if mask.ndim > image.ndim else labels[0]
