@@ -225,7 +225,7 @@ def example_ct(card, path: Path, figure: Path, data_root: Path) -> dict:
     overlay_png(figure, image, liver | tumour, window=(-160, 240))
     level = training_liver_hu(card, data_root)
     median = float(np.median(image.array[liver])) if liver.any() else None
-    moved = None if median is None else Segmenter(card, device="cpu").predict(
+    moved = None if median is None or card.preprocessing.organ_level else Segmenter(card, device="cpu").predict(
         image.with_array((image.array + np.float32(level - median)).astype(np.float32)), overrides=fp32).mask
     return {
         "file": f"{path.parent.name}/{path.name}", "shape": list(image.shape),
@@ -279,6 +279,11 @@ def intensity_lines(ct: dict) -> list:
     """How far the example CT's liver lies from the training livers, and what moving it there does."""
     if ct.get("liver_median_hu") is None:
         return []
+    if ct["tumour_ml_liver_moved_to_training_level"] is None:  # the card moves its input itself (organ_level)
+        return [f"Its predicted liver has a median of {ct['liver_median_hu']:.0f} HU; the training scans' livers "
+                f"{ct['training_liver_median_hu']:.0f} HU (median over scans of each scan's median). This card moves "
+                "the input to that level itself (`preprocessing.organ_level`), so the figures above are already "
+                "those of the moved volume.", ""]
     return [f"Its predicted liver has a median of {ct['liver_median_hu']:.0f} HU; the training scans' livers "
             f"{ct['training_liver_median_hu']:.0f} HU (median over scans of each scan's median; most are at or near "
             "the 105 HU top of the pictures' window, enhanced). With the volume's intensities moved so that its liver "
