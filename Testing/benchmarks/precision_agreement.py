@@ -32,7 +32,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-MODELS = ("mip-pet-2d", "ct-lung-lesion-3d", "ct-lung-lesion-2d")
+MODELS = ("mip-pet-2d", "ct-lung-lesion-3d", "ct-lung-lesion-2d", "ct-liver-lesion-2d")
 AGREEMENT = 0.99  # the issue's bar for reduced precision: masks agree with fp32 at Dice >= 0.99
 
 
@@ -43,13 +43,16 @@ def run(segmenter, image, point, overrides) -> tuple:
 
 
 def compare_case(segmenter, case) -> dict:
-    """One case segmented in fp32 and in the card's precision: agreement, accuracy, times."""
+    """One case segmented in fp32 and in bf16: agreement, accuracy, times. The case is read as the card reads
+    it (JPEG pictures by its channel); the truth is the first label channel of its training config (tumour)."""
     from evaluate_ct_lesions import click_point
 
     from TumorSegLib.metrics import dice
     from TumorSegLib.training.transforms import read_pair
 
-    image, truth = read_pair(case)
+    card = segmenter.card
+    values = (card.provenance.get("config", {}).get("data", {}).get("label_values") or [None])[0]
+    image, truth = read_pair(case, card, values)
     point = click_point(image, truth) if image.ndim == 3 and truth.any() else None
     fp32, fp32_s = run(segmenter, image, point, {"precision": "fp32"})
     bf16, bf16_s = run(segmenter, image, point, {"precision": "bf16"})
