@@ -7,6 +7,7 @@ Used by the Slicer logic tests and the Slicer click benchmark.
 """
 
 import types
+from contextlib import contextmanager
 
 import slicer
 
@@ -39,3 +40,18 @@ def stop(scene) -> None:
     """Undo ``start``: remove ``slicer.mrmlScene`` and ``slicer.modules``, clear the scene."""
     del slicer.mrmlScene, slicer.modules
     scene.Clear(1)
+
+
+@contextmanager
+def module_logic():
+    """The module's logic on a fresh application scene; shut down (worker, observers) and cleared after."""
+    from TumorSegSlicerLib.logic import TumorSegLogic
+
+    scene = start()
+    logic = TumorSegLogic()
+    try:
+        yield logic
+    finally:
+        logic.stopObserving()
+        logic.shutdown()
+        stop(scene)

@@ -19,17 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "TumorSeg"))
 
 import slicer_app  # noqa: E402
 from TumorSegSlicerLib import selftest  # noqa: E402
-from TumorSegSlicerLib.logic import TumorSegLogic  # noqa: E402
 
 
 @pytest.fixture
 def logic():
-    scene = slicer_app.start()
-    tumorseg = TumorSegLogic()
-    yield tumorseg
-    tumorseg.stopObserving()
-    tumorseg.shutdown()
-    slicer_app.stop(scene)
+    with slicer_app.module_logic() as tumorseg:
+        yield tumorseg
 
 
 @pytest.fixture(scope="session")
