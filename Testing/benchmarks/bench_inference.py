@@ -579,7 +579,7 @@ def agreement_case(model: str, nodule_count: int) -> dict:
 
     card = find_card(model)
     segmenter = Segmenter(card, "cpu")
-    return {"model": card.name, "weights_sha256": card.weights.get("sha256"),
+    return {"model": card.name, "weights_sha256": card.weights.sha256,
             "precision": card.inference.precision.value,
             "crop_vs_study_dice": agreement(segmenter, validation_nodules(card), nodule_count),
             "plain_lung_click": lung_click(segmenter), "load_avg_end": os.getloadavg()}
