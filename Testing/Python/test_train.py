@@ -19,7 +19,7 @@ from TumorSegLib.image import Image
 from TumorSegLib.io import read_image, write_image, write_mask
 from TumorSegLib.phantoms import ct_phantom, ellipsoid, grid_affine, pet_phantom
 from TumorSegLib.training.config import config_from_dict, load_config
-from TumorSegLib.training.data import EpochSampler, find_cases, manifest_sha256, split_cases
+from TumorSegLib.training.data import EpochSampler, find_cases, manifest_sha256, split_cases, training_items
 from TumorSegLib.training.losses import build_loss
 from TumorSegLib.training.loop import train
 from TumorSegLib.training.transforms import augmentation
@@ -207,7 +207,7 @@ def test_missing_data_root_and_bad_config(tmp_path, capsys):
 # ---- sampling, augmentation, losses -------------------------------------------------------------------------
 
 def test_sampler_weights_controls_and_ranks():
-    items = [(i, None, i < 5, False) for i in range(50)] + [(50 + i, None, False, True) for i in range(20)]
+    items = [(i, None, i < 5, False, False) for i in range(50)] + [(50 + i, None, False, True, True) for i in range(20)]
     kwargs = dict(positive_weight=9.0, num_items=400, num_controls=8, seed=3, batch=4)
     draw = list(EpochSampler(items, **kwargs))
     drawn_items = [i for i in draw if not items[i][3]]
@@ -220,6 +220,25 @@ def test_sampler_weights_controls_and_ranks():
     assert sorted(sum(shards, [])) == sorted(draw[: 3 * 136])
     ranks[0].set_epoch(1)
     assert list(ranks[0]) != shards[0]
+
+
+def test_sampler_draws_empty_slices_by_their_weight(tmp_path):
+    """Slices with neither tumour nor organ are found per slice and drawn ``empty_weight`` times as often."""
+    from TumorSegLib.training.data import Case, check_cases
+
+    label = np.zeros((2, 4, 8, 8), np.uint8)  # channels (tumour, organ), 4 slices along axis 0
+    label[0, 0, 2:4, 2:4] = label[1, 0, 1:5, 1:5] = 1  # slice 0: tumour in organ
+    label[1, 1, 1:5, 1:5] = 1  # slice 1: organ only; slices 2 and 3: empty
+    card = load_card(MODELS / "ct-liver-lesion-2d.json")
+    case = Case(name="v", patient="p", image=tmp_path, mask=tmp_path)
+    check_cases([case], card, lambda c: {"image": np.zeros((4, 8, 8), np.float32), "label": label, "axis": 0})
+    items = training_items([case])
+    assert [item[2] for item in items] == [True, False, False, False]
+    assert [item[4] for item in items] == [False, False, True, True]
+    draw = list(EpochSampler(items, positive_weight=2.0, num_items=6000, num_controls=0, seed=1, batch=4,
+                             empty_weight=3.5))
+    share = np.bincount([items[i][1] for i in draw], minlength=4) / len(draw)
+    assert share == pytest.approx(np.array([2, 1, 3.5, 3.5]) / 10, abs=0.02)
 
 
 def test_augmentation_crops_balanced_and_padded():

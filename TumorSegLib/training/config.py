@@ -56,6 +56,7 @@ TRAIN_DEFAULTS = {
     "pos": 1.0,                    # crop centre on tumour : background odds
     "neg": 1.0,
     "positive_weight": 1.0,        # sampling weight of a case (slice-2d: slice) with tumour; without = 1
+    "empty_weight": 1.0,           # ... of one whose mask is empty in every channel (e.g. no liver, no tumour)
     "cases_per_epoch": None,       # cases drawn per epoch (weighted, with replacement); default all
     "controls_per_epoch": 0,       # healthy controls drawn per epoch (without replacement)
     "max_steps_per_epoch": None,

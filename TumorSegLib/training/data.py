@@ -33,6 +33,8 @@ class Case:
     positive: bool = False         # the mask has tumour
     slice_axis: Optional[int] = None        # slice-2d: the axial axis of the volume
     positive_slices: Optional[np.ndarray] = None  # slice-2d: bool per slice
+    empty: bool = False            # the mask is empty in every channel (no tumour, no organ)
+    empty_slices: Optional[np.ndarray] = None  # slice-2d: bool per slice
 
 
 @dataclass
@@ -142,12 +144,16 @@ def check_cases(cases: list, card: ModelCard, load: Callable) -> None:
         if arrays["image"].ndim not in dims:
             raise TumorSegError(f"{case.name}: a {arrays['image'].ndim}D image does not suit a {card.mode} model")
         label = arrays["label"]
-        if label.ndim > arrays["image"].ndim:  # label channels: the first is tumour
-            label = label[0]
-        case.positive = bool(label.any())
-        if card.mode == "slice-2d" and label.ndim == 3:
+        channels = label if label.ndim > arrays["image"].ndim else label[None]  # label channels: the first is tumour
+        case.positive, case.empty = bool(channels[0].any()), not channels.any()
+        if card.mode == "slice-2d" and channels.ndim == 4:
             case.slice_axis = arrays["axis"]
-            case.positive_slices = np.moveaxis(label, case.slice_axis, 0).reshape(label.shape[case.slice_axis], -1).any(1)
+            case.positive_slices = _any_per_slice(channels[0], case.slice_axis)
+            case.empty_slices = ~_any_per_slice(channels.any(0), case.slice_axis)
+
+
+def _any_per_slice(array: np.ndarray, axis: int) -> np.ndarray:
+    return np.moveaxis(array, axis, 0).reshape(array.shape[axis], -1).any(1)
 
 
 def require_usable(split: Split, card: ModelCard) -> None:
@@ -159,13 +165,14 @@ def require_usable(split: Split, card: ModelCard) -> None:
 
 
 def training_items(cases: list) -> list:
-    """(case index, slice index or None, has tumour, is control) for every training sample."""
+    """(case index, slice index or None, has tumour, is control, is empty) for every training sample."""
     items = []
     for index, case in enumerate(cases):
         if case.positive_slices is not None:
-            items += [(index, s, bool(p), False) for s, p in enumerate(case.positive_slices)]
+            items += [(index, s, bool(p), False, bool(e)) for s, (p, e) in
+                      enumerate(zip(case.positive_slices, case.empty_slices))]
         else:
-            items.append((index, None, case.positive, case.mask is None))
+            items.append((index, None, case.positive, case.mask is None, case.empty))
     return items
 
 
@@ -173,16 +180,18 @@ class EpochSampler(torch.utils.data.Sampler):
     """Weighted, distributed sampling of training items, redrawn every epoch (``set_epoch``).
 
     Each epoch draws ``num_items`` non-control items with replacement, weighting tumour items by
-    ``positive_weight``, plus ``num_controls`` controls without replacement; the shuffled draw
+    ``positive_weight``, items whose mask is empty in every channel by ``empty_weight`` and the rest
+    (organ without tumour) by 1, plus ``num_controls`` controls without replacement; the shuffled draw
     (identical on every rank) is cut to a multiple of ``world * batch`` and rank ``r`` takes
     every ``world``-th item from ``r``, so all ranks run the same number of steps.
     """
 
     def __init__(self, items: list, positive_weight: float, num_items: Optional[int], num_controls: int,
-                 seed: int, batch: int, rank: int = 0, world: int = 1):
+                 seed: int, batch: int, rank: int = 0, world: int = 1, empty_weight: float = 1.0):
         self.items = [i for i, item in enumerate(items) if not item[3]]
         self.controls = [i for i, item in enumerate(items) if item[3]]
-        self.weights = torch.tensor([positive_weight if items[i][2] else 1.0 for i in self.items], dtype=torch.float64)
+        self.weights = torch.tensor([positive_weight if items[i][2] else empty_weight if items[i][4] else 1.0
+                                     for i in self.items], dtype=torch.float64)
         self.num_items = int(num_items or len(self.items))
         self.num_controls = min(int(num_controls), len(self.controls))
         self.seed, self.batch, self.rank, self.world = seed, batch, rank, world

@@ -118,7 +118,7 @@ class _Run:
                                   bool(cfg["cache"]))
         self.sampler = EpochSampler(items, float(cfg["positive_weight"]), cfg["cases_per_epoch"],
                                     int(cfg["controls_per_epoch"]), seed, int(cfg["cases_per_step"]),
-                                    context.rank, context.world)
+                                    context.rank, context.world, float(cfg["empty_weight"]))
         from monai.data import DataLoader, list_data_collate
 
         self.loader = DataLoader(dataset, batch_size=int(cfg["cases_per_step"]), sampler=self.sampler,
