@@ -6,7 +6,8 @@ its weights file sits next to it. Field meanings: ``Resources/Models/README.md``
 ``Resources/ModelCard.schema.json`` states the same rules for editors and tests.
 
 A loaded card is typed: ``ModelCard`` holds one frozen dataclass per section (``Network``,
-``Preprocessing``, ``Inference``, ``Click``, ``Output``, ``Postprocessing``, ``Weights``; ``provenance``
+``Preprocessing``, ``Inference``, ``Click``, ``Output``, ``Postprocessing``, ``Weights`` with its ensemble
+``Member``s; ``provenance``
 stays a free mapping), each field with its default written once here and the rule its JSON value
 must meet (``card_from_dict`` checks every field by these rules, then the rules across fields).
 Fixed choices are ``Choice`` enums, which compare equal to (and print as) their JSON strings.
@@ -163,6 +164,8 @@ def _names(section) -> tuple:
 def _plain(value: Any) -> Any:
     if isinstance(value, Section):
         return value.to_dict()
+    if isinstance(value, tuple) and value and isinstance(value[0], Section):
+        return [_plain(v) for v in value]
     return value.value if isinstance(value, Choice) else value
 
 
@@ -263,11 +266,31 @@ class Postprocessing(Section):
                                              "a mapping (the per-lesion false-positive filter's settings)")
 
 
+def _is_member(value) -> bool:
+    return (isinstance(value, dict) and set(value) <= {"file", "sha256"} and _inside_folder(value.get("file"))
+            and isinstance(value.get("sha256", ""), str))
+
+
+@dataclass(frozen=True)
+class Member(Section):
+    """One more weights file of an ensemble: the same network and format as ``weights.file``."""
+    file: str
+    sha256: Optional[str] = None
+
+
 @dataclass(frozen=True)
 class Weights(Section):
     file: str = _rule("", _inside_folder, "a file name in the card's folder")
     sha256: Optional[str] = _rule(None, _optional(lambda v: isinstance(v, str)), "the file's SHA-256 (hex)")
     format: WeightsFormat = _choice(WeightsFormat, WeightsFormat.STATE_DICT)
+    ensemble: Optional[tuple] = _rule(None, _optional(_list_of(_is_member, range(1, 100))),
+                                      "a list of {'file', 'sha256'}: more weights of the same network (an ensemble)",
+                                      lambda v: tuple(Member(**m) for m in v))
+
+    @property
+    def members(self) -> tuple:
+        """Every weights file of the card as ``Member``s, ``file`` first; more than one: an ensemble."""
+        return (Member(self.file, self.sha256),) + tuple(self.ensemble or ())
 
 
 @dataclass(frozen=True)
@@ -311,13 +334,17 @@ class ModelCard(Section):
 
     @property
     def weights_path(self) -> Path:
-        """The weights file; it must resolve inside the card's own folder (symbolic links included)."""
+        """The weights file (the first of an ensemble); it must resolve inside the card's own folder."""
+        return self.member_path(self.weights.file)
+
+    def member_path(self, file: str) -> Path:
+        """A weights file of this card; it must resolve inside the card's own folder (symbolic links included)."""
         base = self.path.parent if self.path else BUILTIN_DIR
-        path = base / self.weights.file
+        path = base / file
         try:
             path.resolve().relative_to(base.resolve())
         except ValueError:
-            raise TumorSegError(f"model {self.name!r}: weights {self.weights.file!r} lie outside the card's folder "
+            raise TumorSegError(f"model {self.name!r}: weights {file!r} lie outside the card's folder "
                                 f"{base}; a card's weights must sit in its own folder") from None
         return path
 
@@ -517,30 +544,39 @@ USABLE = (SHA256_OK, NO_SHA256)
 
 
 def weights_status(card: ModelCard) -> str:
-    """``SHA256_OK``, ``NO_SHA256``, ``OUTSIDE``, 'missing' or 'sha256 mismatch'."""
+    """``SHA256_OK``, ``NO_SHA256``, ``OUTSIDE``, 'missing' or 'sha256 mismatch': the worst over an ensemble's files."""
+    statuses = [_member_status(card, member) for member in card.weights.members]
+    return next((s for s in statuses if s not in USABLE), NO_SHA256 if NO_SHA256 in statuses else SHA256_OK)
+
+
+def _member_status(card: ModelCard, member: Member) -> str:
     try:
-        path = card.weights_path
+        path = card.member_path(member.file)
     except TumorSegError:
         return OUTSIDE
     if not path.is_file():
         return "missing"
-    expected = card.weights.sha256
-    if not expected:
+    if not member.sha256:
         return NO_SHA256
-    return SHA256_OK if sha256(path) == expected else "sha256 mismatch"
+    return SHA256_OK if sha256(path) == member.sha256 else "sha256 mismatch"
 
 
-def verified_weights(card: ModelCard) -> Path:
-    """The weights path after checking it lies in the card's folder, exists and matches the card's SHA-256."""
-    path = card.weights_path
-    status = weights_status(card)
-    if status == "missing":
-        raise TumorSegError(
-            f"weights for model {card.name!r} not found at {path}; train them with "
-            f"'tumorseg train' (see the card's provenance.command) or place the file there"
-        )
-    if status == "sha256 mismatch":
-        raise TumorSegError(
-            f"weights {path} do not match the SHA-256 in {card.path}: the file is corrupt or not the one the card describes"
-        )
-    return path
+def verified_weights(card: ModelCard) -> list:
+    """The weights paths (one per ensemble member, ``weights.file`` first) after checking that each lies in the
+    card's folder, exists and matches its SHA-256."""
+    paths = []
+    for member in card.weights.members:
+        path = card.member_path(member.file)
+        status = _member_status(card, member)
+        if status == "missing":
+            raise TumorSegError(
+                f"weights for model {card.name!r} not found at {path}; train them with "
+                f"'tumorseg train' (see the card's provenance.command) or place the file there"
+            )
+        if status == "sha256 mismatch":
+            raise TumorSegError(
+                f"weights {path} do not match the SHA-256 in {card.path}: the file is corrupt or not the one the card "
+                "describes"
+            )
+        paths.append(path)
+    return paths

@@ -2,7 +2,9 @@
 
 ``network.name`` is a class in ``monai.networks.nets`` (``AttentionUnet`` by default) and
 ``network.args`` its keyword arguments. Weights are a ``state_dict`` saved with ``torch.save``
-or a TorchScript module; both are checked against the card's SHA-256 before loading.
+or a TorchScript module; both are checked against the card's SHA-256 before loading. A card
+whose ``weights.ensemble`` lists more files runs them all on each input and averages their logits
+(``Ensemble``).
 
 For inference, ``for_inference`` makes an eval-mode copy with each BatchNorm folded into the
 convolution before it (the same function, one memory pass less per layer) in the channels-last
@@ -34,21 +36,36 @@ def build_network(card: ModelCard) -> torch.nn.Module:
         raise TumorSegError(f"model {card.name!r}: bad arguments for {name}: {error}") from error
 
 
+class Ensemble(torch.nn.Module):
+    """Networks of one architecture run on the same input, their logits averaged (``weights.ensemble``)."""
+
+    def __init__(self, members):
+        super().__init__()
+        self.members = torch.nn.ModuleList(members)
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(batch) for member in self.members]).mean(0)
+
+
 def load_network(card: ModelCard, device: str | torch.device = "cpu") -> torch.nn.Module:
-    """The card's network with its verified weights, in eval mode on ``device``."""
-    path = verified_weights(card)
+    """The card's network with its verified weights (an ``Ensemble`` for several), in eval mode on ``device``."""
+    members = [_load_weights(card, path) for path in verified_weights(card)]
+    network = members[0] if len(members) == 1 else Ensemble(members)
+    return network.to(device).eval()
+
+
+def _load_weights(card: ModelCard, path) -> torch.nn.Module:
     try:
         if card.weights.format == WeightsFormat.TORCHSCRIPT:
-            network = torch.jit.load(str(path), map_location="cpu")
-        else:
-            network = build_network(card)
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-            network.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+            return torch.jit.load(str(path), map_location="cpu")
+        network = build_network(card)
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+        network.load_state_dict(state.get("state_dict", state) if isinstance(state, dict) else state)
+        return network
     except TumorSegError:
         raise
     except Exception as error:
         raise TumorSegError(f"cannot load weights {path} for model {card.name!r}: {load_error_reason(error)}") from None
-    return network.to(device).eval()
 
 
 def load_error_reason(error: BaseException) -> str:

@@ -84,6 +84,31 @@ def test_weights_states(tmp_path):
     assert weights_status(unverified) == NO_SHA256
 
 
+def test_each_ensemble_member_is_checked(tmp_path):
+    (tmp_path / "b.pt").write_bytes(b"second")
+    member = {"file": "b.pt", "sha256": sha256(tmp_path / "b.pt")}
+    path = write_card(tmp_path, "ens")
+    data = json.loads(path.read_text())
+    data["weights"]["ensemble"] = [member]
+    path.write_text(json.dumps(data))
+    card = load_card(path)
+    first = data["weights"]["file"]
+    assert [m.file for m in card.weights.members] == [first, "b.pt"]
+    assert weights_status(card) == SHA256_OK
+    assert cards.verified_weights(card) == [tmp_path / first, tmp_path / "b.pt"]
+    assert card_from_dict(card.to_dict(), card.path) == card
+    (tmp_path / "b.pt").write_bytes(b"changed")
+    assert weights_status(card) == "sha256 mismatch"
+    with pytest.raises(TumorSegError, match="b.pt do not match the SHA-256"):
+        cards.verified_weights(card)
+    (tmp_path / "b.pt").unlink()
+    assert weights_status(card) == "missing"
+    data = card.to_dict()
+    data["weights"]["ensemble"] = [{"file": "../b.pt"}]
+    with pytest.raises(TumorSegError, match="weights.ensemble must be a list of"):
+        card_from_dict(data)
+
+
 def test_models_command_lists_modality_mode_and_weights(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(cards, "BUILTIN_DIR", tmp_path / "none")
     monkeypatch.delenv("TUMORSEG_MODELS", raising=False)

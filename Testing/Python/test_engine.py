@@ -78,6 +78,34 @@ def test_torchscript_weights_from_elsewhere_give_the_state_dict_result(ct3d, tmp
     np.testing.assert_allclose(result, expected, atol=1e-4)
 
 
+def test_an_ensemble_card_averages_the_logits_of_its_members(ct3d, tmp_path):
+    """weights.ensemble: every member runs on the input; the probability is the sigmoid of their mean logit."""
+    from TumorSegLib.cards import sha256
+    from TumorSegLib.networks import Ensemble, load_network
+
+    other = load_network(ct3d)
+    with torch.no_grad():
+        for parameter in other.parameters():
+            parameter.mul_(0.7)
+    torch.save(other.state_dict(), tmp_path / "other.pt")
+    (tmp_path / ct3d.weights.file).write_bytes(ct3d.weights_path.read_bytes())
+    data = ct3d.to_dict()
+    data["weights"]["ensemble"] = [{"file": "other.pt", "sha256": sha256(tmp_path / "other.pt")}]
+    (tmp_path / "ensemble.json").write_text(json.dumps(data))
+    card = load_card(tmp_path / "ensemble.json")
+    network = load_network(card)
+    assert isinstance(network, Ensemble) and len(network.members) == 2
+    batch = torch.from_numpy(normalize_intensity(lesion_volume("CT")[0].array[:32, :32, :16], ct3d))[None, None]
+    with torch.no_grad():
+        expected = (load_network(ct3d)(batch) + other(batch)) / 2
+        np.testing.assert_allclose(network(batch).numpy(), expected.numpy(), atol=1e-5)
+    image, _ = lesion_volume("CT")
+    fp32 = {"precision": "fp32"}
+    single = Segmenter(ct3d, "cpu", backend="torch").predict(image, overrides=fp32).probability
+    averaged = Segmenter(card, "cpu", backend="torch").predict(image, overrides=fp32).probability
+    assert np.abs(averaged - single).max() > 0.05  # the second member counts
+
+
 def test_resampling_and_reorientation_give_the_mask_on_the_input_grid(ct3d, tmp_path):
     card = variant(ct3d, tmp_path, preprocessing={"spacing": [1.5, 1.5, 1.5], "orientation": "LPS"})
     image, truth = lesion_volume("CT")

@@ -172,7 +172,7 @@ def bench_card(model: str, ndim: int, folder: Path):
     if model == "random":
         return random_card(folder, ndim), "random (seed 0)"
     card = find_card(model)
-    weights = verified_weights(card)
+    weights = verified_weights(card)[0]
     data = card.to_dict()
     data["preprocessing"] = {k: v for k, v in data["preprocessing"].items() if k not in ("orientation", "spacing")}
     data["inference"] = {k: v for k, v in data["inference"].items() if k != "flip_axes"}
