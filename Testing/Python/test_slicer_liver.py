@@ -39,7 +39,8 @@ def liver_card(folder: Path) -> Path:
     card = find_card(NAME)
     data = {**json.loads(card.path.read_text()), "output": {"channel": 1, "threshold": 0.5}}
     folder.mkdir()
-    (folder / card.weights.file).write_bytes(card.weights_path.read_bytes())
+    for member in card.weights.members:  # every file of an ensemble
+        (folder / member.file).write_bytes(card.member_path(member.file).read_bytes())
     (folder / f"{NAME}.json").write_text(json.dumps(data))
     return folder / f"{NAME}.json"
 
