@@ -55,6 +55,15 @@ def channel_card(card, channel: int):
                           card.path)
 
 
+def weights_sha256(card) -> str:
+    """The SHA-256 of each weights file of the card, joined by '+' (one for a single network)."""
+    return "+".join(member.sha256 or "" for member in card.weights.members)
+
+
+def short_sha256(joined: str) -> str:
+    return " + ".join(f"`{sha[:12]}...`" for sha in joined.split("+"))
+
+
 def scan_of(case) -> str:
     return re.search(r"volume-(\d+)_slice_(\d+)", case.name).group(1)
 
@@ -270,7 +279,7 @@ def before_lines(result: dict, before: dict | None) -> list:
     rows.append(("tumour on the example CT (mL; no labels)", before["example_ct"]["tumour_ml"],
                  result["example_ct"]["tumour_ml"]))
     return ["## Against the card it replaced", "",
-            f"Both measured by this script on the same slices (before: weights sha256 `{before['weights_sha256'][:12]}...`).",
+            f"Both measured by this script on the same slices (before: weights sha256 {short_sha256(before['weights_sha256'])}).",
             "", "| figure | before | this card |", "|---|---|---|",
             *[f"| {name} | {b:.3f} | {a:.3f} |" for name, b, a in rows], ""]
 
@@ -302,8 +311,10 @@ def report_text(card, result: dict, before: dict | None = None) -> str:
     lines = [
         "# ct-liver-lesion-2d: validation report (LiTS slices)", "",
         f"Produced by `Testing/benchmarks/evaluate_liver.py` on {result['machine']} from the published card "
-        f"(weights sha256 `{(card.weights.sha256 or '')[:12]}...`), CPU, fp32. Training: {training.get('epochs')} "
-        f"epochs, {training.get('steps')} steps on a shared 2-core CPU ({training.get('stopped')}).", "",
+        f"(weights sha256 {short_sha256(weights_sha256(card))}), CPU, fp32. Training: {training.get('epochs')} "
+        f"epochs, {training.get('steps')} steps on a shared 2-core CPU ({training.get('stopped')})"
+        + (f"; an ensemble of {len(card.weights.members)} networks (the figures count the first one's training)"
+           if card.weights.ensemble else "") + ".", "",
     ] + before_lines(result, before) + [
         "Data: LiTS 2017 training scans as windowed JPEG slices (`../shared/data/lits-liver-2d`, 26 dev scans; "
         "LiTS terms: non-commercial research use, CC BY-NC-SA 4.0, cite Bilic et al., MedIA 2023). "
@@ -417,7 +428,7 @@ def main(argv=None) -> int:
         path = figures_dir / f"liver-{label}.png"
         figures[title] = str(overlay(path, [r for r in rows if r["scan"] == entry["scan"]]))
     result = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-              "weights_sha256": card.weights.sha256 or "", "summary": summary(rows, scans),
+              "weights_sha256": weights_sha256(card), "summary": summary(rows, scans),
               "scans": scans, "figures": figures,
               "example_ct": example_ct(card, Path(args.example_ct), figures_dir / "liver-example-ct.png", root)}
     before = json.loads(Path(args.before).read_text()) if args.before else None
