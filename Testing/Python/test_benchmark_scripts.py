@@ -31,7 +31,10 @@ def test_inference_benchmark_writes_the_promised_json(tmp_path):
     for row in rows:
         assert {"name", "ours_s", "baseline_s", "speedup", "dice_vs_fp32", "peak_rss_mb", "backend"} <= set(row)
         assert row["macs_per_window"] > 1e6 and row["windows_computed"] == 1
-        assert 0.0 < row["fraction_of_peak"] < 1.0 and 0.0 < row["baseline_hardware"]["fraction_of_peak"] < 1.0
+        # a fraction, but not bounded by 1 on every CPU: a turbo clock above the one /proc/cpuinfo gives and
+        # convolution algorithms that multiply less than a direct convolution (Winograd) both exceed the
+        # direct-convolution peak (1.13 was measured under the AVX2 caps); 4 still catches a unit error
+        assert 0.0 < row["fraction_of_peak"] < 4.0 and 0.0 < row["baseline_hardware"]["fraction_of_peak"] < 4.0
         assert row["ours_s"] > 0 and row["baseline_s"] > 0 and 0.0 <= row["dice_vs_fp32"] <= 1.0
         ours, base, half_ms = row["ours_s"], row["baseline_s"], 0.0005  # times are rounded to ms, the ratio to 0.01
         assert (base - half_ms) / (ours + half_ms) - 0.005 <= row["speedup"] <= (base + half_ms) / (ours - half_ms) + 0.005
