@@ -4,7 +4,7 @@
 coronal, sagittal) through the centre of the largest lesion (the volume's centre when empty), turned to the
 nearest RAS axes and drawn in the radiological convention (patient right on the image left,
 anterior and superior at the top), with pixels stretched to their physical aspect. The mask is
-tinted red with a solid outline.
+tinted red with a solid outline; an organ given for context (``organ``) is outlined in blue.
 
 ``mip_overlay_png`` draws what a nuclear-medicine reader looks at first for a whole-body PET: the
 coronal MIP (inverted grey, hot = dark) with every lesion's outline projected on it, numbered as
@@ -25,12 +25,18 @@ from .measure import label_lesions
 from .preprocess import reorient
 
 RED = np.array([230, 40, 40], dtype=np.float32)
+BLUE = np.array([60, 120, 255], dtype=np.uint8)  # the outline of an organ drawn for context (``organ``)
 MIN_HEIGHT = 256  # pixels: small volumes are enlarged to at least about this height
 
 
-def overlay_png(path: PathLike, image: Image, mask: np.ndarray, window: Sequence[float] | None = None) -> Path:
-    """Write the overlay of bool ``mask`` (on ``image``'s grid) to ``path`` (PNG); ``window`` = (low, high)."""
+def overlay_png(path: PathLike, image: Image, mask: np.ndarray, window: Sequence[float] | None = None,
+                organ: np.ndarray | None = None) -> Path:
+    """Write the overlay of bool ``mask`` (on ``image``'s grid) to ``path`` (PNG); ``window`` = (low, high).
+
+    ``organ`` (bool, same grid), when given, is outlined in blue beneath the mask (e.g. the liver a tumour lies in).
+    """
     mask = np.asarray(mask, dtype=bool)
+    organ = np.zeros_like(mask) if organ is None else np.asarray(organ, dtype=bool)
     if window is None:
         window = np.percentile(image.array, (1.0, 99.5)) if image.array.size else (0.0, 1.0)
     low, high = float(window[0]), float(window[1])
@@ -38,24 +44,25 @@ def overlay_png(path: PathLike, image: Image, mask: np.ndarray, window: Sequence
     if image.ndim == 2:
         rows, cols = image.spacing / min(image.spacing)
         zoom = max(1.0, MIN_HEIGHT / (image.shape[0] * rows))
-        picture = _stretch(_tint(gray, mask), zoom * rows, zoom * cols)
+        picture = _stretch(_tint(gray, mask, organ), zoom * rows, zoom * cols)
     else:
-        picture = _three_views(image.with_array(gray), mask)
+        picture = _three_views(image.with_array(gray), mask, organ)
     return _save_rgb(path, picture)
 
 
-def _tint(gray: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def _tint(gray: np.ndarray, mask: np.ndarray, organ: np.ndarray) -> np.ndarray:
     rgb = np.repeat(gray[..., None], 3, axis=-1)
+    rgb[organ & ~ndimage.binary_erosion(organ)] = BLUE
     rgb[mask] = 0.55 * rgb[mask] + 0.45 * RED
     outline = mask & ~ndimage.binary_erosion(mask)
     rgb[outline] = RED
     return rgb.astype(np.uint8)
 
 
-def _three_views(gray: Image, mask: np.ndarray) -> np.ndarray:
+def _three_views(gray: Image, mask: np.ndarray, organ: np.ndarray) -> np.ndarray:
     ras, _ = reorient(gray, "RAS")
-    ras_mask, _ = reorient(gray.with_array(mask), "RAS")
-    m = ras_mask.array.astype(bool)
+    m = reorient(gray.with_array(mask), "RAS")[0].array.astype(bool)
+    o = reorient(gray.with_array(organ), "RAS")[0].array.astype(bool)
     labels, count = label_lesions(m)
     if count:
         largest = np.argmax(np.bincount(labels.ravel())[1:]) + 1
@@ -64,14 +71,14 @@ def _three_views(gray: Image, mask: np.ndarray) -> np.ndarray:
         i, j, k = np.array(m.shape) // 2
     sx, sy, sz = ras.spacing
     a = ras.array
-    views = [  # (image slice, mask slice, row spacing, column spacing)
-        (a[::-1, ::-1, k].T, m[::-1, ::-1, k].T, sy, sx),  # axial: anterior up, patient right on the left
-        (a[::-1, j, ::-1].T, m[::-1, j, ::-1].T, sz, sx),  # coronal: superior up
-        (a[i, ::-1, ::-1].T, m[i, ::-1, ::-1].T, sz, sy),  # sagittal: superior up, anterior on the left
+    cuts = [  # (view of a RAS array, row spacing, column spacing)
+        (lambda v: v[::-1, ::-1, k].T, sy, sx),  # axial: anterior up, patient right on the left
+        (lambda v: v[::-1, j, ::-1].T, sz, sx),  # coronal: superior up
+        (lambda v: v[i, ::-1, ::-1].T, sz, sy),  # sagittal: superior up, anterior on the left
     ]
     step = min(sx, sy, sz)
     zoom = max(1.0, MIN_HEIGHT / max(a.shape[2] * sz, a.shape[1] * sy) * step)
-    panels = [_stretch(_tint(v, vm), zoom * rs / step, zoom * cs / step) for v, vm, rs, cs in views]
+    panels = [_stretch(_tint(cut(a), cut(m), cut(o)), zoom * rs / step, zoom * cs / step) for cut, rs, cs in cuts]
     height = max(p.shape[0] for p in panels)
     gap = np.zeros((height, 4, 3), dtype=np.uint8)
     padded = [np.pad(p, ((0, height - p.shape[0]), (0, 0), (0, 0))) for p in panels]

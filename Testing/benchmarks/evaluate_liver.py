@@ -231,7 +231,7 @@ def example_ct(card, path: Path, figure: Path, data_root: Path) -> dict:
     millilitres = image.voxel_volume / 1000.0
     body = image.to_world(np.argwhere(image.array > -300))
     centre = image.to_world(np.argwhere(liver)).mean(axis=0) if liver.any() else None
-    overlay_png(figure, image, liver | tumour, window=(-160, 240))
+    overlay_png(figure, image, tumour, window=(-160, 240), organ=liver)
     level = training_liver_hu(card, data_root)
     median = float(np.median(image.array[liver])) if liver.any() else None
     moved = None if median is None or card.preprocessing.organ_level else Segmenter(card, device="cpu").predict(
@@ -372,8 +372,8 @@ def report_text(card, result: dict, before: dict | None = None) -> str:
               "shared machine). Flipped and permuted copies of the volume (axis codes: voxels whose liver label "
               f"differs after mapping back, of {ct['liver_voxels']}): {ct['copies_differing_liver_voxels']}.", "",
               *intensity_lines(ct),
-              "Overlay: predicted liver and tumour (red) in the axial, coronal and sagittal planes through the "
-              "largest region (patient right on the image left).", "",
+              "Overlay: predicted tumour (red) and liver (blue outline) in the axial, coronal and sagittal planes "
+              "through the largest tumour region (patient right on the image left).", "",
               "![example CT liver](figures/liver-example-ct.png)", "",
               "## Limits", "",
               "- The pictures carry no spacing: they are taken as 0.8 mm pixels (LiTS in-plane spacing is about "
