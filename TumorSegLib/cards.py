@@ -268,7 +268,7 @@ class Postprocessing(Section):
 
 def _is_member(value) -> bool:
     return (isinstance(value, dict) and set(value) <= {"file", "sha256"} and _inside_folder(value.get("file"))
-            and isinstance(value.get("sha256", ""), str))
+            and isinstance(value.get("sha256") or "", str))  # sha256 may be null, as weights.sha256
 
 
 @dataclass(frozen=True)
@@ -545,20 +545,20 @@ USABLE = (SHA256_OK, NO_SHA256)
 
 def weights_status(card: ModelCard) -> str:
     """``SHA256_OK``, ``NO_SHA256``, ``OUTSIDE``, 'missing' or 'sha256 mismatch': the worst over an ensemble's files."""
-    statuses = [_member_status(card, member) for member in card.weights.members]
+    try:
+        files = [(card.member_path(member.file), member.sha256) for member in card.weights.members]
+    except TumorSegError:
+        return OUTSIDE
+    statuses = [_file_status(path, expected) for path, expected in files]
     return next((s for s in statuses if s not in USABLE), NO_SHA256 if NO_SHA256 in statuses else SHA256_OK)
 
 
-def _member_status(card: ModelCard, member: Member) -> str:
-    try:
-        path = card.member_path(member.file)
-    except TumorSegError:
-        return OUTSIDE
+def _file_status(path: Path, expected: str | None) -> str:
     if not path.is_file():
         return "missing"
-    if not member.sha256:
+    if not expected:
         return NO_SHA256
-    return SHA256_OK if sha256(path) == member.sha256 else "sha256 mismatch"
+    return SHA256_OK if sha256(path) == expected else "sha256 mismatch"
 
 
 def verified_weights(card: ModelCard) -> list:
@@ -567,7 +567,7 @@ def verified_weights(card: ModelCard) -> list:
     paths = []
     for member in card.weights.members:
         path = card.member_path(member.file)
-        status = _member_status(card, member)
+        status = _file_status(path, member.sha256)
         if status == "missing":
             raise TumorSegError(
                 f"weights for model {card.name!r} not found at {path}; train them with "
