@@ -169,6 +169,8 @@ def fmt(value, digits=3) -> str:
 
 def report_text(cards: dict, summaries: dict, strata: dict, wholes: dict, figures: list, environment: dict,
                 ct_path: Path) -> str:
+    from TumorSegLib.cards import verified_weights
+
     names = list(cards)
     head = "| | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
 
@@ -193,7 +195,8 @@ def report_text(cards: dict, summaries: dict, strata: dict, wholes: dict, figure
         text.append(line(label, [fmt(summaries[n][key], digits) for n in names]))
     text.append(line("training: validation mean Dice in the card (whole crop)",
                      [fmt(cards[n].provenance["validation"]["dice_mean"]) for n in names]))
-    text.append(line("weights (MB)", [f"{cards[n].weights_path.stat().st_size / 1e6:.1f}" for n in names]))
+    text.append(line("weights (MB, every file of an ensemble)",
+                     [f"{sum(p.stat().st_size for p in verified_weights(cards[n])) / 1e6:.1f}" for n in names]))
     text.append(f"\nTime: {environment}.\n\n## Targets (issue 6)\n\n")
     text += target_lines(names[0], summaries[names[0]])
     for name in names[1:]:
