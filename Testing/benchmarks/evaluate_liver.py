@@ -124,6 +124,21 @@ def evaluate_slice(segmenters: dict, case, card) -> dict:
     }
 
 
+def validation_rows(card, root: Path, slices_per_scan: int | None) -> list:
+    """``evaluate_slice`` rows of the validation slices of the card's own split, each naming the card."""
+    from TumorSegLib.engine import Segmenter
+    from TumorSegLib.networks import load_network
+    from TumorSegLib.training.data import card_validation_cases
+
+    cases = card_validation_cases(card, data_root=root)
+    if slices_per_scan:
+        cases = first_slices(cases, slices_per_scan)
+    network = load_network(card, "cpu")  # one network read, three outputs of it (PyTorch fp32: the report's figures)
+    segmenters = {name: Segmenter(c, device="cpu", network=network, backend="torch")
+                  for name, c in (("tumour", card), ("liver", channel_card(card, LIVER)), ("ungated", channel_card(card, 0)))}
+    return [{**evaluate_slice(segmenters, case, card), "validated_by": str(card.path)} for case in cases]
+
+
 def region_sizes(mask: np.ndarray, labels_of: np.ndarray | None = None) -> dict:
     """Label -> pixel count of the 8-connected regions of ``labels_of`` (default ``mask``) that ``mask`` touches."""
     from TumorSegLib.measure import label_lesions
@@ -275,11 +290,13 @@ def before_lines(result: dict, before: dict | None) -> list:
     """A table of the card before this one (its ``--json`` figures, same script and data) against this one."""
     if before is None:
         return []
-    rows = [(name, before["summary"][key], result["summary"][key]) for name, key in BEFORE_ROWS]
+    rows = [(name, before["summary"][key], result["summary_on_before_scans"][key]) for name, key in BEFORE_ROWS]
     rows.append(("tumour on the example CT (mL; no labels)", before["example_ct"]["tumour_ml"],
                  result["example_ct"]["tumour_ml"]))
     return ["## Against the card it replaced", "",
-            f"Both measured by this script on the same slices (before: weights sha256 {short_sha256(before['weights_sha256'])}).",
+            f"Both measured by this script on the same slices, the {before['summary']['scans']} validation scans of the "
+            f"card before (weights sha256 {short_sha256(before['weights_sha256'])})"
+            + (", this card's by the fold that held each scan out." if result["folds"] else "."),
             "", "| figure | before | this card |", "|---|---|---|",
             *[f"| {name} | {b:.3f} | {a:.3f} |" for name, b, a in rows], ""]
 
@@ -318,8 +335,12 @@ def report_text(card, result: dict, before: dict | None = None) -> str:
     ] + before_lines(result, before) + [
         "Data: LiTS 2017 training scans as windowed JPEG slices (`../shared/data/lits-liver-2d`, 26 dev scans; "
         "LiTS terms: non-commercial research use, CC BY-NC-SA 4.0, cite Bilic et al., MedIA 2023). "
-        f"Validation = the {s['scans']} scans the training split held out (by scan, seed 20240607): "
-        f"{s['slices']} stored slices, {s['tumour_slices']} with tumour. No cross-validation (CPU time).", "",
+        + (f"Validation: {result['folds']}-fold cross-validation by scan, each of the {s['scans']} scans segmented by "
+           "the fold's network that never saw it (out of fold); the shipped card averages all folds' networks, so "
+           "these figures are those of one network on unseen scans, not of the ensemble: "
+           if result["folds"] else f"Validation = the {s['scans']} scans the training split held out (by scan, seed "
+           "20240607): ")
+        + f"{s['slices']} stored slices, {s['tumour_slices']} with tumour.", "",
         "How it was trained: the card's `provenance.config.notes` and `provenance.command`. Loss and validation Dice "
         "(per-slice mean, the training loop's selection figure) per epoch of its run (retrained candidates that "
         "were measured and not shipped, and why: `docs/ship-rules.md`):", "",
@@ -381,8 +402,9 @@ def report_text(card, result: dict, before: dict | None = None) -> str:
               "augmentation (15 %) covers part of that. Areas of JPEG inputs assume 0.8 mm.",
               "- Slices only: neighbouring slices as channels (2.5D) cannot be trained on this folder, which holds the "
               "neighbours (2 slices apart) of 487 of its 547 tumour slices but of 1 of its 294 liver-only slices, so "
-              "a 2.5D model would see context almost only where there is tumour. Validation on 5 scans, so the "
-              "figures have wide uncertainty.",
+              "a 2.5D model would see context almost only where there is tumour. "
+              f"Validation on {s['scans']} scans ({s['scans_with_tumour']} with tumour), so the figures have wide "
+              "uncertainty.",
               "- The JPEG window clips HU to -45..105; the model sees the same clipping on HU volumes.", ""]
     return "\n".join(lines)
 
@@ -397,27 +419,26 @@ def main(argv=None) -> int:
     parser.add_argument("--slices-per-scan", type=int, help="only the first N stored slices of each scan (a quick check)")
     parser.add_argument("--threads", type=int, help="torch CPU threads")
     parser.add_argument("--before", help="the --json figures of the card this one replaces: a before/after table")
+    parser.add_argument("--folds", nargs="+", metavar="CARD",
+                        help="cross-validation: the card of each fold's run; each segments the scans its fold held out "
+                             "and those rows (out of fold) replace the card's own validation")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
     import torch
 
     from TumorSegLib.cards import find_card, load_card
-    from TumorSegLib.engine import Segmenter
-    from TumorSegLib.networks import load_network
-    from TumorSegLib.training.data import card_validation_cases
 
     if args.threads:
         torch.set_num_threads(args.threads)
     card = load_card(args.card) if args.card else find_card(NAME)
     root = Path(args.data_root)
-    cases = card_validation_cases(card, data_root=root)
-    if args.slices_per_scan:
-        cases = first_slices(cases, args.slices_per_scan)
-    network = load_network(card, "cpu")  # one network read, three outputs of it (PyTorch fp32: the report's figures)
-    segmenters = {name: Segmenter(c, device="cpu", network=network, backend="torch")
-                  for name, c in (("tumour", card), ("liver", channel_card(card, LIVER)), ("ungated", channel_card(card, 0)))}
-    rows = [evaluate_slice(segmenters, case, card) for case in cases]
-    scans = scan_figures(rows, slice_weights(root))
+    folds = [load_card(path) for path in args.folds or ()]
+    rows = [row for validated in folds or [card] for row in validation_rows(validated, root, args.slices_per_scan)]
+    if len({r["scan"] for r in rows}) != len({(r["scan"], r["validated_by"]) for r in rows}):
+        raise SystemExit("the folds' validation scans overlap: not a cross-validation")
+    weights = slice_weights(root)
+    scans = scan_figures(rows, weights)
+    before = json.loads(Path(args.before).read_text()) if args.before else None
     figures_dir = Path(args.report).parent / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
     ranked = sorted((s for s in scans if s["true_px"]), key=lambda s: s["dice"], reverse=True)
@@ -428,10 +449,12 @@ def main(argv=None) -> int:
         path = figures_dir / f"liver-{label}.png"
         figures[title] = str(overlay(path, [r for r in rows if r["scan"] == entry["scan"]]))
     result = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-              "weights_sha256": weights_sha256(card), "summary": summary(rows, scans),
+              "weights_sha256": weights_sha256(card), "folds": len(folds), "summary": summary(rows, scans),
               "scans": scans, "figures": figures,
               "example_ct": example_ct(card, Path(args.example_ct), figures_dir / "liver-example-ct.png", root)}
-    before = json.loads(Path(args.before).read_text()) if args.before else None
+    if before:  # this card's figures on the slices the card before it was measured on
+        compared = [r for r in rows if r["scan"] in {s["scan"] for s in before["scans"]}]
+        result["summary_on_before_scans"] = summary(compared, scan_figures(compared, weights))
     Path(args.report).write_text(report_text(card, result, before))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
