@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field, fields, replace
 from enum import Enum
 from pathlib import Path, PureWindowsPath
@@ -220,6 +221,20 @@ class Preprocessing(Section):
     organ_level: Optional[OrganLevel] = _section(OrganLevel, optional=True)
 
 
+def _are_partners(value) -> bool:
+    return (isinstance(value, (list, tuple)) and all(isinstance(p, dict) and set(p) == {"card", "weight"}
+                                            and isinstance(p["card"], str) and re.fullmatch(r"[\w.-]+", p["card"])
+                                            and _is_number(p["weight"]) and 0 < p["weight"] < 1 for p in value)
+            and sum(p["weight"] for p in value) < 1)
+
+
+@dataclass(frozen=True)
+class Partner(Section):
+    """Another card of the same folder whose tumour probability is averaged with this card's, with its weight."""
+    card: str
+    weight: float
+
+
 @dataclass(frozen=True)
 class Inference(Section):
     patch_size: Optional[list] = _rule(None, _optional(_list_of(_POSITIVE_INT, (2, 3))), "null or 2-3 positive integers")
@@ -235,6 +250,9 @@ class Inference(Section):
     recheck_margin: float = _rule(0.0, _between(0.0, 0.5), "a number in [0, 0.5)")
     backend: Backend = _choice(Backend, Backend.AUTO)
     flip_axes: Sequence[int] = _rule((), lambda v: isinstance(v, (list, tuple)), "a list of spatial axes")
+    average_with: tuple = _rule((), _are_partners, "a list of {'card': name of a card in this card's folder, "
+                                "'weight': number in (0, 1)}, the weights summing below 1",
+                                lambda v: tuple(Partner(**p) for p in v))
 
 
 @dataclass(frozen=True)
@@ -441,6 +459,7 @@ class Settings:
     threshold: float
     keep_volume_on_device: bool | None = None  # False after a CUDA out-of-memory: the volume stays on the CPU
     output: Output | None = None  # another output of the network than the card's (the organ of organ_level)
+    partners: tuple = ()  # the Settings of each inference.average_with card, in its order
 
 
 # what a user may override, and the section it changes (None: the threshold)
@@ -480,6 +499,24 @@ def load_card(path: PathLike) -> ModelCard:
     except (OSError, ValueError) as error:
         raise TumorSegError(f"cannot read model card {path}: {error}") from error
     return card_from_dict(data, path)
+
+
+def partner_cards(card: ModelCard) -> list:
+    """``(card, weight)`` of each card named in ``inference.average_with``, read from this card's own folder.
+
+    A partner must read the same modality and must not average with other cards itself.
+    """
+    partners = []
+    if card.inference.average_with and card.path is None:
+        raise TumorSegError(f"model {card.name!r} averages with other cards but was not read from a folder")
+    for partner in card.inference.average_with:
+        other = load_card(Path(card.path).parent / f"{partner.card}.json")
+        if other.modality != card.modality or other.inference.average_with:
+            raise TumorSegError(f"model {card.name!r} averages with {other.name!r}, which "
+                                + ("reads another modality" if other.modality != card.modality
+                                   else "averages with other cards itself"))
+        partners.append((other, float(partner.weight)))
+    return partners
 
 
 def model_dirs(extra: PathLike | None = None) -> list:

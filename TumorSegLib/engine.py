@@ -44,7 +44,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import boxes
-from .cards import Activation, Modality, Mode, ModelCard, Output, Settings, settings_for
+from .cards import Activation, Modality, Mode, ModelCard, Output, Settings, partner_cards, settings_for
 from .errors import TumorSegError
 from .hints import Overrides, Point, Shape
 from .image import Image, superior_axis
@@ -191,7 +191,16 @@ class Segmenter:
             network = load_network(card, self.device)
         network, self.memory_format = for_inference(network, card.spatial_dims)  # a copy: the caller's is untouched
         self.network = network.to(self.device)
-        self.backend, self.backend_notes = self._use_backend(backend or card.inference.backend)
+        self.backend, self.load_notes = self._use_backend(backend or card.inference.backend)
+        self.partners = [(Segmenter(other, device, backend=backend), weight) for other, weight in partner_cards(card)]
+        if self.partners:
+            self.load_notes.append("probability: the weighted mean of " + ", ".join(
+                f"{c.name} ({w:g})" for c, w in [(card, self.own_weight)] + [(s.card, w) for s, w in self.partners]))
+
+    @property
+    def own_weight(self) -> float:
+        """This card's weight in the mean with its ``inference.average_with`` cards (1 without)."""
+        return 1.0 - sum(weight for _, weight in self.partners)
 
     def _use_backend(self, backend: str) -> tuple:
         """(backend used, notes): OpenVINO replaces ``self.network`` where chosen; "auto" falls back to PyTorch."""
@@ -219,7 +228,7 @@ class Segmenter:
         grid. Clicks keep only the lesion at each click (``Prediction.clicks``).
         """
         settings = self._settings(overrides)
-        notes = list(self.backend_notes)
+        notes = list(self.load_notes)
         check_cancel(cancel)
         progress(0.0, "preparing")
         points = ([] if point is None else [point]) + list(points or [])
@@ -257,10 +266,13 @@ class Segmenter:
 
     # -- steps ------------------------------------------------------------------------------
     def _settings(self, overrides) -> Settings:
+        """The run's settings; the cards averaged with this one keep their own, but for a precision the user gave."""
         settings = settings_for(self.card, overrides)
         if self.device.type == "cuda" and (overrides or {}).get("sw_batch_size") is None:
             settings = replace(settings, inference=replace(settings.inference, sw_batch_size=gpu_window_batch(settings)))
-        return settings
+        precision = (overrides or {}).get("precision")
+        return replace(settings, partners=tuple(partner._settings({"precision": precision} if precision else None)
+                                                for partner, _ in self.partners))
 
     def _work_image(self, image: Image, notes: list, sample: bool) -> Image:
         """The checked input, or its coronal MIP for a MIP-PET card given a 3D volume."""
@@ -315,7 +327,21 @@ class Segmenter:
         return probability, self._postprocess(probability, boxes.crop(work, box), settings, cancel, notes)
 
     def _infer(self, image: Image, box, settings: Settings, progress, cancel, notes) -> np.ndarray:
-        """Foreground probability on ``image``'s grid: prepare, run, restore (``preprocess``).
+        """Foreground probability on ``image``'s grid; with ``inference.average_with`` the weighted mean of this
+        card's and each named card's, each computed by its own card on the same input and box."""
+        if settings.output is not None or not self.partners:  # an organ pass is this network's alone
+            return self._probability(image, box, settings, progress, cancel, notes)
+        members = [(self, settings, self.own_weight)] + [(partner, partner_settings, weight) for (partner, weight),
+                                                         partner_settings in zip(self.partners, settings.partners)]
+        total = None
+        for number, (segmenter, member_settings, weight) in enumerate(members):
+            step = scaled(progress, number / len(members), (number + 1) / len(members))
+            part = weight * segmenter._probability(image, box, member_settings, step, cancel, notes)
+            total = part if total is None else total + part
+        return total
+
+    def _probability(self, image: Image, box, settings: Settings, progress, cancel, notes) -> np.ndarray:
+        """This card's foreground probability on ``image``'s grid: prepare, run, restore (``preprocess``).
 
         With a ``box``, only the windows or slices touching it are computed (see ``inferers``). A card with
         ``preprocessing.organ_level`` first finds the organ (``_move_to_organ_level``): two passes.

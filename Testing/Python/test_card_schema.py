@@ -59,6 +59,9 @@ BROKEN = [
     ("unknown inference field", {"inference": {"overlapp": 0.5}}),
     ("unknown window field", {"preprocessing": {"intensity": {"window": [0, 1], "level": 0.5}}}),
     ("lesion filter not a mapping", {"postprocessing": {"lesion_filter": 3}}),
+    ("average with a card in another folder", {"inference": {"average_with": [{"card": "../x", "weight": 0.5}]}}),
+    ("average with a weight of 1", {"inference": {"average_with": [{"card": "x", "weight": 1}]}}),
+    ("average with no weight", {"inference": {"average_with": [{"card": "x"}]}}),
 ]
 
 

@@ -1,6 +1,7 @@
 """Inference engine: geometry on any grid, ROI and point, MIP orientation, progress, cancel, fallbacks, flips."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,6 +105,81 @@ def test_an_ensemble_card_averages_the_logits_of_its_members(ct3d, tmp_path):
     single = Segmenter(ct3d, "cpu", backend="torch").predict(image, overrides=fp32).probability
     averaged = Segmenter(card, "cpu", backend="torch").predict(image, overrides=fp32).probability
     assert np.abs(averaged - single).max() > 0.05  # the second member counts
+
+
+@pytest.fixture(scope="module")
+def averaged(ct3d, models_dir, tmp_path_factory):
+    """A folder with the 3D card averaging with a slice-2d card (weight 0.25), and both cards alone."""
+    from TumorSegLib.testing import tiny_model
+
+    partner = tiny_model(models_dir, "slice-2d", "CT")
+    folder = tmp_path_factory.mktemp("averaged")
+    for card in (ct3d, partner):
+        (folder / card.weights.file).write_bytes(card.weights_path.read_bytes())
+        (folder / f"{card.name}.json").write_text(json.dumps(card.to_dict()))
+    data = ct3d.to_dict()
+    data["name"] = "averaged"
+    data["inference"]["average_with"] = [{"card": partner.name, "weight": 0.25}]
+    (folder / "averaged.json").write_text(json.dumps(data))
+    return load_card(folder / "averaged.json"), ct3d, partner
+
+
+def test_average_with_is_the_weighted_mean_of_each_cards_probability(averaged):
+    """inference.average_with: each card computes its own probability (here a 3D and a 2D network) on the same
+    input, whole or in a click's box, and the result is their weighted mean, thresholded by the card."""
+    card, own, partner = averaged
+    image, truth = lesion_volume("CT")
+    fp32 = {"precision": "fp32"}
+    alone = [Segmenter(c, "cpu", backend="torch").predict(image, overrides=fp32).probability for c in (own, partner)]
+    segmenter = Segmenter(card, "cpu", backend="torch")
+    whole = segmenter.predict(image, overrides=fp32)
+    np.testing.assert_allclose(whole.probability, 0.75 * alone[0] + 0.25 * alone[1], atol=1e-5)
+    assert np.abs(alone[1] - alone[0]).max() > 0.05  # the partner counts
+    np.testing.assert_array_equal(whole.mask, postprocess(whole.probability >= card.threshold, image,
+                                                          card.postprocessing, []))
+    assert any("weighted mean" in note and partner.name in note for note in whole.notes)
+    point = image.to_world(np.argwhere(truth).mean(axis=0))
+    clicked = segmenter.predict(image, point=point, overrides=fp32)
+    inside = tuple(slice(lo, hi) for lo, hi in clicked.clicks[0].box)
+    own_click = Segmenter(own, "cpu", backend="torch").predict(image, point=point, overrides=fp32)
+    partner_click = Segmenter(partner, "cpu", backend="torch").predict(image, point=point, overrides=fp32)
+    assert own_click.clicks[0].box == clicked.clicks[0].box
+    assert np.abs(clicked.probability[inside] - 0.75 * own_click.probability[inside]).max() > 0.01
+    assert dice(clicked.mask, truth) >= 0.7 and partner_click.mask.any()
+
+
+def test_a_precision_override_reaches_the_averaged_cards(averaged):
+    card, _, partner = averaged
+    segmenter = Segmenter(card, "cpu", backend="torch")
+    assert segmenter._settings({"precision": "fp32"}).partners[0].inference.precision == "fp32"
+    assert segmenter._settings(None).partners[0].inference.precision == partner.inference.precision
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"average_with": [{"card": "missing", "weight": 0.5}]}, "missing.json"),
+    ({"average_with": [{"card": "tiny-mip-pet-whole-image-2d", "weight": 0.5}]}, "another modality"),
+])
+def test_average_with_a_card_that_cannot_be_used_is_refused(averaged, mip2d, change, message, tmp_path):
+    card, _, _ = averaged
+    folder = Path(card.path).parent
+    (folder / f"{mip2d.name}.json").write_text(json.dumps(mip2d.to_dict()))
+    data = card.to_dict()
+    data["inference"].update(change)
+    (folder / "broken.json").write_text(json.dumps(data))
+    with pytest.raises(TumorSegError, match=message):
+        Segmenter(load_card(folder / "broken.json"), "cpu")
+
+
+@pytest.mark.parametrize("partners", [[{"card": "a", "weight": 0.6}, {"card": "b", "weight": 0.4}],
+                                      [{"card": "a", "weight": 0}], [{"card": "../a", "weight": 0.5}],
+                                      [{"card": "a"}]])
+def test_average_with_weights_and_names_are_checked(ct3d, partners):
+    from TumorSegLib.cards import card_from_dict
+
+    data = ct3d.to_dict()
+    data["inference"]["average_with"] = partners
+    with pytest.raises(TumorSegError, match="average_with"):
+        card_from_dict(data)
 
 
 def test_resampling_and_reorientation_give_the_mask_on_the_input_grid(ct3d, tmp_path):

@@ -329,6 +329,45 @@ def test_train_2d_end_to_end_card_reproduces_validation(tmp_path):
     assert validation["dice_mean"] == pytest.approx(best)
 
 
+class ConstantLogit(torch.nn.Module):
+    """A network whose every output is one logit: marks everything (> 0) or nothing (< 0)."""
+
+    def __init__(self, logit: float):
+        super().__init__()
+        self.logit = torch.nn.Parameter(torch.tensor(float(logit)))
+
+    def forward(self, x):
+        return torch.zeros_like(x) + self.logit
+
+
+def test_validation_counts_the_voxels_the_network_marks(tmp_path):
+    from TumorSegLib.training.data import config_split
+    from TumorSegLib.training.loop import validate
+
+    config = config_from_dict(mip_config(), data_root=mip_dataset(tmp_path / "data"))
+    cases = [c for c in config_split(config, find_cases(config)).validation if c.mask is not None]
+    card, cpu = config.model_card(), torch.device("cpu")
+    assert validate(ConstantLogit(-10.0), card, cases, cpu)["predicted_voxels"] == 0
+    pixels = sum(read_image(case.image).array.size for case in cases)
+    assert validate(ConstantLogit(10.0), card, cases, cpu)["predicted_voxels"] == pixels
+
+
+def test_a_validation_that_marks_nothing_is_reported(tmp_path, monkeypatch, capsys):
+    """An output that marks nothing on any validation case with tumour (a collapsed channel) is named while
+    training runs, logged per epoch and counted in the card."""
+    from TumorSegLib.training import loop
+
+    real = loop.validate
+    monkeypatch.setattr(loop, "validate", lambda *args, **kwargs: {**real(*args, **kwargs), "predicted_voxels": 0})
+    root = mip_dataset(tmp_path / "data", patients=4, controls=2)
+    assert run_cli(write_config(tmp_path, mip_config()), root, tmp_path / "run") == 0
+    rows = list(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert [r["val_predicted_voxels"] for r in rows] == ["0", "0"]
+    assert load_card(tmp_path / "run" / "mip-pet-2d.json").provenance["training"]["validations_marking_nothing"] == 2
+    captured = capsys.readouterr()
+    assert "marks nothing on any of the" in captured.out + captured.err
+
+
 def test_resume_time_budget_and_early_stop(tmp_path):
     root = mip_dataset(tmp_path / "data", patients=4, controls=2)
     out = tmp_path / "run"

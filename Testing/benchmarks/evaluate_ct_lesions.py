@@ -163,14 +163,20 @@ def wins(challenger: str, reference: str, summaries: dict, strata: dict) -> list
     return found
 
 
+def weights_megabytes(card) -> float:
+    """Size of every weights file a run of the card reads: its own (all of an ensemble) and its averaged cards'."""
+    from TumorSegLib.cards import partner_cards, verified_weights
+
+    cards = [card] + [partner for partner, _ in partner_cards(card)]
+    return sum(path.stat().st_size for c in cards for path in verified_weights(c)) / 1e6
+
+
 def fmt(value, digits=3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
 def report_text(cards: dict, summaries: dict, strata: dict, wholes: dict, figures: list, environment: dict,
                 ct_path: Path) -> str:
-    from TumorSegLib.cards import verified_weights
-
     names = list(cards)
     head = "| | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
 
@@ -195,8 +201,8 @@ def report_text(cards: dict, summaries: dict, strata: dict, wholes: dict, figure
         text.append(line(label, [fmt(summaries[n][key], digits) for n in names]))
     text.append(line("training: validation mean Dice in the card (whole crop)",
                      [fmt(cards[n].provenance["validation"]["dice_mean"]) for n in names]))
-    text.append(line("weights (MB, every file of an ensemble)",
-                     [f"{sum(p.stat().st_size for p in verified_weights(cards[n])) / 1e6:.1f}" for n in names]))
+    text.append(line("weights (MB, every file of an ensemble and of the cards averaged with it)",
+                     [f"{weights_megabytes(cards[n]):.1f}" for n in names]))
     text.append(f"\nTime: {environment}.\n\n## Targets (issue 6)\n\n")
     text += target_lines(names[0], summaries[names[0]])
     for name in names[1:]:

@@ -35,8 +35,8 @@ from .export import code_version, save_torch, write_model
 from .losses import build_loss
 from .transforms import augmentation, load_arrays, read_pair
 
-LOG_FIELDS = ("epoch", "steps", "train_loss", "lr", "val_dice", "val_dice_median", "val_control_fp_pixels",
-              "val_controls_with_fp", "best_dice", "seconds")
+LOG_FIELDS = ("epoch", "steps", "train_loss", "lr", "val_dice", "val_dice_median", "val_predicted_voxels",
+              "val_control_fp_pixels", "val_controls_with_fp", "best_dice", "seconds")
 
 
 def train(config: TrainConfig, out_dir: PathLike, device: str = "auto", resume: Optional[PathLike] = None, max_minutes: Optional[float] = None,
@@ -131,7 +131,7 @@ class _Run:
     # ---- state ----------------------------------------------------------------------------
     def _fresh_state(self) -> dict:
         return {"epoch": 0, "step": 0, "best_dice": -1.0, "best_epoch": 0, "best_validation": None, "stale": 0,
-                "history": [], "train_seconds": 0.0, "train_steps": 0}
+                "history": [], "train_seconds": 0.0, "train_steps": 0, "empty_validations": 0}
 
     def _checkpoint(self) -> dict:
         return {"network": distributed.unwrap(self.network).state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -244,8 +244,14 @@ class _Run:
             self.network.train()
         result = distributed.from_main(result, context)
         row.update({"val_dice": result["dice_mean"], "val_dice_median": result["dice_median"],
+                    "val_predicted_voxels": result["predicted_voxels"],
                     "val_control_fp_pixels": result.get("control_fp_pixels_mean"),
                     "val_controls_with_fp": result.get("controls_with_fp")})
+        if result["predicted_voxels"] == 0 and result.get("cases_with_lesions"):
+            self.state["empty_validations"] = self.state.get("empty_validations", 0) + 1  # .get: older checkpoints
+            self.progress(min(1.0, self.state["step"] / max(1, self.steps_per_epoch * int(self.train_cfg["epochs"]))),
+                          f"warning: epoch {row['epoch']} marks nothing on any of the {result['cases_with_lesions']} "
+                          "validation cases with tumour (a collapsed output? see val_predicted_voxels in log.csv)")
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(result["dice_mean"])
         if result["dice_mean"] > self.state["best_dice"]:
@@ -288,6 +294,7 @@ class _Run:
             "training": {"epochs": state["epoch"], "steps": state["step"], "stopped": reason,
                          "device": str(context.device), "processes": context.world,
                          "seconds_per_step": round(state["train_seconds"] / steps, 3),
+                         "validations_marking_nothing": state.get("empty_validations", 0),
                          "init_weights_sha256": init_sha256(self.train_cfg["init_weights"]),
                          "final_state_sha256_per_rank": final},
         }
@@ -357,6 +364,7 @@ def validate(network: torch.nn.Module, card: ModelCard, cases: list, device: tor
             prediction = segmenter.predict(image)
             rows.append(case_metrics(prediction.mask, truth, prediction.image, recist=False))
     summary = summarize(rows)
+    summary["predicted_voxels"] = int(sum(row["tp_voxels"] + row["fp_voxels"] for row in rows if not row["control"]))
     controls = [row["fp_voxels"] for row in rows if row["control"]]
     if controls:
         summary.update(control_fp_pixels_mean=float(np.mean(controls)), controls_with_fp=int(np.count_nonzero(controls)))
