@@ -510,7 +510,11 @@ def partner_cards(card: ModelCard) -> list:
     if card.inference.average_with and card.path is None:
         raise TumorSegError(f"model {card.name!r} averages with other cards but was not read from a folder")
     for partner in card.inference.average_with:
-        other = load_card(Path(card.path).parent / f"{partner.card}.json")
+        try:
+            other = load_card(Path(card.path).parent / f"{partner.card}.json")
+        except TumorSegError as error:
+            raise TumorSegError(f"model {card.name!r} averages with {partner.card!r} (inference.average_with), "
+                                f"which must be a card in the same folder: {error}") from error
         if other.modality != card.modality or other.inference.average_with:
             raise TumorSegError(f"model {card.name!r} averages with {other.name!r}, which "
                                 + ("reads another modality" if other.modality != card.modality

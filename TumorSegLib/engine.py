@@ -192,10 +192,18 @@ class Segmenter:
         network, self.memory_format = for_inference(network, card.spatial_dims)  # a copy: the caller's is untouched
         self.network = network.to(self.device)
         self.backend, self.load_notes = self._use_backend(backend or card.inference.backend)
-        self.partners = [(Segmenter(other, device, backend=backend), weight) for other, weight in partner_cards(card)]
+        self.partners = [(self._partner(other, device, backend), weight) for other, weight in partner_cards(card)]
         if self.partners:
             self.load_notes.append("probability: the weighted mean of " + ", ".join(
                 f"{c.name} ({w:g})" for c, w in [(card, self.own_weight)] + [(s.card, w) for s, w in self.partners]))
+
+    def _partner(self, card: ModelCard, device: str, backend: str | None) -> "Segmenter":
+        """The Segmenter of a card this one averages with; its errors say which model needs it."""
+        try:
+            return Segmenter(card, device, backend=backend)
+        except TumorSegError as error:
+            raise TumorSegError(f"model {self.card.name!r} averages with {card.name!r}, which cannot run: {error}") \
+                from error
 
     @property
     def own_weight(self) -> float:

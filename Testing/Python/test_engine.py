@@ -156,13 +156,16 @@ def test_a_precision_override_reaches_the_averaged_cards(averaged):
 
 
 @pytest.mark.parametrize("change, message", [
-    ({"average_with": [{"card": "missing", "weight": 0.5}]}, "missing.json"),
+    ({"average_with": [{"card": "missing", "weight": 0.5}]}, "averages with 'missing'.*same folder.*missing.json"),
     ({"average_with": [{"card": "tiny-mip-pet-whole-image-2d", "weight": 0.5}]}, "another modality"),
+    ({"average_with": [{"card": "no-weights", "weight": 0.5}]}, "averages with 'no-weights', which cannot run"),
 ])
 def test_average_with_a_card_that_cannot_be_used_is_refused(averaged, mip2d, change, message, tmp_path):
     card, _, _ = averaged
     folder = Path(card.path).parent
     (folder / f"{mip2d.name}.json").write_text(json.dumps(mip2d.to_dict()))
+    (folder / "no-weights.json").write_text(json.dumps({**card.to_dict(), "name": "no-weights", "inference": {},
+                                                        "weights": {"file": "absent.pt"}}))
     data = card.to_dict()
     data["inference"].update(change)
     (folder / "broken.json").write_text(json.dumps(data))
