@@ -18,6 +18,10 @@ mask of the card and the liver (the same network's channel 1). Figures:
 Then the model runs on a whole abdominal CT without labels (the TotalSegmentator example): tumour
 volume there (all false positive unless that patient has liver lesions), liver volume and side.
 
+With ``--folds`` (the cards of a cross-validation's runs) each scan is segmented by the fold that held
+it out, and those out-of-fold rows replace the card's own validation; ``--before`` compares on the
+scans the card before was measured on.
+
 Writes ``docs/liver-report.md``, overlays ``docs/figures/liver-*.png`` and, with ``--json``, the
 figures. Run from the repository root::
 
@@ -336,8 +340,8 @@ def report_text(card, result: dict, before: dict | None = None) -> str:
         "Data: LiTS 2017 training scans as windowed JPEG slices (`../shared/data/lits-liver-2d`, 26 dev scans; "
         "LiTS terms: non-commercial research use, CC BY-NC-SA 4.0, cite Bilic et al., MedIA 2023). "
         + (f"Validation: {result['folds']}-fold cross-validation by scan, each of the {s['scans']} scans segmented by "
-           "the fold's network that never saw it (out of fold); the shipped card averages all folds' networks, so "
-           "these figures are those of one network on unseen scans, not of the ensemble: "
+           "the fold's network that never saw it (out of fold), so these figures are those of one network on scans "
+           "it never saw (an ensemble of the folds' networks cannot be measured on these scans): "
            if result["folds"] else f"Validation = the {s['scans']} scans the training split held out (by scan, seed "
            "20240607): ")
         + f"{s['slices']} stored slices, {s['tumour_slices']} with tumour.", "",
