@@ -302,7 +302,12 @@ def before_lines(result: dict, before: dict | None) -> list:
             f"card before (weights sha256 {short_sha256(before['weights_sha256'])})"
             + (", this card's by the fold that held each scan out." if result["folds"] else "."),
             "", "| figure | before | this card |", "|---|---|---|",
-            *[f"| {name} | {b:.3f} | {a:.3f} |" for name, b, a in rows], ""]
+            *[f"| {name} | {figure(b)} | {figure(a)} |" for name, b, a in rows], ""]
+
+
+def figure(value, digits: int = 3) -> str:
+    """A report figure: ``digits`` decimals, or n/a where the slices give none (e.g. no tumour)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def intensity_lines(ct: dict) -> list:
@@ -326,9 +331,6 @@ def report_text(card, result: dict, before: dict | None = None) -> str:
     s, scans, ct = result["summary"], result["scans"], result["example_ct"]
     training = card.provenance.get("training", {})
 
-    def f(value, digits=3):
-        return "n/a" if value is None else f"{value:.{digits}f}"
-
     lines = [
         "# ct-liver-lesion-2d: validation report (LiTS slices)", "",
         f"Produced by `Testing/benchmarks/evaluate_liver.py` on {result['machine']} from the published card "
@@ -351,23 +353,23 @@ def report_text(card, result: dict, before: dict | None = None) -> str:
         "![training curve](figures/liver-training-curve.png)", "",
         "## LiTS figures", "",
         "| figure | stored slices | weighted to whole scans |", "|---|---|---|",
-        f"| tumour Dice per scan, mean over {s['scans_with_tumour']} scans with tumour | {f(s['dice_per_scan_mean'])} "
-        f"| {f(s['dice_per_scan_mean_weighted'])} |",
-        f"| tumour Dice per scan, median | {f(s['dice_per_scan_median'])} | |",
-        f"| tumour Dice, global (all slices pooled) | {f(s['dice_global'])} | |",
-        f"| liver Dice per scan, mean | {f(s['liver_dice_per_scan_mean'])} | {f(s['liver_dice_per_scan_mean_weighted'])} |",
-        f"| liver Dice, global | {f(s['liver_dice_global'])} | |",
+        f"| tumour Dice per scan, mean over {s['scans_with_tumour']} scans with tumour | {figure(s['dice_per_scan_mean'])} "
+        f"| {figure(s['dice_per_scan_mean_weighted'])} |",
+        f"| tumour Dice per scan, median | {figure(s['dice_per_scan_median'])} | |",
+        f"| tumour Dice, global (all slices pooled) | {figure(s['dice_global'])} | |",
+        f"| liver Dice per scan, mean | {figure(s['liver_dice_per_scan_mean'])} | {figure(s['liver_dice_per_scan_mean_weighted'])} |",
+        f"| liver Dice, global | {figure(s['liver_dice_global'])} | |",
         f"| tumour regions found (2D, 8-connected) | {s['lesions_found']} / {s['lesions']} = "
-        f"{f(s['lesion_sensitivity'])} | |",
-        f"| regions of >= {SMALL_PX} px found | {f(s['lesion_sensitivity_100px_or_more'])} of "
+        f"{figure(s['lesion_sensitivity'])} | |",
+        f"| regions of >= {SMALL_PX} px found | {figure(s['lesion_sensitivity_100px_or_more'])} of "
         f"{s['lesions_100px_or_more']} | |",
         f"| false-positive regions / precision of regions | {s['false_positive_regions']} / "
-        f"{f(s['lesion_precision'])} | |",
-        f"| mean false-positive pixels per slice without tumour | {f(s['fp_px_per_non_tumour_slice'], 1)} | |",
+        f"{figure(s['lesion_precision'])} | |",
+        f"| mean false-positive pixels per slice without tumour | {figure(s['fp_px_per_non_tumour_slice'], 1)} | |",
         f"| without the tumour-in-liver rule (output.within): tumour Dice per scan, mean | "
-        f"{f(s['ungated_dice_per_scan_mean'])} | |",
+        f"{figure(s['ungated_dice_per_scan_mean'])} | |",
         f"| without the rule: false-positive pixels per slice without tumour | "
-        f"{f(s['ungated_fp_px_per_non_tumour_slice'], 1)} | |",
+        f"{figure(s['ungated_fp_px_per_non_tumour_slice'], 1)} | |",
         "", "Targets (issue 18): mean per-scan tumour Dice >= 0.65, liver Dice >= 0.93. "
         f"Reached: tumour {'yes' if (s['dice_per_scan_mean'] or 0) >= 0.65 else 'no'}, "
         f"liver {'yes' if (s['liver_dice_per_scan_mean'] or 0) >= 0.93 else 'no'}.", "",
@@ -379,14 +381,14 @@ def report_text(card, result: dict, before: dict | None = None) -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     for e in scans:
-        tumour = (f"{f(e['dice'])} | {f(e['dice_weighted'])}" if e["true_px"] else "no tumour | no tumour")
+        tumour = (f"{figure(e['dice'])} | {figure(e['dice_weighted'])}" if e["true_px"] else "no tumour | no tumour")
         lines.append(f"| {e['scan']} | {e['slices']} | {e['tumour_slices']} | {e['true_px']} | {tumour} | "
-                     f"{f(e['liver_dice'])} | {e['fp_px_non_tumour_slices']} |")
+                     f"{figure(e['liver_dice'])} | {e['fp_px_non_tumour_slices']} |")
     lines += ["", "## Overlays (best, median and worst scan by tumour Dice)", "",
               "Each shows the scan's slice with the most tumour (R channel, W150/L30): truth green, predicted tumour "
               "red, predicted liver blue (outlines).", ""]
-    for label, figure in result["figures"].items():
-        lines.append(f"![{label}](figures/{Path(figure).name}) {label}")
+    for label, path in result["figures"].items():
+        lines.append(f"![{label}](figures/{Path(path).name}) {label}")
         lines.append("")
     lines += ["## Whole abdominal CT without labels", "",
               f"`{ct['file']}` (TotalSegmentator example, shape {ct['shape']}, spacing {ct['spacing_mm']} mm), the whole "
