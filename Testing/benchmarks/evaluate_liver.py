@@ -51,12 +51,14 @@ SMALL_PX = 100  # LiTS pictures: tumour regions below 100 pixels (about 64 mm^2 
 
 
 def channel_card(card, channel: int):
-    """The same card and weights reading one output channel alone (no tumour-in-liver rule)."""
+    """The same card and weights reading one output channel alone: no tumour-in-liver rule, and its own networks
+    only (not the cards of ``inference.average_with``, whose outputs are tumour)."""
     from TumorSegLib.cards import card_from_dict
 
     fields = json.loads(Path(card.path).read_text())
-    return card_from_dict({**fields, "output": {"activation": "sigmoid", "channel": channel, "threshold": 0.5}},
-                          card.path)
+    inference = {k: v for k, v in fields.get("inference", {}).items() if k != "average_with"}
+    return card_from_dict({**fields, "inference": inference,
+                           "output": {"activation": "sigmoid", "channel": channel, "threshold": 0.5}}, card.path)
 
 
 def weights_sha256(card) -> str:
@@ -366,7 +368,7 @@ def report_text(card, result: dict, before: dict | None = None) -> str:
         f"| false-positive regions / precision of regions | {s['false_positive_regions']} / "
         f"{figure(s['lesion_precision'])} | |",
         f"| mean false-positive pixels per slice without tumour | {figure(s['fp_px_per_non_tumour_slice'], 1)} | |",
-        f"| without the tumour-in-liver rule (output.within): tumour Dice per scan, mean | "
+        f"| without the tumour-in-liver rule (output.within; the card's own networks): tumour Dice per scan, mean | "
         f"{figure(s['ungated_dice_per_scan_mean'])} | |",
         f"| without the rule: false-positive pixels per slice without tumour | "
         f"{figure(s['ungated_fp_px_per_non_tumour_slice'], 1)} | |",
