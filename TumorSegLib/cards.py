@@ -581,16 +581,22 @@ def sha256(path: PathLike) -> str:
 SHA256_OK = "sha256 ok"  # the weights file's SHA-256 equals the card's: the file is the one the card describes
 NO_SHA256 = "no sha256"  # the card gives no SHA-256, so the file cannot be checked
 OUTSIDE = "outside the card folder"  # refused: a card's weights must sit in its own folder
+PARTNER_UNUSABLE = "averaged card missing or broken"  # a card of inference.average_with cannot be read or used
 USABLE = (SHA256_OK, NO_SHA256)
 
 
 def weights_status(card: ModelCard) -> str:
-    """``SHA256_OK``, ``NO_SHA256``, ``OUTSIDE``, 'missing' or 'sha256 mismatch': the worst over an ensemble's files."""
+    """``SHA256_OK``, ``NO_SHA256``, ``OUTSIDE``, 'missing', 'sha256 mismatch' or ``PARTNER_UNUSABLE``: the worst over
+    an ensemble's files and over the cards it averages with (``inference.average_with``)."""
     try:
         files = [(card.member_path(member.file), member.sha256) for member in card.weights.members]
     except TumorSegError:
         return OUTSIDE
     statuses = [_file_status(path, expected) for path, expected in files]
+    try:
+        statuses += [weights_status(other) for other, _ in partner_cards(card)]
+    except TumorSegError:
+        statuses.append(PARTNER_UNUSABLE)
     return next((s for s in statuses if s not in USABLE), NO_SHA256 if NO_SHA256 in statuses else SHA256_OK)
 
 

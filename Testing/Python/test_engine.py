@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from TumorSegLib import device, engine
-from TumorSegLib.cards import Postprocessing, load_card
+from TumorSegLib.cards import PARTNER_UNUSABLE, SHA256_OK, Postprocessing, load_card, weights_status
 from TumorSegLib.device import autocast_dtype
 from TumorSegLib.engine import Segmenter, settings_for
 from TumorSegLib.errors import Cancelled, TumorSegError
@@ -155,12 +155,15 @@ def test_a_precision_override_reaches_the_averaged_cards(averaged):
     assert segmenter._settings(None).partners[0].inference.precision == partner.inference.precision
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"average_with": [{"card": "missing", "weight": 0.5}]}, "averages with 'missing'.*same folder.*missing.json"),
-    ({"average_with": [{"card": "tiny-mip-pet-whole-image-2d", "weight": 0.5}]}, "another modality"),
-    ({"average_with": [{"card": "no-weights", "weight": 0.5}]}, "averages with 'no-weights', which cannot run"),
+@pytest.mark.parametrize("change, message, status", [
+    ({"average_with": [{"card": "missing", "weight": 0.5}]}, "averages with 'missing'.*same folder.*missing.json",
+     PARTNER_UNUSABLE),
+    ({"average_with": [{"card": "tiny-mip-pet-whole-image-2d", "weight": 0.5}]}, "another modality", PARTNER_UNUSABLE),
+    ({"average_with": [{"card": "no-weights", "weight": 0.5}]}, "averages with 'no-weights', which cannot run",
+     "missing"),
 ])
-def test_average_with_a_card_that_cannot_be_used_is_refused(averaged, mip2d, change, message, tmp_path):
+def test_average_with_a_card_that_cannot_be_used_is_refused(averaged, mip2d, change, message, status):
+    """Refused when loaded, naming the model that needs it; ``tumorseg models`` shows it in the weights status."""
     card, _, _ = averaged
     folder = Path(card.path).parent
     (folder / f"{mip2d.name}.json").write_text(json.dumps(mip2d.to_dict()))
@@ -171,6 +174,8 @@ def test_average_with_a_card_that_cannot_be_used_is_refused(averaged, mip2d, cha
     (folder / "broken.json").write_text(json.dumps(data))
     with pytest.raises(TumorSegError, match=message):
         Segmenter(load_card(folder / "broken.json"), "cpu")
+    assert weights_status(load_card(folder / "broken.json")) == status
+    assert weights_status(card) == SHA256_OK
 
 
 @pytest.mark.parametrize("partners", [[{"card": "a", "weight": 0.6}, {"card": "b", "weight": 0.4}],
