@@ -231,13 +231,16 @@ class _Run:
     def _out_of_time(self) -> bool:
         return self.max_minutes is not None and time.monotonic() - self.started > 60.0 * float(self.max_minutes)
 
+    def _done(self) -> float:
+        """The share of the training's steps done, for the progress line."""
+        return min(1.0, self.state["step"] / max(1, self.steps_per_epoch * int(self.train_cfg["epochs"])))
+
     def _validate_and_keep(self, row: dict) -> bool:
         """Validate on rank 0, keep the best weights; returns whether to stop early (same on all ranks)."""
         context = self.context
         result = None
         if context.main:
-            self.progress(min(1.0, self.state["step"] / max(1, self.steps_per_epoch * int(self.train_cfg["epochs"]))),
-                          f"validating on {len(self.validation)} cases")
+            self.progress(self._done(), f"validating on {len(self.validation)} cases")
             values = self.config.data["label_values"]
             result = validate(distributed.unwrap(self.network), self.card, self.validation, context.device,
                               values[0] if values else None)
@@ -249,9 +252,9 @@ class _Run:
                     "val_controls_with_fp": result.get("controls_with_fp")})
         if result["predicted_voxels"] == 0 and result.get("cases_with_lesions"):
             self.state["empty_validations"] = self.state.get("empty_validations", 0) + 1  # .get: older checkpoints
-            self.progress(min(1.0, self.state["step"] / max(1, self.steps_per_epoch * int(self.train_cfg["epochs"]))),
-                          f"warning: epoch {row['epoch']} marks nothing on any of the {result['cases_with_lesions']} "
-                          "validation cases with tumour (a collapsed output? see val_predicted_voxels in log.csv)")
+            self.progress(self._done(), f"warning: epoch {row['epoch']} marks nothing on any of the "
+                          f"{result['cases_with_lesions']} validation cases with tumour (a collapsed output? see "
+                          "val_predicted_voxels in log.csv)")
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
             self.scheduler.step(result["dice_mean"])
         if result["dice_mean"] > self.state["best_dice"]:
