@@ -221,10 +221,14 @@ class Preprocessing(Section):
     organ_level: Optional[OrganLevel] = _section(OrganLevel, optional=True)
 
 
+def _is_partner(value) -> bool:
+    return (isinstance(value, dict) and set(value) == {"card", "weight"} and isinstance(value["card"], str)
+            and bool(re.fullmatch(r"[A-Za-z0-9_.-]+", value["card"])) and _is_number(value["weight"])
+            and 0 < value["weight"] < 1)
+
+
 def _are_partners(value) -> bool:
-    return (isinstance(value, (list, tuple)) and all(isinstance(p, dict) and set(p) == {"card", "weight"}
-                                            and isinstance(p["card"], str) and re.fullmatch(r"[\w.-]+", p["card"])
-                                            and _is_number(p["weight"]) and 0 < p["weight"] < 1 for p in value)
+    return (isinstance(value, (list, tuple)) and all(map(_is_partner, value))
             and sum(p["weight"] for p in value) < 1)
 
 

@@ -119,7 +119,7 @@ def averaged(ct3d, models_dir, tmp_path_factory):
         (folder / f"{card.name}.json").write_text(json.dumps(card.to_dict()))
     data = ct3d.to_dict()
     data["name"] = "averaged"
-    data["inference"]["average_with"] = [{"card": partner.name, "weight": 0.25}]
+    data["inference"].update(average_with=[{"card": partner.name, "weight": 0.25}], precision="bf16")
     (folder / "averaged.json").write_text(json.dumps(data))
     return load_card(folder / "averaged.json"), ct3d, partner
 
@@ -149,9 +149,11 @@ def test_average_with_is_the_weighted_mean_of_each_cards_probability(averaged):
 
 
 def test_a_precision_override_reaches_the_averaged_cards(averaged):
+    """A precision the user gives applies to every card; otherwise each keeps its own (here bf16 against auto)."""
     card, _, partner = averaged
     segmenter = Segmenter(card, "cpu", backend="torch")
     assert segmenter._settings({"precision": "fp32"}).partners[0].inference.precision == "fp32"
+    assert card.inference.precision == "bf16" != partner.inference.precision
     assert segmenter._settings(None).partners[0].inference.precision == partner.inference.precision
 
 
