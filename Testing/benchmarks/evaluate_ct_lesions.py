@@ -9,7 +9,8 @@ Then both models run on a whole CT without tumour labels (false positives: lesio
 
 Writes ``docs/ct-lung-lesion-report.md``, overlay PNGs ``docs/figures/ct-*.png`` (truth, 3D and 2D
 masks of the typical and the worst case of each model, and the whole-CT false positives) and,
-with ``--rows``, the per-case rows as JSON. Run from the repository root::
+with ``--rows``, the per-case rows as JSON; with ``--before`` (rows of an earlier run) the paired change per
+model, the statistic of the ship rules (``docs/ship-rules.md``). Run from the repository root::
 
     .venv/bin/python Testing/benchmarks/evaluate_ct_lesions.py --threads 1
 """
@@ -26,6 +27,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+import paired
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = REPO.parent / "shared" / "data"
@@ -163,6 +166,31 @@ def wins(challenger: str, reference: str, summaries: dict, strata: dict) -> list
     return found
 
 
+def changes_against(rows: dict, before: dict) -> dict:
+    """Per model in both: the paired per-nodule change of Dice against ``before`` (rows of an earlier run of this
+    script, ``--rows``) and the median RECIST errors of both runs."""
+    changes = {}
+    for name in rows.keys() & before.keys():
+        old = {r["case"]: r for r in before[name]}
+        if sorted(old) != sorted(r["case"] for r in rows[name]):
+            raise SystemExit(f"{name}: the rows before hold other nodules than this run; no paired comparison")
+        changes[name] = {**paired.paired_change([r["dice"] for r in rows[name]], [old[r["case"]]["dice"] for r in rows[name]]),
+                         "dice_mean_before": float(np.mean([r["dice"] for r in before[name]])),
+                         "recist_abs_error_mm_median_before": statistics.median(r["recist_abs_error_mm"] for r in before[name])}
+    return changes
+
+
+def change_lines(changes: dict, summaries: dict, before_path) -> list:
+    text = [f"\n## Against the rows before (`{Path(before_path).name}`, the same clicks)\n\n",
+            "| model | mean Dice before | now | change (paired bootstrap 95 % interval; nodules up / down) | "
+            "median RECIST error before (mm) | now |\n|---|---|---|---|---|---|\n"]
+    for name, c in sorted(changes.items()):
+        text.append(f"| {name} | {fmt(c['dice_mean_before'], 4)} | {fmt(summaries[name]['dice_mean'], 4)} | "
+                    f"{c['mean']:+.4f} ({c['low']:+.4f}..{c['high']:+.4f}; {c['better']} / {c['worse']}) | "
+                    f"{fmt(c['recist_abs_error_mm_median_before'], 2)} | {fmt(summaries[name]['recist_abs_error_mm_median'], 2)} |\n")
+    return text
+
+
 def weights_megabytes(card) -> float:
     """Size of every weights file a run of the card reads: its own (all of an ensemble) and its averaged cards'."""
     from TumorSegLib.cards import partner_cards, verified_weights
@@ -176,7 +204,7 @@ def fmt(value, digits=3) -> str:
 
 
 def report_text(cards: dict, summaries: dict, strata: dict, wholes: dict, figures: list, environment: dict,
-                ct_path: Path) -> str:
+                ct_path: Path, changes: dict, before_path) -> str:
     names = list(cards)
     head = "| | " + " | ".join(names) + " |\n|---|" + "---|" * len(names) + "\n"
 
@@ -203,7 +231,10 @@ def report_text(cards: dict, summaries: dict, strata: dict, wholes: dict, figure
                      [fmt(cards[n].provenance["validation"]["dice_mean"]) for n in names]))
     text.append(line("weights (MB, every file of an ensemble and of the cards averaged with it)",
                      [f"{weights_megabytes(cards[n]):.1f}" for n in names]))
-    text.append(f"\nTime: {environment}.\n\n## Targets (issue 6)\n\n")
+    text.append(f"\nTime: {environment}.\n")
+    if changes:
+        text += change_lines(changes, summaries, before_path)
+    text.append("\n## Targets (issue 6)\n\n")
     text += target_lines(names[0], summaries[names[0]])
     for name in names[1:]:
         better = wins(name, names[0], summaries, strata)
@@ -248,6 +279,7 @@ def main(argv=None) -> int:
     parser.add_argument("--report", default=str(REPO / "docs" / "ct-lung-lesion-report.md"))
     parser.add_argument("--figures", default=str(REPO / "docs" / "figures"))
     parser.add_argument("--rows", help="write per-case rows and summaries as JSON here")
+    parser.add_argument("--before", help="rows of an earlier run (--rows): report the paired change per model")
     args = parser.parse_args(argv)
 
     import torch
@@ -275,6 +307,7 @@ def main(argv=None) -> int:
         print(f"{number + 1}/{len(cases)} {rows[args.models[0]][-1]['case']} "
               + " ".join(f"{n}: {rows[n][-1]['dice']:.3f}" for n in cards), file=sys.stderr, flush=True)
     summaries = {name: summary(r) for name, r in rows.items()}
+    changes = changes_against(rows, json.loads(Path(args.before).read_text())["rows"]) if args.before else {}
     strata = {name: strata_of(r) for name, r in rows.items()}
     wholes = {name: whole_volume(segmenter, Path(args.ct)) for name, segmenter in segmenters.items()}
 
@@ -293,12 +326,13 @@ def main(argv=None) -> int:
     environment = (f"CPU ({platform.processor() or platform.machine()}), torch {torch.__version__}, "
                    f"{args.threads} thread(s), precision as the card says ('auto'), one warm-up call per model; "
                    "the 2-core machine was shared with other work, so times are indicative")
-    Path(args.report).write_text(report_text(cards, summaries, strata, wholes, figures, environment, Path(args.ct)))
+    Path(args.report).write_text(report_text(cards, summaries, strata, wholes, figures, environment, Path(args.ct),
+                                              changes, args.before))
     if args.rows:
         Path(args.rows).write_text(json.dumps({"rows": rows, "summaries": summaries, "strata": strata,
                                                "whole_volume": {n: {k: v for k, v in w.items() if k not in ("image", "mask")}
                                                                 for n, w in wholes.items()}}, indent=2))
-    print(json.dumps({"summaries": summaries, "whole_volume": {n: {"lesions": w["lesions"], "volume_ml": w["volume_ml"]}
+    print(json.dumps({"summaries": summaries, "changes": changes, "whole_volume": {n: {"lesions": w["lesions"], "volume_ml": w["volume_ml"]}
                                                               for n, w in wholes.items()}}, indent=2))
     return 0
 

@@ -35,6 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
+import paired
+
 REPO = Path(__file__).resolve().parents[2]
 MIN_SIZES = (10, 20)  # pixels
 PLAIN = {"flip_axes": [], "min_lesion_px": 0, "lesion_filter": False}  # no flips, size filter or lesion filter
@@ -124,16 +126,10 @@ def summary(rows: list) -> dict:
     }
 
 
-def paired_change(rows: dict, variant: str, reference: str = REFERENCE, resamples: int = 4000) -> dict:
+def paired_change(rows: dict, variant: str, reference: str = REFERENCE) -> dict:
     """Per-patient Dice change of ``variant`` against ``reference``: mean, bootstrap 95 % interval, wins/losses."""
-    a = np.array([r["dice"] for r in rows[variant] if not r["control"]])
-    b = np.array([r["dice"] for r in rows[reference] if not r["control"]])
-    diff = a - b
-    rng = np.random.default_rng(0)
-    means = diff[rng.integers(0, len(diff), (resamples, len(diff)))].mean(axis=1)
-    low, high = np.percentile(means, (2.5, 97.5))
-    return {"mean": float(diff.mean()), "low": float(low), "high": float(high),
-            "better": int(np.sum(diff > 1e-9)), "worse": int(np.sum(diff < -1e-9))}
+    return paired.paired_change([r["dice"] for r in rows[variant] if not r["control"]],
+                                [r["dice"] for r in rows[reference] if not r["control"]])
 
 
 def spares_controls(s: dict, ref: dict) -> bool:
