@@ -51,3 +51,39 @@ def test_precision_agreement_reports_one_nodule(tmp_path):
     (row,) = data["rows"]["ct-lung-lesion-3d"]
     assert 0.0 <= row["agreement"] <= 1.0 and row["fp32_voxels"] > 0
     assert "| ct-lung-lesion-3d |" in report.read_text()
+
+
+def test_paired_change_of_a_ship_rule():
+    sys.path.insert(0, str(BENCHMARKS))
+    import paired
+
+    change = paired.paired_change([0.9, 0.8, 0.7, 0.6], [0.8, 0.8, 0.6, 0.7])
+    assert change["better"] == 2 and change["worse"] == 1
+    assert abs(change["mean"] - 0.025) < 1e-12 and change["low"] <= change["mean"] <= change["high"]
+    assert change["low"] < 0 < change["high"]  # one of four nodules went down by as much as two went up
+    steady = paired.paired_change([0.9] * 5, [0.8] * 5)
+    assert abs(steady["low"] - 0.1) < 1e-12 and abs(steady["high"] - 0.1) < 1e-12
+
+
+def test_lung_report_pairs_rows_by_nodule(tmp_path):
+    sys.path.insert(0, str(BENCHMARKS))
+    import evaluate_ct_lesions as lung
+
+    def row(case, dice, recist_error=1.0):
+        return {"case": case, "dice": dice, "recist_abs_error_mm": recist_error, "relative_volume_error": 0.1,
+                "seconds": 0.1}
+
+    before = {"3d": [row("a", 0.5), row("b", 0.9)], "2d": [row("a", 0.1)]}
+    now = {"3d": [row("b", 0.9), row("a", 0.7, 0.5)]}  # another order, one model fewer
+    changes = lung.changes_against(now, before)
+    assert list(changes) == ["3d"]
+    assert abs(changes["3d"]["mean"] - 0.1) < 1e-12 and (changes["3d"]["better"], changes["3d"]["worse"]) == (1, 0)
+    assert changes["3d"]["dice_mean_before"] == 0.7 and changes["3d"]["recist_abs_error_mm_median_before"] == 1.0
+    text = "".join(lung.change_lines(changes, {"3d": lung.summary(now["3d"])}, tmp_path / "rows.json"))
+    assert "| 3d | 0.7000 | 0.8000 | +0.1000" in text
+    try:
+        lung.changes_against({"3d": [row("c", 0.8), row("a", 0.7)]}, before)
+    except SystemExit as error:
+        assert "other nodules" in str(error)
+    else:
+        raise AssertionError("rows of other nodules were paired")
