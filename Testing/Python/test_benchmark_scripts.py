@@ -87,3 +87,13 @@ def test_lung_report_pairs_rows_by_nodule(tmp_path):
         assert "other nodules" in str(error)
     else:
         raise AssertionError("rows of other nodules were paired")
+
+
+def test_mip_report_runs_on_one_patient_and_one_control(tmp_path):
+    shared_data("dmiai2023-mip-pet")
+    rows = tmp_path / "rows.json"
+    run_script("evaluate_mip_pet.py", "--limit", "1", "--threads", "1", "--out", tmp_path, "--rows", rows)
+    data = json.loads(rows.read_text())
+    assert [r["control"] for r in data["rows"]["card"]] == [False, True]
+    report = (tmp_path / "mip-pet-2d-report.md").read_text()
+    assert "NOT the full validation split" in report and "| card |" in report

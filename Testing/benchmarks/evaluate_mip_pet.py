@@ -324,7 +324,7 @@ def report_text(card, rows, summaries, changes, chosen, figures, environment, ca
         f"training's engine had none yet), mean {fmt(first_controls_fp(rows[RAW_BF16], recorded.get('controls')), 1)} "
         "FP pixels on the same controls.\n\n",
         "## Variants (same run, same cases)\n\n",
-        f"`card` = the card's own settings (inference {json.dumps(card.inference)}; precision {card_precision(card)}; "
+        f"`card` = the card's own settings (inference {json.dumps(card.inference.to_dict())}; precision {card_precision(card)}; "
         f"post-processing {post_text(card)}); `card in bf16` the same in bf16 autocast; the other passes set "
         "precision and flips explicitly, with no size filter unless named and without the lesion filter (so `fp32` "
         "is the card before the filter; the filter's own report is `mip-pet-2d-lesion-filter.md`). "
@@ -433,12 +433,12 @@ def main(argv=None) -> int:
                    "one warm-up call; the CPU was shared with other work, so times are indicative")
     cases_note = (f"{len(patients)} validation patients and {len(controls)} validation controls"
                   + (" (a --limit run: NOT the full validation split)" if args.limit else ""))
+    if args.rows:  # first: the measurements outlive a failure in the report
+        Path(args.rows).write_text(json.dumps({"rows": rows, "summaries": summaries, "changes": changes,
+                                               "chosen": chosen}, indent=2, default=float))
     out.mkdir(parents=True, exist_ok=True)
     (out / "mip-pet-2d-report.md").write_text(report_text(card, rows, summaries, changes, chosen, figures, environment,
                                                           cases_note))
-    if args.rows:
-        Path(args.rows).write_text(json.dumps({"rows": rows, "summaries": summaries, "changes": changes,
-                                               "chosen": chosen}, indent=2, default=float))
     print(json.dumps({"summaries": summaries, "chosen": chosen}, indent=2, default=float))
     return 0
 
