@@ -12,6 +12,7 @@ from pathlib import Path
 from conftest import shared_data
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))  # the scripts' helpers, imported by the unit tests below
 
 
 def run_script(name: str, *args) -> subprocess.CompletedProcess:
@@ -54,7 +55,6 @@ def test_precision_agreement_reports_one_nodule(tmp_path):
 
 
 def test_paired_change_of_a_ship_rule():
-    sys.path.insert(0, str(BENCHMARKS))
     import paired
 
     change = paired.paired_change([0.9, 0.8, 0.7, 0.6], [0.8, 0.8, 0.6, 0.7])
@@ -66,7 +66,6 @@ def test_paired_change_of_a_ship_rule():
 
 
 def test_lung_report_pairs_rows_by_nodule(tmp_path):
-    sys.path.insert(0, str(BENCHMARKS))
     import evaluate_ct_lesions as lung
 
     def row(case, dice, recist_error=1.0):
