@@ -21,6 +21,8 @@ from TumorSegLib.phantoms import ct_phantom, ellipsoid, grid_affine, pet_phantom
 from TumorSegLib.training.config import config_from_dict, load_config
 from TumorSegLib.training.data import EpochSampler, find_cases, manifest_sha256, split_cases, training_items
 from TumorSegLib.training.losses import build_loss
+from TumorSegLib.progress import no_progress
+from TumorSegLib.training import distributed, loop
 from TumorSegLib.training.loop import train
 from TumorSegLib.training.transforms import augmentation
 
@@ -389,6 +391,18 @@ def test_resume_time_budget_and_early_stop(tmp_path):
     provenance = load_card(tmp_path / "frozen" / "mip-pet-2d.json").provenance
     assert provenance["training"]["stopped"].startswith("early stop")
     assert provenance["training"]["epochs"] == provenance["validation"]["epoch"] + 2 < 20
+
+
+def test_loader_workers_persist_across_epochs(tmp_path):
+    """With workers the loader keeps them between epochs (their cached cases and random streams go on)."""
+    root = mip_dataset(tmp_path / "data", patients=4, controls=2)
+    for workers in (0, 2):
+        config = config_from_dict(mip_config(num_workers=workers), data_root=root)
+        run = loop._Run(config, tmp_path / f"run{workers}", distributed.start("cpu"), no_progress, 0.0, None, "")
+        run._loader(run._data())
+        assert run.loader.num_workers == workers and run.loader.persistent_workers == (workers > 0)
+    assert run_cli(write_config(tmp_path, mip_config(num_workers=2)), root, tmp_path / "run") == 0
+    assert [r["epoch"] for r in csv.DictReader(open(tmp_path / "run" / "log.csv"))] == ["1", "2"]
 
 
 def test_slice_2d_training_on_ct_volumes(tmp_path):
