@@ -43,6 +43,27 @@ def test_inference_benchmark_writes_the_promised_json(tmp_path):
     assert "speedup" in result.stdout  # the printed table
 
 
+def test_benchmark_compares_one_card_with_the_baseline(tmp_path):
+    """The engine side runs the card alone, as the baseline does: no flips, no partner card, no resampling;
+    every ensemble member's multiply-adds count, and no CPU peak is claimed for a GPU."""
+    import numpy as np
+
+    from bench_inference import bench_card, hardware_use
+    from TumorSegLib.cards import card_from_dict, find_card
+
+    shipped = find_card("ct-lung-lesion-3d")
+    assert shipped.inference.average_with and shipped.inference.flip_axes  # what the benchmark has to take away
+    card, _ = bench_card("ct-lung-lesion-3d", 3, tmp_path)
+    assert not card.inference.average_with and not card.inference.flip_axes
+    assert card.preprocessing.spacing is None and card.preprocessing.orientation is None
+    data = card.to_dict()
+    single = card_from_dict({**data, "weights": {k: v for k, v in data["weights"].items() if k != "ensemble"}}, card.path)
+    array = np.zeros((48, 48, 16), np.float32)
+    one, both = (hardware_use(c, array, 1, 1.0, "fp32", "cpu") for c in (single, card))
+    assert len(card.weights.members) == 2 and both["macs_per_window"] == 2 * one["macs_per_window"] > 0
+    assert hardware_use(single, array, 1, 1.0, "fp32", "cuda")["fraction_of_peak"] is None
+
+
 def test_precision_agreement_reports_one_nodule(tmp_path):
     shared_data("lidc-nodule-vois")
     report, rows = tmp_path / "agreement.md", tmp_path / "rows.json"

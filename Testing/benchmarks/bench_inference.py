@@ -29,7 +29,8 @@ and ``--model-2d`` (default the shipped ``mip-pet-2d``), each when its weights a
 verified, else ``random``: a card with the same architecture as before (AttentionUnet, channels
 16..256, 3D patch 96^3) and random weights (seed 0), stated in the output. Both sides use the
 card's network, weights, intensity window and patch size; the card runs WITHOUT its resampling and
-reorientation (and without test-time flips), since the baseline has none, and masks are the
+reorientation (and without test-time flips and the cards it averages with, ``inference.average_with``), since the
+baseline has none, and masks are the
 probabilities at the card's threshold (before post-processing). ``dice_vs_fp32`` is over those
 masks; ``mask_voxels`` gives both sizes and ``dice_over`` says "nearly empty" when both masks
 hold fewer than 1e-4 of the voxels. ``windows`` and ``rechecked_in_fp32`` count the network
@@ -166,7 +167,7 @@ def default_model(kind: str) -> str:
 
 
 def bench_card(model: str, ndim: int, folder: Path):
-    """(card, description of the weights): ``model`` without resampling, reorientation and flips."""
+    """(card, description of the weights): ``model`` without resampling, reorientation, flips and partner cards."""
     from TumorSegLib.cards import card_from_dict, find_card, verified_weights
 
     if model == "random":
@@ -175,7 +176,7 @@ def bench_card(model: str, ndim: int, folder: Path):
     weights = verified_weights(card)[0]
     data = card.to_dict()
     data["preprocessing"] = {k: v for k, v in data["preprocessing"].items() if k not in ("orientation", "spacing")}
-    data["inference"] = {k: v for k, v in data["inference"].items() if k != "flip_axes"}
+    data["inference"] = {k: v for k, v in data["inference"].items() if k not in ("flip_axes", "average_with")}
     if card.spatial_dims != ndim:
         raise SystemExit(f"model {model!r} is {card.spatial_dims}D; this case needs a {ndim}D model")
     return card_from_dict(data, card.path), f"{card.name} (trained; {weights.name} sha256 {card.weights.sha256[:12]})"
@@ -289,11 +290,12 @@ def worker(name: str, variant: str, model: str, folder: Path, out: Path, thresho
                                "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
                                "peak_gpu_mb": torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else None,
                                "backend": backend, "precision": precision, "kernels": kernels(),
-                               **extra, **hardware_use(card, image.array, extra["computed"], seconds, precision)}))
+                               **extra, **hardware_use(card, image.array, extra["computed"], seconds, precision, device)}))
 
 
-def hardware_use(card, array, computed: int, seconds: float, precision: str) -> dict:
-    """Multiply-adds per window and per run (windows the network computed), and the achieved rate against the peak."""
+def hardware_use(card, array, computed: int, seconds: float, precision: str, device: str) -> dict:
+    """Multiply-adds per window (every ensemble member) and per run (windows the network computed), and the
+    achieved rate against the CPU's peak (none on a GPU: ``cpu_limits`` models CPUs only)."""
     import torch
 
     from cpu_limits import cpu_description, macs_per_call, peak_macs_per_s
@@ -301,13 +303,13 @@ def hardware_use(card, array, computed: int, seconds: float, precision: str) -> 
     from TumorSegLib.networks import build_network
 
     shape = card.inference.patch_size or [n + (-n) % divisible_by(card) for n in array.shape]
-    per_window = macs_per_call(build_network(card).eval(), (1, card.in_channels, *shape))
+    per_window = macs_per_call(build_network(card).eval(), (1, card.in_channels, *shape)) * len(card.weights.members)
     cpu = cpu_description()
-    peak = peak_macs_per_s(cpu["isa"], precision, torch.get_num_threads(), cpu["clock_ghz"])
+    peak = peak_macs_per_s(cpu["isa"], precision, torch.get_num_threads(), cpu["clock_ghz"]) if device == "cpu" else None
     achieved = per_window * computed / seconds
     return {"network_input": list(shape), "macs_per_window": per_window, "windows_computed": computed,
             "macs_total": per_window * computed, "achieved_macs_per_s": achieved, "peak_macs_per_s": peak,
-            "fraction_of_peak": achieved / peak}
+            "fraction_of_peak": achieved / peak if peak else None}
 
 
 def run_case(name: str, model: str, folder: Path, repeats: int, device: str, only=None) -> list:
@@ -649,9 +651,10 @@ def main() -> int:
     print_table(rows)
     for row in rows:
         baseline = row["baseline_hardware"]["fraction_of_peak"]
+        use = (f"{row['fraction_of_peak']:.1%} of the {row['precision']} peak (baseline {baseline:.1%} of the fp32 peak)"
+               if baseline is not None else f"{row['achieved_macs_per_s'] / 1e12:.2f} TMAC/s (no peak modelled here)")
         print(f"{row['name']}: {row['macs_per_window'] / 1e9:.2f} GMAC per window x {row['windows_computed']} "
-              f"computed, {row['fraction_of_peak']:.1%} of the {row['precision']} peak (baseline {baseline:.1%} "
-              f"of the fp32 peak); kernels {row['kernels']}")
+              f"computed, {use}; kernels {row['kernels']}")
     print(f"load average (1, 5, 15 min) at the end: {load['end']}")
     return 0
 
