@@ -225,7 +225,8 @@ def worker(name: str, variant: str, model: str, folder: Path, out: Path, thresho
     from TumorSegLib.device import autocast_dtype
 
     precision = VARIANTS.get(variant, {}).get("precision", card.inference.precision.value)
-    precision = "fp32" if variant == "baseline" or autocast_dtype(torch.device(device), precision) is None else "bf16"
+    dtype = None if variant == "baseline" else autocast_dtype(torch.device(device), precision)
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]  # "auto" is fp16 on CUDA
     if variant == "baseline":
         from monai.inferers import sliding_window_inference
 
