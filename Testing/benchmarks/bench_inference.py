@@ -29,9 +29,8 @@ and ``--model-2d`` (default the shipped ``mip-pet-2d``), each when its weights a
 verified, else ``random``: a card with the same architecture as before (AttentionUnet, channels
 16..256, 3D patch 96^3) and random weights (seed 0), stated in the output. Both sides use the
 card's network, weights, intensity window and patch size; the card runs WITHOUT its resampling and
-reorientation (and without test-time flips and the cards it averages with, ``inference.average_with``), since the
-baseline has none, and masks are the
-probabilities at the card's threshold (before post-processing). ``dice_vs_fp32`` is over those
+reorientation, test-time flips and the cards it averages with (``inference.average_with``), since the
+baseline has none, and masks are the probabilities at the card's threshold (before post-processing). ``dice_vs_fp32`` is over those
 masks; ``mask_voxels`` gives both sizes and ``dice_over`` says "nearly empty" when both masks
 hold fewer than 1e-4 of the voxels. ``windows`` and ``rechecked_in_fp32`` count the network
 items of the run (3D windows; 1 for a 2D image) and those an fp32 re-check computed again.
