@@ -18,11 +18,11 @@ from TumorSegLib.errors import TumorSegError
 from TumorSegLib.image import Image
 from TumorSegLib.io import read_image, write_image, write_mask
 from TumorSegLib.phantoms import ct_phantom, ellipsoid, grid_affine, pet_phantom
+from TumorSegLib.progress import no_progress
+from TumorSegLib.training import distributed, loop
 from TumorSegLib.training.config import config_from_dict, load_config
 from TumorSegLib.training.data import EpochSampler, find_cases, manifest_sha256, split_cases, training_items
 from TumorSegLib.training.losses import build_loss
-from TumorSegLib.progress import no_progress
-from TumorSegLib.training import distributed, loop
 from TumorSegLib.training.loop import train
 from TumorSegLib.training.transforms import augmentation
 
@@ -394,7 +394,7 @@ def test_resume_time_budget_and_early_stop(tmp_path):
 
 
 def test_loader_workers_persist_across_epochs(tmp_path):
-    """With workers the loader keeps them between epochs (their cached cases and random streams go on)."""
+    """With workers the loader keeps them between epochs (no new processes per epoch; their random streams go on)."""
     root = mip_dataset(tmp_path / "data", patients=4, controls=2)
     for workers in (0, 2):
         config = config_from_dict(mip_config(num_workers=workers), data_root=root)

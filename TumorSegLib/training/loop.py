@@ -121,7 +121,7 @@ class _Run:
                                     context.rank, context.world, float(cfg["empty_weight"]))
         from monai.data import DataLoader, list_data_collate
 
-        workers = int(cfg["num_workers"])  # kept between epochs: the cache and the random streams go on
+        workers = int(cfg["num_workers"])  # kept between epochs: no new processes per epoch
         self.loader = DataLoader(dataset, batch_size=int(cfg["cases_per_step"]), sampler=self.sampler,
                                  num_workers=workers, collate_fn=list_data_collate, persistent_workers=workers > 0,
                                  pin_memory=context.device.type == "cuda", drop_last=True)
