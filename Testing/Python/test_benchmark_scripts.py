@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from conftest import shared_data
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -117,3 +119,64 @@ def test_mip_report_runs_on_one_patient_and_one_control(tmp_path):
     assert [r["control"] for r in data["rows"]["card"]] == [False, True]
     report = (tmp_path / "mip-pet-2d-report.md").read_text()
     assert "NOT the full validation split" in report and "| card |" in report
+
+
+def synthetic_mip_records(patients: int = 10, controls: int = 15) -> list:
+    """Records as ``mip_lesion_filter.record`` makes them: each patient one true lesion and one false one, each
+    control one false one; false lesions sit high in the body (``vertical`` 0.1, like brain uptake), true ones lower."""
+    from TumorSegLib.lesion_filter import FEATURES
+
+    rng = np.random.default_rng(1)
+    vertical = FEATURES.index("vertical")
+
+    def lesion(true: bool):
+        row = np.zeros(len(FEATURES))  # only the height tells true from false
+        row[vertical] = (0.5 if true else 0.1) + rng.normal(0.0, 0.02)
+        return row
+
+    records = []
+    for i in range(patients + controls):
+        control = i >= patients
+        truths = [] if control else [True]
+        kinds = truths + [False]
+        records.append({"case": f"{'control' if control else 'patient'}_{i:03d}", "split": "validation",
+                        "control": control, "truth_px": 0 if control else 100, "truth_lesions": len(truths),
+                        "features": np.array([lesion(k) for k in kinds]),
+                        "tp": np.array([90 if k else 0 for k in kinds]), "fp": np.array([10 if k else 40 for k in kinds]),
+                        "touched": [{1} if k else set() for k in kinds], "area": np.array([100 if k else 40 for k in kinds])})
+    return records
+
+
+def test_filter_calibration_filters_each_image_by_a_filter_fitted_without_it(monkeypatch):
+    import mip_filter_calibration as calibration
+
+    records = synthetic_mip_records()
+    fold = calibration.folds_of(records)
+    assert list(fold) == list(calibration.folds_of(records))  # fixed seed
+    for k in range(calibration.FOLDS):  # patients and controls each dealt round the folds
+        assert sum(f == k and not r["control"] for r, f in zip(records, fold)) == 2
+        assert sum(f == k and r["control"] for r, f in zip(records, fold)) == 3
+
+    fitted_on = []
+    real = calibration.fitted_filter
+    monkeypatch.setattr(calibration, "fitted_filter", lambda rs: fitted_on.append({r["case"] for r in rs}) or real(rs))
+    outcomes, scores, specs = calibration.out_of_fold(records)
+    assert len(specs) == len(fitted_on) == calibration.FOLDS
+    for k, cases in enumerate(fitted_on):
+        held_out = {r["case"] for r, f in zip(records, fold) if f == k}
+        assert held_out and not held_out & cases and len(cases | held_out) == len(records)
+    # the false lesions are learnt out of fold: every control clean, every patient keeps its tumour
+    assert all(o["fp_px"] == 0 for o in outcomes if o["control"])
+    assert all(o["found"] == 1 for o in outcomes if not o["control"])
+    assert all(len(s) == len(r["tp"]) for s, r in zip(scores, records))
+
+
+def test_filter_calibration_ship_rule():
+    import mip_filter_calibration as calibration
+
+    shipped = {"dice_mean": 0.70, "control_fp_median": 0.0}
+    good = {"dice_mean": 0.697, "clean_change_ci": [0.01, 0.2], "control_fp_median": 0.0}
+    assert calibration.passes(good, shipped)[0]
+    assert calibration.passes({**good, "dice_mean": 0.69}, shipped) == (False, "fails on Dice")
+    assert calibration.passes({**good, "clean_change_ci": [0.0, 0.2]}, shipped) == (False, "fails on clean controls")
+    assert calibration.passes({**good, "control_fp_median": 3.0}, shipped) == (False, "fails on control median FP")
