@@ -5,6 +5,7 @@ script runs on one real validation nodule. Small inputs only: the full runs belo
 """
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -180,3 +181,36 @@ def test_filter_calibration_ship_rule():
     assert calibration.passes({**good, "dice_mean": 0.69}, shipped) == (False, "fails on Dice")
     assert calibration.passes({**good, "clean_change_ci": [0.0, 0.2]}, shipped) == (False, "fails on clean controls")
     assert calibration.passes({**good, "control_fp_median": 3.0}, shipped) == (False, "fails on control median FP")
+
+
+def test_filter_fit_out_of_fold_takes_each_training_image_from_the_network_that_never_saw_it(tmp_path):
+    import pytest
+
+    import mip_lesion_filter as fit
+
+    root = shared_data("dmiai2023-mip-pet") / "dev"
+    shipped = json.loads((BENCHMARKS.parents[1] / "Resources" / "Models" / "mip-pet-2d.json").read_text())
+    weights = BENCHMARKS.parents[1] / "Resources" / "Models" / shipped["weights"]["file"]
+
+    def fold_card(name: str, **data) -> Path:
+        card = json.loads(json.dumps(shipped))
+        card["provenance"]["config"]["data"].update(data)
+        (tmp_path / name).mkdir()
+        shutil.copy(weights, tmp_path / name / weights.name)  # a link would lead outside the card's folder
+        (tmp_path / name / "mip-pet-2d.json").write_text(json.dumps(card))
+        return tmp_path / name / "mip-pet-2d.json"
+
+    from TumorSegLib.cards import load_card
+
+    main = fit.split_of(load_card(fold_card("main")), root)
+    folds = [fold_card(f"fold{k}", inner_folds=2, inner_fold=k) for k in range(2)]
+    owner = fit.out_of_fold_networks(folds, root, main, tmp_path)
+    assert set(owner) == {c.name for c, side in main if side == "train"}
+    assert {folder.name for _, folder in owner.values()} == {"oof0", "oof1"}
+    for number, path in enumerate(folds):  # each image from the fold that validated it, never from one trained on it
+        trained = {c.name for c, side in fit.split_of(load_card(path), root) if side == "train"}
+        assert not trained & {name for name, (_, folder) in owner.items() if folder.name == f"oof{number}"}
+    with pytest.raises(SystemExit, match="validated by none"):
+        fit.out_of_fold_networks(folds[:1], root, main, tmp_path)
+    with pytest.raises(SystemExit, match="touches the validation split"):
+        fit.out_of_fold_networks([fold_card("plain")], root, main, tmp_path)

@@ -143,6 +143,13 @@ def test_lidc_patient_id_and_split_keep_patients_together(tmp_path):
     assert sorted(p for h in held for p in h) == sorted({c.patient for c in cases})
     assert all(not h & {c.patient for c in f.train} for h, f in zip(held, folds))
     assert sorted(len(h) for h in held) == [3, 3, 4]
+    # inner folds: the held-out patients stay out of every run; each other patient is validated once
+    outer = {c.patient for c in split.validation}
+    inner = [split_cases(cases, 0.2, 7, inner_folds=4, inner_fold=k) for k in range(4)]
+    assert all(not outer & {c.patient for c in f.train + f.validation} for f in inner)
+    validated = sorted(c.name for f in inner for c in f.validation)
+    assert validated == sorted(c.name for c in split.train)
+    assert all(not {c.patient for c in f.validation} & {c.patient for c in f.train} for f in inner)
 
 
 def test_fold_settings_are_checked_and_fold_replaces_data_fold(tmp_path):
@@ -152,6 +159,14 @@ def test_fold_settings_are_checked_and_fold_replaces_data_fold(tmp_path):
     assert load_config(path, fold=2).data["fold"] == 2
     with pytest.raises(TumorSegError, match="data.folds"):
         load_config(path, fold=3)
+    config["data"].update(inner_folds=5, inner_fold=5)
+    path.write_text(json.dumps(config))
+    with pytest.raises(TumorSegError, match="data.inner_folds must be at least 2 and data.inner_fold in"):
+        load_config(path)
+    config["data"].update(inner_folds=None, inner_fold=1)
+    path.write_text(json.dumps(config))
+    with pytest.raises(TumorSegError, match="data.inner_fold needs data.inner_folds"):
+        load_config(path)
 
 
 def test_dmiai_pairs_and_controls(tmp_path):

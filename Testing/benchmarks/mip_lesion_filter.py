@@ -65,6 +65,34 @@ def split_of(card, data_root) -> list:
     return [(c, "train") for c in split.train] + [(c, "validation") for c in split.validation]
 
 
+def out_of_fold_networks(paths: list, data_root, main: list, cache: Path) -> dict:
+    """Training case name -> (Segmenter, cache folder) of the inner-fold card (``data.inner_folds``) that validated it.
+
+    Every training case of the main card's split must be validated by exactly one of the cards, and no card may
+    have seen a case of the main card's validation split."""
+    from TumorSegLib.cards import load_card
+    from TumorSegLib.engine import Segmenter
+
+    held_out = {c.name for c, side in main if side == "validation"}
+    owner = {}
+    for number, path in enumerate(paths):
+        card = load_card(path)
+        split = split_of(card, data_root)
+        if held_out & {c.name for c, _ in split}:
+            raise SystemExit(f"{path}: its split touches the validation split; train it with data.inner_folds")
+        segmenter, folder = Segmenter(card, "cpu", backend="torch"), cache / f"oof{number}"
+        folder.mkdir(exist_ok=True)
+        for case, side in split:
+            if side == "validation":
+                if case.name in owner:
+                    raise SystemExit(f"{case.name} is validated by two of the --oof-cards")
+                owner[case.name] = (segmenter, folder)
+    missing = [c.name for c, side in main if side == "train" and c.name not in owner]
+    if missing:
+        raise SystemExit(f"{len(missing)} training cases are validated by none of the --oof-cards, e.g. {missing[0]}")
+    return owner
+
+
 def probability(segmenter, case, image, cache: Path) -> np.ndarray:
     path = cache / f"{Path(case.name).name.split('.')[0]}.npy"
     if not path.exists():
@@ -241,6 +269,22 @@ def ships(s: dict, card: dict) -> tuple:
 
 
 # ---- report ---------------------------------------------------------------------------------
+BIAS_NOTE = (
+    "The training-split lesions come from a network that was trained on those very images (each training "
+    "patient was drawn about 60 times, each control about 7 times): on them, true lesions get higher "
+    "probabilities and more complete masks than on unseen images, and the false positives left are the ones "
+    "the network could not fit away. The regression therefore trusts the probability features more than it "
+    "should, and the thresholds chosen there cost less Dice on the training patients than they do on unseen "
+    "patients (a weak tumour prediction on an unseen patient scores lower and is gated away more often). The "
+    "validation figures above are the honest ones; the held-out test split is the final check. The filter "
+    "belongs to these weights: a retrained network needs the filter fitted again (so it is not in "
+    "`mip-pet-2d.train.json`).\n\n")
+OUT_OF_FOLD_NOTE = (
+    "The training-split lesions were predicted out of fold (`--oof-cards`): each training image by the inner-fold "
+    "network that never saw it, so their probabilities are those of unseen images. Those networks were trained on "
+    "part of the training split and are not the card's network; the validation figures above, of the card's own "
+    "network with this filter, say whether the fit carries over. The filter belongs to the card's weights: a "
+    "retrained network needs the filter fitted again (so it is not in `mip-pet-2d.train.json`).\n\n")
 def table(summaries: dict, settings: dict) -> list:
     lines = ["| variant (setting chosen on training) | mean Dice (95 % CI) | ΔDice vs card (95 % CI; up/down) | "
              "lesions found | FP px per patient | control FP px median (95 % CI) | control FP px mean (95 % CI) | "
@@ -341,7 +385,7 @@ def report_text(fitted: dict, summaries: dict, accepted: bool, why: str, figures
         "so a MIP of a 3D PET is filtered before its lesions are traced into the volume.\n\n",
         "## Rules, fixed before the validation split was looked at\n\n",
         f"- Fit: L2 logistic regression (penalty {L2}) on the standardised features of the "
-        f"{fitted['training_lesions']} lesions the card predicts on the {fitted['training_images']} TRAINING images "
+        f"{fitted['training_lesions']} lesions {fitted['source']} on the {fitted['training_images']} TRAINING images "
         f"({fitted['training_true_lesions']} overlap the truth); {FOLDS}-fold cross-validation by image inside the "
         "training split gives out-of-fold "
         "scores for choosing the thresholds.\n",
@@ -370,15 +414,7 @@ def report_text(fitted: dict, summaries: dict, accepted: bool, why: str, figures
         "clean.\n\n",
         *extra,
         "## Bias of the fit\n\n",
-        "The training-split lesions come from a network that was trained on those very images (each training "
-        "patient was drawn about 60 times, each control about 7 times): on them, true lesions get higher "
-        "probabilities and more complete masks than on unseen images, and the false positives left are the ones "
-        "the network could not fit away. The regression therefore trusts the probability features more than it "
-        "should, and the thresholds chosen there cost less Dice on the training patients than they do on unseen "
-        "patients (a weak tumour prediction on an unseen patient scores lower and is gated away more often). The "
-        "validation figures above are the honest ones; the held-out test split is the final check. The filter "
-        "belongs to these weights: a retrained network needs the filter fitted again (so it is not in "
-        "`mip-pet-2d.train.json`).\n\n",
+        OUT_OF_FOLD_NOTE if fitted["out_of_fold"] else BIAS_NOTE,
         "## Figures\n",
     ]
     for path, title in figures:
@@ -392,8 +428,8 @@ def write_card(card, spec: dict, fitted: dict, summaries: dict) -> None:
     data = json.loads(card.path.read_text())
     data["postprocessing"]["lesion_filter"] = spec
     data["provenance"]["lesion_filter"] = {
-        "fitted_on": f"{fitted['training_lesions']} predicted lesions of the {fitted['training_images']} training "
-                     "images of this card's split", "rule": RULE, "ship_rule": SHIP_RULE,
+        "fitted_on": f"{fitted['training_lesions']} lesions {fitted['source']} on the {fitted['training_images']} "
+                     "training images of this card's split", "rule": RULE, "ship_rule": SHIP_RULE,
         "command": "Testing/benchmarks/mip_lesion_filter.py --cache DIR --write-card",
         "validation": {key: {k: summaries[name][k] for k in ("dice_mean", "found", "lesions", "control_fp_median",
                                                               "control_fp_mean", "clean", "controls")}
@@ -409,6 +445,9 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default=str(REPO / "docs"))
     parser.add_argument("--card", help="card file to fit the filter for (default: the shipped mip-pet-2d); "
                                        "--write-card writes into that file")
+    parser.add_argument("--oof-cards", nargs="+", metavar="CARD",
+                        help="inner-fold cards (data.inner_folds) whose out-of-fold maps replace the card's own on "
+                             "the training split: the filter is fitted on lesions no network saw in training")
     parser.add_argument("--training-only", action="store_true",
                         help="fit and choose settings; do not look at validation")
     parser.add_argument("--write-card", action="store_true",
@@ -428,11 +467,14 @@ def main(argv=None) -> int:
     cache.mkdir(parents=True, exist_ok=True)
     segmenter = Segmenter(card, "cpu", backend="torch")
     records, cases = [], {}
-    for case, side in split_of(card, args.data_root):
+    split = split_of(card, args.data_root)
+    oof = out_of_fold_networks(args.oof_cards, args.data_root, split, cache) if args.oof_cards else {}
+    for case, side in split:
         if side == "validation" and args.training_only:
             continue
         image, truth = read_pair(case)
-        records.append(record(case, side, image, truth, probability(segmenter, case, image, cache), card))
+        network, folder = oof.get(case.name, (segmenter, cache))
+        records.append(record(case, side, image, truth, probability(network, case, image, folder), card))
         cases[records[-1]["case"]] = case
     train = [r for r in records if r["split"] == "train"]
     x, y = stack(train)
@@ -444,6 +486,9 @@ def main(argv=None) -> int:
         settings[name], curves[name] = choose_setting(name, train, oof, reference)
     spec["threshold"], spec["image_threshold"] = settings[CANDIDATE]
     fitted = {"training_lesions": len(y), "training_true_lesions": int(y.sum()), "training_images": len(train),
+              "out_of_fold": bool(args.oof_cards), "source": (
+                  f"the {len(args.oof_cards)} inner-fold networks predict, each on the images it never saw,"
+                  if args.oof_cards else "the card predicts"),
               "training_card_dice": reference, "settings": settings, "spec": spec,
               "training": {name: next(c[1:] for c in curves[name] if c[0] == settings[name]) for name in GRIDS}}
     print(json.dumps({k: v for k, v in fitted.items() if k != "training_curves"}, indent=1), file=sys.stderr)

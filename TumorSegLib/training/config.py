@@ -19,6 +19,9 @@ Sections (every default is listed in ``DATA_DEFAULTS`` / ``TRAIN_DEFAULTS``)::
               validation_fraction, split_seed   patient-level split (controls split alike, seed + 1)
               folds, fold  k-fold cross-validation instead: patients dealt into ``folds`` folds
                            (seeded by split_seed), fold ``fold`` (0-based) held out
+              inner_folds, inner_fold   the held-out part set aside untouched, the rest dealt into
+                           ``inner_folds`` folds; inner fold ``inner_fold`` validates (networks whose
+                           out-of-fold predictions cover every training patient)
     train   sampling, augmentation, loss, optimiser and schedule (see ``TRAIN_DEFAULTS``)
 """
 
@@ -47,6 +50,8 @@ DATA_DEFAULTS = {
     "split_seed": 20240607,
     "folds": None,
     "fold": None,
+    "inner_folds": None,
+    "inner_fold": None,
 }
 
 TRAIN_DEFAULTS = {
@@ -172,10 +177,12 @@ def _check(config: TrainConfig, card: ModelCard, where: str) -> None:
         problems.append("data.images (a glob) and data.mask (a path template) are required")
     if not 0.0 < float(data["validation_fraction"]) < 1.0:
         problems.append("data.validation_fraction must lie strictly between 0 and 1")
-    if data["folds"] is not None and not (int(data["folds"]) >= 2 and 0 <= int(data["fold"] or 0) < int(data["folds"])):
-        problems.append(f"data.folds must be at least 2 and data.fold in 0..folds-1, got {data['folds']} / {data['fold']}")
-    if data["folds"] is None and data["fold"] is not None:
-        problems.append("data.fold needs data.folds")
+    for many, one in (("folds", "fold"), ("inner_folds", "inner_fold")):
+        if data[many] is not None and not (int(data[many]) >= 2 and 0 <= int(data[one] or 0) < int(data[many])):
+            problems.append(f"data.{many} must be at least 2 and data.{one} in 0..{many}-1, got {data[many]} / "
+                            f"{data[one]}")
+        if data[many] is None and data[one] is not None:
+            problems.append(f"data.{one} needs data.{many}")
     patch = train["patch_size"]
     if not patch or len(patch) != card.spatial_dims or any(int(p) < 1 for p in patch):
         problems.append(f"train.patch_size needs {card.spatial_dims} positive sizes for mode {card.mode!r}, got {patch}")

@@ -89,33 +89,43 @@ def find_cases(config: TrainConfig) -> list:
     return cases
 
 
-def split_cases(cases: list, fraction: float, seed: int, folds: Optional[int] = None, fold: int = 0) -> Split:
+def split_cases(cases: list, fraction: float, seed: int, folds: Optional[int] = None, fold: int = 0,
+                inner_folds: Optional[int] = None, inner_fold: int = 0) -> Split:
     """Patient-level split; controls are split on their own with ``seed + 1``.
 
     Without ``folds``, a ``fraction`` of the patients (drawn with ``seed``) is held out. With
     ``folds`` = k, the patients are shuffled with ``seed`` and dealt into k folds; fold ``fold``
     is held out (k-fold cross-validation: every patient is validated in exactly one fold).
+    With ``inner_folds`` = m, that held-out part is set aside untouched and the training part is
+    dealt into m folds alike (seed + 2, controls seed + 3); inner fold ``inner_fold`` validates:
+    m such networks predict every training patient once, out of fold, and none sees the held-out part.
     """
     train, validation = [], []
     for group, group_seed in (([c for c in cases if c.mask is not None], seed), ([c for c in cases if c.mask is None], seed + 1)):
         patients = sorted({c.patient for c in group})
-        if folds:
-            shuffled = random.Random(group_seed).sample(patients, len(patients))
-            held = set(shuffled[int(fold)::int(folds)])
-        else:
-            count = min(max(round(fraction * len(patients)), 1), len(patients) - 1) if len(patients) > 1 else 0
-            held = set(random.Random(group_seed).sample(patients, count))
+        held = _held_out(patients, group_seed, fraction, folds, fold)
+        if inner_folds:
+            rest = [p for p in patients if p not in held]
+            held = _held_out(rest, group_seed + 2, fraction, inner_folds, inner_fold)
+            group = [c for c in group if c.patient in rest]
         train += [c for c in group if c.patient not in held]
         validation += [c for c in group if c.patient in held]
     return Split(train, validation)
 
 
+def _held_out(patients: list, seed: int, fraction: float, folds: Optional[int], fold: int) -> set:
+    """The patients held out: fold ``fold`` of ``folds`` dealt after a seeded shuffle, else a seeded ``fraction``."""
+    if folds:
+        return set(random.Random(seed).sample(patients, len(patients))[int(fold)::int(folds)])
+    count = min(max(round(fraction * len(patients)), 1), len(patients) - 1) if len(patients) > 1 else 0
+    return set(random.Random(seed).sample(patients, count))
+
+
 def config_split(config: TrainConfig, cases: list) -> Split:
-    """The split a training config asks for (hold-out fraction, or one fold of k)."""
+    """The split a training config asks for (hold-out fraction or one fold of k; then one inner fold of m)."""
     data = config.data
     return split_cases(cases, float(data["validation_fraction"]), int(data["split_seed"]), data["folds"],
-                       int(data["fold"] or 0))
-
+                       int(data["fold"] or 0), data["inner_folds"], int(data["inner_fold"] or 0))
 
 
 def card_validation_cases(card: ModelCard, data_root: Optional[PathLike] = None) -> list:
