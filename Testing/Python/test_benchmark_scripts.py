@@ -172,15 +172,15 @@ def test_filter_calibration_filters_each_image_by_a_filter_fitted_without_it(mon
     assert all(len(s) == len(r["tp"]) for s, r in zip(scores, records))
 
 
-def test_filter_calibration_ship_rule():
-    import mip_filter_calibration as calibration
+def test_filter_ship_rule():
+    import mip_lesion_filter
 
     shipped = {"dice_mean": 0.70, "control_fp_median": 0.0}
     good = {"dice_mean": 0.697, "clean_change_ci": [0.01, 0.2], "control_fp_median": 0.0}
-    assert calibration.passes(good, shipped)[0]
-    assert calibration.passes({**good, "dice_mean": 0.69}, shipped) == (False, "fails on Dice")
-    assert calibration.passes({**good, "clean_change_ci": [0.0, 0.2]}, shipped) == (False, "fails on clean controls")
-    assert calibration.passes({**good, "control_fp_median": 3.0}, shipped) == (False, "fails on control median FP")
+    assert mip_lesion_filter.ships(good, shipped)[0]
+    assert mip_lesion_filter.ships({**good, "dice_mean": 0.69}, shipped) == (False, "fails on Dice")
+    assert mip_lesion_filter.ships({**good, "clean_change_ci": [0.0, 0.2]}, shipped) == (False, "fails on clean controls")
+    assert mip_lesion_filter.ships({**good, "control_fp_median": 3.0}, shipped) == (False, "fails on control median FP")
 
 
 def test_filter_fit_out_of_fold_takes_each_training_image_from_the_network_that_never_saw_it(tmp_path):
