@@ -160,7 +160,8 @@ def test_filter_calibration_filters_each_image_by_a_filter_fitted_without_it(mon
 
     fitted_on = []
     real = calibration.fitted_filter
-    monkeypatch.setattr(calibration, "fitted_filter", lambda rs: fitted_on.append({r["case"] for r in rs}) or real(rs))
+    monkeypatch.setattr(calibration, "fitted_filter",
+                        lambda rs, regression=None: fitted_on.append({r["case"] for r in rs}) or real(rs, regression))
     outcomes, scores, specs = calibration.out_of_fold(records)
     assert len(specs) == len(fitted_on) == calibration.FOLDS
     for k, cases in enumerate(fitted_on):
@@ -170,6 +171,11 @@ def test_filter_calibration_filters_each_image_by_a_filter_fitted_without_it(mon
     assert all(o["fp_px"] == 0 for o in outcomes if o["control"])
     assert all(o["found"] == 1 for o in outcomes if not o["control"])
     assert all(len(s) == len(r["tp"]) for s, r in zip(scores, records))
+    # --thresholds-only: a given regression is kept, only the thresholds are chosen per fold
+    regression = {**specs[0], "threshold": 0.5, "image_threshold": 0.0}
+    outcomes, _, kept = calibration.out_of_fold(records, regression)
+    assert all(s["coef"] == regression["coef"] and s["intercept"] == regression["intercept"] for s in kept)
+    assert all(o["fp_px"] == 0 for o in outcomes if o["control"])
 
 
 def test_filter_ship_rule():

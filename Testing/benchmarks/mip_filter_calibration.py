@@ -13,6 +13,8 @@ images (rules: ``docs/ship-rules.md``, "filter calibrated on the validation spli
    ``mip_lesion_filter.RULE`` (inner out-of-fold lesion scores); the held-out fold is filtered with it.
 3. The pooled out-of-fold outcomes of each candidate against the shipped card (its network and its
    own filter, on the shipped network's maps) by ``SHIP_RULE``.
+   A ``--thresholds-only`` candidate keeps its card's regression (fitted elsewhere, e.g. on
+   out-of-fold training lesions) and only has its two thresholds chosen per fold.
 4. ``--write-card``: the accepted candidate's filter, fitted the same way on all validation images,
    into its card (the out-of-fold figures go with it).
 
@@ -58,26 +60,30 @@ def folds_of(records: list, seed: int = 0) -> np.ndarray:
     return fold
 
 
-def fitted_filter(records: list) -> dict:
-    """The filter spec (regression and both thresholds) fitted on ``records`` by ``RULE``."""
-    from TumorSegLib.lesion_filter import FEATURES
+def fitted_filter(records: list, regression: dict | None = None) -> dict:
+    """The filter spec fitted on ``records``: the regression (unless one is given) and both thresholds by ``RULE``."""
+    from TumorSegLib.lesion_filter import FEATURES, scores
 
-    inner = out_of_fold_scores(records, FEATURES)
+    if regression is None:
+        inner = out_of_fold_scores(records, FEATURES)
+        spec = fit(*stack(records), FEATURES)
+    else:
+        inner = [scores(r["features"], regression) for r in records]
+        spec = dict(regression)
     reference = mean_dice(variant_outcomes("card", None, records, inner))
-    spec = fit(*stack(records), FEATURES)
     spec["threshold"], spec["image_threshold"] = choose_setting(CANDIDATE, records, inner, reference)[0]
     return spec
 
 
-def out_of_fold(records: list) -> tuple:
+def out_of_fold(records: list, regression: dict | None = None) -> tuple:
     """(per-image outcomes, per-image lesion scores, per-fold specs): each fold filtered by the filter fitted on the
-    others."""
+    others (with a given ``regression``, only its thresholds are chosen there)."""
     from TumorSegLib.lesion_filter import scores
 
     fold = folds_of(records)
     outcomes, lesion_scores, specs = [None] * len(records), [None] * len(records), []
     for k in range(FOLDS):
-        spec = fitted_filter([r for r, f in zip(records, fold) if f != k])
+        spec = fitted_filter([r for r, f in zip(records, fold) if f != k], regression)
         specs.append(spec)
         for i in np.flatnonzero(fold == k):
             lesion_scores[i] = scores(records[i]["features"], spec)
@@ -120,7 +126,8 @@ def curve_figure(curves: dict, marks: dict, path: Path) -> Path:
     return path
 
 
-def report_text(cards: dict, summaries: dict, specs: dict, curves: dict, decision: str, figure: Path) -> str:
+def report_text(cards: dict, summaries: dict, specs: dict, curves: dict, decision: str, figure: Path,
+                regression_source: dict) -> str:
     settings = {name: None for name in summaries}
     lines = [
         "# mip-pet-2d: the lesion filter calibrated on the validation split (issue 16)\n\n",
@@ -131,6 +138,8 @@ def report_text(cards: dict, summaries: dict, specs: dict, curves: dict, decisio
         "(the shipped filter's 13 features and penalty) is fitted on the other folds' predicted lesions, and its "
         f"two thresholds are chosen there by the shipped filter's rule: {RULE.replace('TRAINING', 'fitting')}. "
         "The held-out fold is filtered with it; the table pools these out-of-fold outcomes.\n",
+        *[f"- {name} (`--thresholds-only`) keeps its card's regression, fitted elsewhere "
+          f"({regression_source[name]}); only its two thresholds are chosen per fold.\n" for name in regression_source],
         f"- Ship: {SHIP_RULE}.\n\n",
         "## Validation split, out of fold\n\n",
         "Rows: the shipped card (its network and its filter fitted on the training split: plain validation figures), "
@@ -163,12 +172,14 @@ def shown_path(path: Path) -> str:
     return str(path.relative_to(REPO)) if path.is_relative_to(REPO) else f"{path} (outside the repository)"
 
 
-def write_card(path: Path, spec: dict, result: dict, images: int) -> None:
+def write_card(path: Path, spec: dict, result: dict, images: int, thresholds_only: bool) -> None:
     """Store the filter in the card's post-processing and how it was fitted, with its out-of-fold figures."""
     data = json.loads(path.read_text())
+    fitted = data["provenance"].get("lesion_filter", {}).get("fitted_on") if thresholds_only else None
     data["postprocessing"]["lesion_filter"] = spec
     data["provenance"]["lesion_filter"] = {
-        "fitted_on": f"the predicted lesions of the {images} validation images of this card's split (lesions the "
+        "fitted_on": (f"regression: {fitted}; thresholds: " if thresholds_only else "")
+                     + f"the predicted lesions of the {images} validation images of this card's split (lesions the "
                      "network never saw in training)", "rule": RULE.replace("TRAINING", "fitting"),
         "ship_rule": SHIP_RULE, "command": "Testing/benchmarks/mip_filter_calibration.py --cache DIR --card CARD "
                                            "--write-card",
@@ -181,8 +192,11 @@ def write_card(path: Path, spec: dict, result: dict, images: int) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache", required=True, help="folder for the probability maps (outside the repository)")
-    parser.add_argument("--card", action="append", required=True,
-                        help="candidate card file (repeatable); the shipped card is measured beside them")
+    parser.add_argument("--card", action="append", default=[],
+                        help="candidate card file (repeatable): its network, the filter fitted here")
+    parser.add_argument("--thresholds-only", action="append", default=[], metavar="CARD",
+                        help="candidate card file (repeatable, named after the --card ones): its network and its "
+                             "filter's regression, only the two thresholds chosen here")
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "dmiai2023-mip-pet" / "dev"))
     parser.add_argument("--out", default=str(REPO / "docs"))
     parser.add_argument("--write-card", action="store_true", help="store the accepted candidate's filter in its card")
@@ -197,7 +211,11 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(1)
     shipped_card = find_card("mip-pet-2d")
-    cards = {f"C{i + 1}": Path(p).resolve() for i, p in enumerate(args.card)}
+    cards = {f"C{i + 1}": Path(p).resolve() for i, p in enumerate(args.card + args.thresholds_only)}
+    regressions = {f"C{len(args.card) + i + 1}": load_card(p).postprocessing.lesion_filter
+                   for i, p in enumerate(args.thresholds_only)}
+    if not cards or not all(regressions.values()):
+        parser.error("give candidates (--card, --thresholds-only); a --thresholds-only card needs a lesion_filter")
     validation = [case for case, side in split_of(shipped_card, args.data_root) if side == "validation"]
     records = {}  # card file: per-image records of its network
 
@@ -217,7 +235,7 @@ def main(argv=None) -> int:
                                [scores(r["features"], spec) for r in base])
     outcomes, specs, curves = {"shipped card": shipped}, {}, {}
     for name, path in cards.items():
-        oof, lesion_scores, specs[name] = out_of_fold(records_of(path))
+        oof, lesion_scores, specs[name] = out_of_fold(records_of(path), regressions.get(name))
         outcomes[f"{name}, no filter"] = variant_outcomes("card", None, records[path], lesion_scores)
         outcomes[f"{name}, filter out of fold"] = oof
         curves[name] = gate_curve(records[path], lesion_scores)
@@ -235,10 +253,13 @@ def main(argv=None) -> int:
              if "no filter" not in name}
     out = Path(args.out)
     figure = curve_figure(curves, marks, out / "figures" / "mip-filter-calibration.png")
-    (out / "mip-pet-2d-filter-calibration.md").write_text(report_text(cards, summaries, specs, curves, decision, figure))
+    sources = {name: load_card(cards[name]).provenance.get("lesion_filter", {}).get("fitted_on", "not recorded")
+               for name in regressions}
+    (out / "mip-pet-2d-filter-calibration.md").write_text(
+        report_text(cards, summaries, specs, curves, decision, figure, sources))
     if args.write_card and winner:
-        write_card(cards[winner], fitted_filter(records[cards[winner]]), summaries[f"{winner}, filter out of fold"],
-                   len(validation))
+        write_card(cards[winner], fitted_filter(records[cards[winner]], regressions.get(winner)),
+                   summaries[f"{winner}, filter out of fold"], len(validation), winner in regressions)
     return 0
 
 

@@ -378,8 +378,9 @@ def report_text(fitted: dict, summaries: dict, accepted: bool, why: str, figures
     text = [
         "# mip-pet-2d: lesion-level false-positive filter (issue 16)\n\n",
         "Made by `Testing/benchmarks/mip_lesion_filter.py` in one run from the cached fp32 probability maps of the "
-        "card's network (no flips) over every dev image of the card's own split; every figure below was measured "
-        "by that script. The filter is `TumorSegLib/lesion_filter.py`: a logistic regression on each predicted "
+        "card's network (no flips) over every dev image of the card's own split"
+        f"{' (training images: the inner-fold networks of --oof-cards instead, out of fold)' if fitted['out_of_fold'] else ''}"
+        "; every figure below was measured by that script. The filter is `TumorSegLib/lesion_filter.py`: a logistic regression on each predicted "
         "lesion (8-connected) with a per-lesion threshold and an image-level 'any tumour' gate on the best lesion "
         "score; the engine applies it after the other post-processing on whole-image runs (not ROIs or clicks), "
         "so a MIP of a 3D PET is filtered before its lesions are traced into the volume.\n\n",
