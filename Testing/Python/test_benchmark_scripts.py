@@ -143,8 +143,10 @@ def synthetic_mip_records(patients: int = 10, controls: int = 15) -> list:
         records.append({"case": f"{'control' if control else 'patient'}_{i:03d}", "split": "validation",
                         "control": control, "truth_px": 0 if control else 100, "truth_lesions": len(truths),
                         "features": np.array([lesion(k) for k in kinds]),
-                        "tp": np.array([90 if k else 0 for k in kinds]), "fp": np.array([10 if k else 40 for k in kinds]),
-                        "touched": [{1} if k else set() for k in kinds], "area": np.array([100 if k else 40 for k in kinds])})
+                        "tp": np.array([90 if k else 0 for k in kinds]),
+                        "fp": np.array([10 if k else 40 for k in kinds]),
+                        "touched": [{1} if k else set() for k in kinds],
+                        "area": np.array([100 if k else 40 for k in kinds])})
     return records
 
 
@@ -185,7 +187,8 @@ def test_filter_ship_rule():
     good = {"dice_mean": 0.697, "clean_change_ci": [0.01, 0.2], "control_fp_median": 0.0}
     assert mip_lesion_filter.ships(good, shipped)[0]
     assert mip_lesion_filter.ships({**good, "dice_mean": 0.69}, shipped) == (False, "fails on Dice")
-    assert mip_lesion_filter.ships({**good, "clean_change_ci": [0.0, 0.2]}, shipped) == (False, "fails on clean controls")
+    assert mip_lesion_filter.ships({**good, "clean_change_ci": [0.0, 0.2]}, shipped) == (False,
+                                                                                        "fails on clean controls")
     assert mip_lesion_filter.ships({**good, "control_fp_median": 3.0}, shipped) == (False, "fails on control median FP")
 
 

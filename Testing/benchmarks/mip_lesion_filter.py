@@ -285,6 +285,8 @@ OUT_OF_FOLD_NOTE = (
     "part of the training split and are not the card's network; the validation figures above, of the card's own "
     "network with this filter, say whether the fit carries over. The filter belongs to the card's weights: a "
     "retrained network needs the filter fitted again (so it is not in `mip-pet-2d.train.json`).\n\n")
+
+
 def table(summaries: dict, settings: dict) -> list:
     lines = ["| variant (setting chosen on training) | mean Dice (95 % CI) | ΔDice vs card (95 % CI; up/down) | "
              "lesions found | FP px per patient | control FP px median (95 % CI) | control FP px mean (95 % CI) | "
@@ -379,11 +381,13 @@ def report_text(fitted: dict, summaries: dict, accepted: bool, why: str, figures
         "# mip-pet-2d: lesion-level false-positive filter (issue 16)\n\n",
         "Made by `Testing/benchmarks/mip_lesion_filter.py` in one run from the cached fp32 probability maps of the "
         "card's network (no flips) over every dev image of the card's own split"
-        f"{' (training images: the inner-fold networks of --oof-cards instead, out of fold)' if fitted['out_of_fold'] else ''}"
-        "; every figure below was measured by that script. The filter is `TumorSegLib/lesion_filter.py`: a logistic regression on each predicted "
-        "lesion (8-connected) with a per-lesion threshold and an image-level 'any tumour' gate on the best lesion "
-        "score; the engine applies it after the other post-processing on whole-image runs (not ROIs or clicks), "
-        "so a MIP of a 3D PET is filtered before its lesions are traced into the volume.\n\n",
+        + (" (training images: the inner-fold networks of --oof-cards instead, out of fold)" if fitted["out_of_fold"]
+           else "")
+        + "; every figure below was measured by that script. The filter is `TumorSegLib/lesion_filter.py`: a "
+        "logistic regression on each predicted lesion (8-connected) with a per-lesion threshold and an image-level "
+        "'any tumour' gate on the best lesion score; the engine applies it after the other post-processing on "
+        "whole-image runs (not ROIs or clicks), so a MIP of a 3D PET is filtered before its lesions are traced "
+        "into the volume.\n\n",
         "## Rules, fixed before the validation split was looked at\n\n",
         f"- Fit: L2 logistic regression (penalty {L2}) on the standardised features of the "
         f"{fitted['training_lesions']} lesions {fitted['source']} on the {fitted['training_images']} TRAINING images "
