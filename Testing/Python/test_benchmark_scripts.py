@@ -49,8 +49,6 @@ def test_inference_benchmark_writes_the_promised_json(tmp_path):
 def test_benchmark_compares_one_card_with_the_baseline(tmp_path):
     """The engine side runs the card alone, as the baseline does: no flips, no partner card, no resampling;
     every ensemble member's multiply-adds count, and no CPU peak is claimed for a GPU."""
-    import numpy as np
-
     from bench_inference import bench_card, hardware_use
     from TumorSegLib.cards import card_from_dict, find_card
 
@@ -178,6 +176,23 @@ def test_filter_calibration_filters_each_image_by_a_filter_fitted_without_it(mon
     outcomes, _, kept = calibration.out_of_fold(records, regression)
     assert all(s["coef"] == regression["coef"] and s["intercept"] == regression["intercept"] for s in kept)
     assert all(o["fp_px"] == 0 for o in outcomes if o["control"])
+
+
+def test_filter_calibration_writes_the_filter_and_its_out_of_fold_figures_into_the_card(tmp_path):
+    import mip_filter_calibration as calibration
+
+    path = tmp_path / "mip-pet-2d.json"
+    path.write_text(json.dumps({"postprocessing": {}, "provenance": {"lesion_filter": {"fitted_on": "elsewhere"}}}))
+    spec = {"coef": [1.0], "threshold": 0.2, "image_threshold": 0.5}
+    figures = {"dice_mean": 0.7, "found": 1, "lesions": 2, "control_fp_median": 0.0, "control_fp_mean": 1.0,
+               "clean": 3, "controls": 4, "dice_ci": [0.6, 0.8]}
+    calibration.write_card(path, spec, figures, 97, thresholds_only=True)
+    card = json.loads(path.read_text())
+    assert card["postprocessing"]["lesion_filter"] == spec
+    written = card["provenance"]["lesion_filter"]
+    assert written["fitted_on"].startswith("regression: elsewhere; thresholds: ") and "97 validation" in written["fitted_on"]
+    assert "--thresholds-only CARD" in written["command"]
+    assert written["validation_out_of_fold"] == {k: v for k, v in figures.items() if k != "dice_ci"}
 
 
 def test_filter_ship_rule():

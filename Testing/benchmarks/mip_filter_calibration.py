@@ -181,8 +181,8 @@ def write_card(path: Path, spec: dict, result: dict, images: int, thresholds_onl
         "fitted_on": (f"regression: {fitted}; thresholds: " if thresholds_only else "")
                      + f"the predicted lesions of the {images} validation images of this card's split (lesions the "
                      "network never saw in training)", "rule": RULE.replace("TRAINING", "fitting"),
-        "ship_rule": SHIP_RULE, "command": "Testing/benchmarks/mip_filter_calibration.py --cache DIR --card CARD "
-                                           "--write-card",
+        "ship_rule": SHIP_RULE, "command": "Testing/benchmarks/mip_filter_calibration.py --cache DIR "
+                                           f"{'--thresholds-only' if thresholds_only else '--card'} CARD --write-card",
         "validation_out_of_fold": {k: result[k] for k in ("dice_mean", "found", "lesions", "control_fp_median",
                                                           "control_fp_mean", "clean", "controls")},
     }
@@ -212,8 +212,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     shipped_card = find_card("mip-pet-2d")
     cards = {f"C{i + 1}": Path(p).resolve() for i, p in enumerate(args.card + args.thresholds_only)}
-    regressions = {f"C{len(args.card) + i + 1}": load_card(p).postprocessing.lesion_filter
-                   for i, p in enumerate(args.thresholds_only)}
+    fixed = {f"C{len(args.card) + i + 1}": load_card(p) for i, p in enumerate(args.thresholds_only)}
+    regressions = {name: card.postprocessing.lesion_filter for name, card in fixed.items()}
     if not cards or not all(regressions.values()):
         parser.error("give candidates (--card, --thresholds-only); a --thresholds-only card needs a lesion_filter")
     validation = [case for case, side in split_of(shipped_card, args.data_root) if side == "validation"]
@@ -231,15 +231,15 @@ def main(argv=None) -> int:
 
     spec = shipped_card.postprocessing.lesion_filter
     base = records_of(shipped_card.path.resolve())
-    shipped = variant_outcomes(CANDIDATE, (spec["threshold"], spec["image_threshold"]), base,
-                               [scores(r["features"], spec) for r in base])
+    base_scores = [scores(r["features"], spec) for r in base]
+    shipped = variant_outcomes(CANDIDATE, (spec["threshold"], spec["image_threshold"]), base, base_scores)
     outcomes, specs, curves = {"shipped card": shipped}, {}, {}
     for name, path in cards.items():
         oof, lesion_scores, specs[name] = out_of_fold(records_of(path), regressions.get(name))
         outcomes[f"{name}, no filter"] = variant_outcomes("card", None, records[path], lesion_scores)
         outcomes[f"{name}, filter out of fold"] = oof
         curves[name] = gate_curve(records[path], lesion_scores)
-    curves[SHIPPED_CURVE] = gate_curve(base, [scores(r["features"], spec) for r in base])
+    curves[SHIPPED_CURVE] = gate_curve(base, base_scores)
     summaries = {name: summary(o, shipped) for name, o in outcomes.items()}
     verdicts = {name: ships(summaries[f"{name}, filter out of fold"], summaries["shipped card"])
                 for name in cards}
@@ -253,8 +253,8 @@ def main(argv=None) -> int:
              if "no filter" not in name}
     out = Path(args.out)
     figure = curve_figure(curves, marks, out / "figures" / "mip-filter-calibration.png")
-    sources = {name: load_card(cards[name]).provenance.get("lesion_filter", {}).get("fitted_on", "not recorded")
-               for name in regressions}
+    sources = {name: card.provenance.get("lesion_filter", {}).get("fitted_on", "not recorded")
+               for name, card in fixed.items()}
     (out / "mip-pet-2d-filter-calibration.md").write_text(
         report_text(cards, summaries, specs, curves, decision, figure, sources))
     if args.write_card and winner:

@@ -473,12 +473,12 @@ def main(argv=None) -> int:
     segmenter = Segmenter(card, "cpu", backend="torch")
     records, cases = [], {}
     split = split_of(card, args.data_root)
-    oof = out_of_fold_networks(args.oof_cards, args.data_root, split, cache) if args.oof_cards else {}
+    fold_networks = out_of_fold_networks(args.oof_cards, args.data_root, split, cache) if args.oof_cards else {}
     for case, side in split:
         if side == "validation" and args.training_only:
             continue
         image, truth = read_pair(case)
-        network, folder = oof.get(case.name, (segmenter, cache))
+        network, folder = fold_networks.get(case.name, (segmenter, cache))
         records.append(record(case, side, image, truth, probability(network, case, image, folder), card))
         cases[records[-1]["case"]] = case
     train = [r for r in records if r["split"] == "train"]
