@@ -221,10 +221,14 @@ class Preprocessing(Section):
     organ_level: Optional[OrganLevel] = _section(OrganLevel, optional=True)
 
 
+def _is_card_name(value) -> bool:
+    """A card of the same folder, named without '.json' (no path)."""
+    return isinstance(value, str) and bool(re.fullmatch(r"[A-Za-z0-9_.-]+", value))
+
+
 def _is_partner(value) -> bool:
-    return (isinstance(value, dict) and set(value) == {"card", "weight"} and isinstance(value["card"], str)
-            and bool(re.fullmatch(r"[A-Za-z0-9_.-]+", value["card"])) and _is_number(value["weight"])
-            and 0 < value["weight"] < 1)
+    return (isinstance(value, dict) and set(value) == {"card", "weight"} and _is_card_name(value["card"])
+            and _is_number(value["weight"]) and 0 < value["weight"] < 1)
 
 
 def _are_partners(value) -> bool:
@@ -257,6 +261,7 @@ class Inference(Section):
     average_with: tuple = _rule((), _are_partners, "a list of {'card': name of a card in this card's folder, "
                                 "'weight': number in (0, 1)}, the weights summing below 1",
                                 lambda v: tuple(Partner(**p) for p in v))
+    organ_from: Optional[str] = _rule(None, _optional(_is_card_name), "the name of a card in this card's folder")
 
 
 @dataclass(frozen=True)
@@ -430,16 +435,31 @@ def _card_problems(card: ModelCard) -> list:
     if card.preprocessing.picture is not None and card.preprocessing.picture.window is None:
         problems.append("preprocessing.picture.window must be [low, high] HU with low < high, got None")
     problems += spec_problems(card.postprocessing.lesion_filter, card.mode)
-    within = card.output.within
-    if within is not None and (card.output.activation != Activation.SIGMOID or within.channel is None
-                               or not within.channel < card.out_channels or within.channel == card.output.channel):
-        problems.append(f"output.within must be {{'channel': another of the {card.out_channels} sigmoid output "
-                        f"channels, 'threshold': in (0, 1)}}, got {within.to_dict()!r}")
-    level = card.preprocessing.organ_level
-    if level is not None and (card.output.activation != Activation.SIGMOID or level.channel is None
-                              or not level.channel < card.out_channels or level.value is None):
-        problems.append(f"preprocessing.organ_level must be {{'channel': one of the {card.out_channels} sigmoid output "
-                        f"channels, 'value': the organ's median, 'threshold'}}, got {level.to_dict()!r}")
+    return problems + _organ_problems(card)
+
+
+def _organ_problems(card: ModelCard) -> list:
+    """The rules of ``output.within`` and ``preprocessing.organ_level``: an organ channel of this network, or, with
+    ``inference.organ_from``, of that card (whose channels are checked when it is read: ``organ_card``)."""
+    problems = []
+    within, level, source = card.output.within, card.preprocessing.organ_level, card.inference.organ_from
+    sigmoid = card.output.activation == Activation.SIGMOID
+    own = card.out_channels
+    if within is not None and not (sigmoid and within.channel is not None and (
+            source or (within.channel < own and within.channel != card.output.channel))):
+        problems.append(f"output.within must be {{'channel': " + (f"an output channel of {source!r}" if source else
+                        f"another of the {own} sigmoid output channels") + f", 'threshold': in (0, 1)}}, got "
+                        f"{within.to_dict()!r}")
+    if level is not None and not (sigmoid and level.channel is not None and level.value is not None and (
+            source or level.channel < own)):
+        problems.append(f"preprocessing.organ_level must be {{'channel': " + (f"an output channel of {source!r}" if
+                        source else f"one of the {own} sigmoid output channels") + ", 'value': the organ's median, "
+                        f"'threshold'}}, got {level.to_dict()!r}")
+    if source is not None and within is None and level is None:
+        problems.append("inference.organ_from needs output.within or preprocessing.organ_level (what the organ is for)")
+    if source is not None and within is not None and level is not None and within.channel != level.channel:
+        problems.append("with inference.organ_from, output.within and preprocessing.organ_level must name the same "
+                        f"channel of {source!r}, got {within.channel} and {level.channel}")
     return problems
 
 
@@ -464,6 +484,7 @@ class Settings:
     keep_volume_on_device: bool | None = None  # False after a CUDA out-of-memory: the volume stays on the CPU
     output: Output | None = None  # another output of the network than the card's (the organ of organ_level)
     partners: tuple = ()  # the Settings of each inference.average_with card, in its order
+    organ: Optional["Settings"] = None  # the Settings of the inference.organ_from card
 
 
 # what a user may override, and the section it changes (None: the threshold)
@@ -511,20 +532,51 @@ def partner_cards(card: ModelCard) -> list:
     A partner must read the same modality and must not average with other cards itself.
     """
     partners = []
-    if card.inference.average_with and card.path is None:
-        raise TumorSegError(f"model {card.name!r} averages with other cards but was not read from a folder")
     for partner in card.inference.average_with:
-        try:
-            other = load_card(Path(card.path).parent / f"{partner.card}.json")
-        except TumorSegError as error:
-            raise TumorSegError(f"model {card.name!r} averages with {partner.card!r} (inference.average_with), "
-                                f"which must be a card in the same folder: {error}") from error
+        other = _folder_card(card, partner.card, "averages with", "inference.average_with")
         if other.modality != card.modality or other.inference.average_with:
             raise TumorSegError(f"model {card.name!r} averages with {other.name!r}, which "
                                 + ("reads another modality" if other.modality != card.modality
                                    else "averages with other cards itself"))
         partners.append((other, float(partner.weight)))
     return partners
+
+
+def organ_card(card: ModelCard) -> Optional[ModelCard]:
+    """The card named by ``inference.organ_from`` reading its organ channel alone (``only_channel``), or None.
+
+    The organ card must read the same modality, have that sigmoid channel and take no organ from elsewhere itself.
+    """
+    name = card.inference.organ_from
+    if name is None:
+        return None
+    other = _folder_card(card, name, "takes its organ from", "inference.organ_from")
+    channel = (card.output.within or card.preprocessing.organ_level).channel
+    problem = ("reads another modality" if other.modality != card.modality
+               else "takes its organ from another card itself" if other.inference.organ_from
+               else f"has no sigmoid output channel {channel}"
+               if other.output.activation != Activation.SIGMOID or not channel < other.out_channels else None)
+    if problem:
+        raise TumorSegError(f"model {card.name!r} takes its organ from {other.name!r}, which {problem}")
+    return only_channel(other, channel)
+
+
+def only_channel(card: ModelCard, channel: int) -> ModelCard:
+    """The same card and weights giving one sigmoid output channel alone: no organ rule (``output.within``) and no
+    averaged cards (their outputs are another channel); its own organ level, ensemble and post-processing stay."""
+    return replace(card, output=Output(activation=Activation.SIGMOID, channel=channel),
+                   inference=replace(card.inference, average_with=()))
+
+
+def _folder_card(card: ModelCard, name: str, verb: str, field_name: str) -> ModelCard:
+    """The card ``name`` of ``card``'s own folder; the error names the model that needs it and the field."""
+    if card.path is None:
+        raise TumorSegError(f"model {card.name!r} names other cards ({field_name}) but was not read from a folder")
+    try:
+        return load_card(Path(card.path).parent / f"{name}.json")
+    except TumorSegError as error:
+        raise TumorSegError(f"model {card.name!r} {verb} {name!r} ({field_name}), which must be a card in the same "
+                            f"folder: {error}") from error
 
 
 def model_dirs(extra: PathLike | None = None) -> list:
@@ -585,20 +637,20 @@ def sha256(path: PathLike) -> str:
 SHA256_OK = "sha256 ok"  # the weights file's SHA-256 equals the card's: the file is the one the card describes
 NO_SHA256 = "no sha256"  # the card gives no SHA-256, so the file cannot be checked
 OUTSIDE = "outside the card folder"  # refused: a card's weights must sit in its own folder
-PARTNER_UNUSABLE = "averaged card missing or broken"  # a card of inference.average_with cannot be read or used
+PARTNER_UNUSABLE = "needed card missing or broken"  # a card of inference.average_with or organ_from cannot be used
 USABLE = (SHA256_OK, NO_SHA256)
 
 
 def weights_status(card: ModelCard) -> str:
     """``SHA256_OK``, ``NO_SHA256``, ``OUTSIDE``, 'missing', 'sha256 mismatch' or ``PARTNER_UNUSABLE``: the worst over
-    an ensemble's files and over the cards it averages with (``inference.average_with``)."""
+    an ensemble's files and over the cards it needs (``inference.average_with``, ``inference.organ_from``)."""
     try:
         files = [(card.member_path(member.file), member.sha256) for member in card.weights.members]
     except TumorSegError:
         return OUTSIDE
     statuses = [_file_status(path, expected) for path, expected in files]
     try:
-        statuses += [weights_status(other) for other, _ in partner_cards(card)]
+        statuses += [weights_status(other) for other in [c for c, _ in partner_cards(card)] + [organ_card(card)] if other]
     except TumorSegError:
         statuses.append(PARTNER_UNUSABLE)
     return next((s for s in statuses if s not in USABLE), NO_SHA256 if NO_SHA256 in statuses else SHA256_OK)

@@ -44,7 +44,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import boxes
-from .cards import Activation, Modality, Mode, ModelCard, Output, Settings, partner_cards, settings_for
+from .cards import Activation, Modality, Mode, ModelCard, Output, Settings, organ_card, partner_cards, settings_for
 from .errors import TumorSegError
 from .hints import Overrides, Point, Shape
 from .image import Image, superior_axis
@@ -192,23 +192,31 @@ class Segmenter:
         network, self.memory_format = for_inference(network, card.spatial_dims)  # a copy: the caller's is untouched
         self.network = network.to(self.device)
         self.backend, self.load_notes = self._use_backend(backend or card.inference.backend)
-        self.partners = [(self._partner(other, device, backend), weight) for other, weight in partner_cards(card)]
+        self.partners = [(self._helper(other, device, backend, "averages with"), weight)
+                         for other, weight in partner_cards(card)]
+        source = organ_card(card)
+        self.organ_source = None if source is None else self._helper(source, device, backend, "takes its organ from")
         if self.partners:
             self.load_notes.append("probability: the weighted mean of " + ", ".join(
                 f"{c.name} ({w:g})" for c, w in [(card, self.own_weight)] + [(s.card, w) for s, w in self.partners]))
 
-    def _partner(self, card: ModelCard, device: str, backend: str | None) -> "Segmenter":
-        """The Segmenter of a card this one averages with; its errors say which model needs it."""
+    def _helper(self, card: ModelCard, device: str, backend: str | None, verb: str) -> "Segmenter":
+        """The Segmenter of a card this one needs (``verb`` it); its errors say which model needs it."""
         try:
             return Segmenter(card, device, backend=backend)
         except TumorSegError as error:
-            raise TumorSegError(f"model {self.card.name!r} averages with {card.name!r}, which cannot run: {error}") \
-                from error
+            raise TumorSegError(f"model {self.card.name!r} {verb} {card.name!r}, which cannot run: {error}") from error
 
     @property
     def own_weight(self) -> float:
         """This card's weight in the mean with its ``inference.average_with`` cards (1 without)."""
         return 1.0 - sum(weight for _, weight in self.partners)
+
+    @property
+    def _network_output(self) -> Output:
+        """The card's output as this network gives it: with ``inference.organ_from`` the organ rule
+        (``output.within``) names the other card's channel and is applied after the network (``_probability``)."""
+        return replace(self.card.output, within=None) if self.organ_source is not None else self.card.output
 
     def _use_backend(self, backend: str) -> tuple:
         """(backend used, notes): OpenVINO replaces ``self.network`` where chosen; "auto" falls back to PyTorch."""
@@ -279,8 +287,9 @@ class Segmenter:
         if self.device.type == "cuda" and (overrides or {}).get("sw_batch_size") is None:
             settings = replace(settings, inference=replace(settings.inference, sw_batch_size=gpu_window_batch(settings)))
         precision = (overrides or {}).get("precision")
-        return replace(settings, partners=tuple(partner._settings({"precision": precision} if precision else None)
-                                                for partner, _ in self.partners))
+        helper = {"precision": precision} if precision else None
+        return replace(settings, partners=tuple(partner._settings(helper) for partner, _ in self.partners),
+                       organ=self.organ_source._settings(helper) if self.organ_source else None)
 
     def _work_image(self, image: Image, notes: list, sample: bool) -> Image:
         """The checked input, or its coronal MIP for a MIP-PET card given a 3D volume."""
@@ -352,22 +361,40 @@ class Segmenter:
         """This card's foreground probability on ``image``'s grid: prepare, run, restore (``preprocess``).
 
         With a ``box``, only the windows or slices touching it are computed (see ``inferers``). A card with
-        ``preprocessing.organ_level`` first finds the organ (``_move_to_organ_level``): two passes.
+        ``preprocessing.organ_level`` or ``inference.organ_from`` first finds the organ (``_organ``): with
+        ``organ_from`` that card's whole run gives it, the move to the organ's level and the tumour-in-organ rule
+        (``output.within``).
         """
-        if self.card.preprocessing.organ_level is not None and settings.output is None:
-            image = self._move_to_organ_level(image, box, settings, scaled(progress, 0.0, 0.5), cancel, notes)
+        organ = None
+        if settings.output is None and (self.card.preprocessing.organ_level or self.organ_source):
+            organ = self._organ(image, box, settings, scaled(progress, 0.0, 0.5), cancel, notes)
             progress = scaled(progress, 0.5, 1.0)
+            if self.card.preprocessing.organ_level is not None:
+                image = self._move_to_organ_level(image, organ, notes)
         prepared = prepare(image, self.card)
         notes.extend(prepared.notes)
         active = None if box is None else _network_box(prepared, image.shape, box)
-        probability = self._run(prepared.array, prepared.axis, active, settings, progress, cancel, notes)
-        return restore(prepared, probability)
+        probability = restore(prepared, self._run(prepared.array, prepared.axis, active, settings, progress, cancel,
+                                                  notes))
+        within = self.card.output.within
+        if self.organ_source is not None and within is not None:
+            probability = probability * (organ >= within.threshold)
+        return probability
 
-    def _move_to_organ_level(self, image: Image, box, settings: Settings, progress, cancel, notes) -> Image:
-        """``image`` moved so that the median inside the organ the network finds on it is the card's level."""
+    def _organ(self, image: Image, box, settings: Settings, progress, cancel, notes) -> np.ndarray:
+        """The organ's probability on ``image``'s grid: from the ``inference.organ_from`` card, else from this
+        network's ``preprocessing.organ_level`` channel."""
+        if self.organ_source is not None:
+            notes.append(f"organ: output channel {self.organ_source.card.output.channel} of model "
+                         f"{self.organ_source.card.name!r} (inference.organ_from)")
+            return self.organ_source._infer(image, box, settings.organ, progress, cancel, [])
         level = self.card.preprocessing.organ_level
         organ_output = Output(activation=Activation.SIGMOID, channel=level.channel, threshold=level.threshold)
-        organ = self._infer(image, box, replace(settings, output=organ_output), progress, cancel, [])
+        return self._infer(image, box, replace(settings, output=organ_output), progress, cancel, [])
+
+    def _move_to_organ_level(self, image: Image, organ: np.ndarray, notes) -> Image:
+        """``image`` moved so that the median inside the organ (probability ``organ``) is the card's level."""
+        level = self.card.preprocessing.organ_level
         moved, shift = move_to_level(image, organ >= level.threshold, level.value)
         notes.append(f"organ level: no voxel of output channel {level.channel} found, intensities not moved"
                      if shift is None else f"organ level: intensities moved by {shift:+.1f} so that the median "
@@ -410,7 +437,7 @@ class Segmenter:
         inference = settings.inference
         predictor_args = {
             "network": self.network,
-            "output": settings.output or self.card.output,
+            "output": settings.output or self._network_output,
             "dtype": autocast_dtype(self.device, inference.precision),
             "progress": progress,
             "cancel": cancel,

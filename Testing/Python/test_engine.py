@@ -192,6 +192,86 @@ def test_average_with_weights_and_names_are_checked(ct3d, partners):
         card_from_dict(data)
 
 
+@pytest.fixture(scope="module")
+def cascade(ct3d, models_dir, tmp_path_factory):
+    """A folder with the 3D card taking its organ (channel 0, at ``ORGAN_THRESHOLD``) from a slice-2d card, both
+    alone, and a function writing a variant of the cascade card."""
+    from TumorSegLib.testing import tiny_model
+
+    source = tiny_model(models_dir, "slice-2d", "CT")
+    folder = tmp_path_factory.mktemp("cascade")
+    for card in (ct3d, source):
+        (folder / card.weights.file).write_bytes(card.weights_path.read_bytes())
+        (folder / f"{card.name}.json").write_text(json.dumps(card.to_dict()))
+
+    def write(name="cascade", inference=None, **organ):
+        data = ct3d.to_dict()
+        data["name"] = name
+        data["inference"].update({"organ_from": source.name, **(inference or {})})
+        data["output"]["within"] = organ.get("within", {"channel": 0, "threshold": ORGAN_THRESHOLD})
+        data["preprocessing"]["organ_level"] = organ.get("level", {"channel": 0, "threshold": 0.5, "value": 400.0})
+        (folder / f"{name}.json").write_text(json.dumps({k: v for k, v in data.items() if v is not None}))
+        return folder / f"{name}.json"
+
+    return load_card(write()), ct3d, source, write
+
+
+ORGAN_THRESHOLD = 0.9
+
+
+def test_organ_from_takes_the_organ_from_the_other_cards_whole_run(cascade):
+    """inference.organ_from: the other card's output channel, from its own whole run, is the organ: the input is
+    moved to the organ's level and the tumour kept inside it, each network at its own settings (a cascade)."""
+    from TumorSegLib.cards import only_channel
+    from TumorSegLib.preprocess import move_to_level
+
+    card, own, source, _ = cascade
+    image, truth = lesion_volume("CT")
+    fp32 = {"precision": "fp32"}
+    organ = Segmenter(only_channel(source, 0), "cpu", backend="torch").predict(image, overrides=fp32).probability
+    inside = organ >= ORGAN_THRESHOLD
+    assert 0 < inside.sum() < truth.sum()  # the organ cuts the lesion
+    moved, shift = move_to_level(image, organ >= 0.5, 400.0)
+    assert abs(shift) > 50
+    alone = Segmenter(own, "cpu", backend="torch").predict(moved, overrides=fp32).probability
+    result = Segmenter(card, "cpu", backend="torch").predict(image, overrides=fp32)
+    np.testing.assert_allclose(result.probability, alone * inside, atol=1e-5)
+    assert (alone[~inside] >= 0.5).any() and not result.mask[~inside].any()
+    assert any(f"moved by {shift:+.1f}" in note for note in result.notes)
+    assert any(source.name in note and "organ_from" in note for note in result.notes)
+    segmenter = Segmenter(card, "cpu", backend="torch")
+    assert segmenter._settings({"precision": "fp32"}).organ.inference.precision == "fp32"
+    assert segmenter._settings(None).organ.inference.precision == source.inference.precision
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"name": "missing-organ", "inference": {"organ_from": "missing"}}, "takes its organ from 'missing'.*same folder"),
+    ({"name": "mip-organ", "inference": {"organ_from": "tiny-mip-pet-whole-image-2d"}}, "another modality"),
+    ({"name": "channel-organ", "within": {"channel": 1, "threshold": 0.5},
+      "level": {"channel": 1, "threshold": 0.5, "value": 1.0}}, "has no sigmoid output channel 1"),
+])
+def test_organ_from_a_card_that_cannot_give_it_is_refused(cascade, mip2d, change, message):
+    """Refused when loaded, naming the model that needs it; ``tumorseg models`` shows it in the weights status."""
+    card, _, _, write = cascade
+    folder = Path(card.path).parent
+    (folder / f"{mip2d.name}.json").write_text(json.dumps(mip2d.to_dict()))
+    broken = load_card(write(**change))
+    with pytest.raises(TumorSegError, match=message):
+        Segmenter(broken, "cpu")
+    assert weights_status(broken) == PARTNER_UNUSABLE
+    assert weights_status(card) == SHA256_OK
+
+
+@pytest.mark.parametrize("organ, message", [
+    ({"within": None, "level": None}, "organ_from needs output.within or preprocessing.organ_level"),
+    ({"within": {"channel": 0}, "level": {"channel": 1, "value": 1.0}}, "must name the same channel"),
+])
+def test_organ_from_needs_one_organ_channel(cascade, organ, message):
+    _, _, _, write = cascade
+    with pytest.raises(TumorSegError, match=message):
+        load_card(write(name="bad-organ", **organ))
+
+
 def test_resampling_and_reorientation_give_the_mask_on_the_input_grid(ct3d, tmp_path):
     card = variant(ct3d, tmp_path, preprocessing={"spacing": [1.5, 1.5, 1.5], "orientation": "LPS"})
     image, truth = lesion_volume("CT")

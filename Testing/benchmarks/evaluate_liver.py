@@ -2,7 +2,8 @@
 
 The validation scans of the card's own training split (its provenance config, same seed: never a
 scan on both sides) are segmented slice by slice with the engine, on the CPU, in fp32: the tumour
-mask of the card and the liver (the same network's channel 1). Figures:
+mask of the card and the liver (the same network's channel 1, or the organ of the card its
+``inference.organ_from`` names). Figures:
 
 - per-scan tumour Dice: true positives, predicted and true pixels summed over all slices of a scan,
   Dice of the sums; the mean over scans with tumour (LiTS "Dice per case") and the global Dice
@@ -50,15 +51,12 @@ COPIES = ("LPS", "SAR", "ILP")  # axis codes of flipped and permuted copies of t
 SMALL_PX = 100  # LiTS pictures: tumour regions below 100 pixels (about 64 mm^2 at 0.8 mm) are "small"
 
 
-def channel_card(card, channel: int):
-    """The same card and weights reading one output channel alone: no tumour-in-liver rule, and its own networks
-    only (not the cards of ``inference.average_with``, whose outputs are tumour)."""
-    from TumorSegLib.cards import card_from_dict
+def liver_card(card):
+    """The card whose mask is the liver: the ``inference.organ_from`` card's organ channel, else this card's own
+    channel 1 (``cards.only_channel``)."""
+    from TumorSegLib.cards import only_channel, organ_card
 
-    fields = json.loads(Path(card.path).read_text())
-    inference = {k: v for k, v in fields.get("inference", {}).items() if k != "average_with"}
-    return card_from_dict({**fields, "inference": inference,
-                           "output": {"activation": "sigmoid", "channel": channel, "threshold": 0.5}}, card.path)
+    return organ_card(card) or only_channel(card, LIVER)
 
 
 def weights_sha256(card) -> str:
@@ -132,6 +130,7 @@ def evaluate_slice(segmenters: dict, case, card) -> dict:
 
 def validation_rows(card, root: Path, slices_per_scan: int | None) -> list:
     """``evaluate_slice`` rows of the validation slices of the card's own split, each naming the card."""
+    from TumorSegLib.cards import only_channel
     from TumorSegLib.engine import Segmenter
     from TumorSegLib.networks import load_network
     from TumorSegLib.training.data import card_validation_cases
@@ -139,9 +138,10 @@ def validation_rows(card, root: Path, slices_per_scan: int | None) -> list:
     cases = card_validation_cases(card, data_root=root)
     if slices_per_scan:
         cases = first_slices(cases, slices_per_scan)
-    network = load_network(card, "cpu")  # one network read, three outputs of it (PyTorch fp32: the report's figures)
-    segmenters = {name: Segmenter(c, device="cpu", network=network, backend="torch")
-                  for name, c in (("tumour", card), ("liver", channel_card(card, LIVER)), ("ungated", channel_card(card, 0)))}
+    network = load_network(card, "cpu")  # one network read, its outputs used thrice (PyTorch fp32: the report's figures)
+    liver = liver_card(card)
+    segmenters = {name: Segmenter(c, device="cpu", network=network if c.name == card.name else None, backend="torch")
+                  for name, c in (("tumour", card), ("liver", liver), ("ungated", only_channel(card, 0)))}
     return [{**evaluate_slice(segmenters, case, card), "validated_by": str(card.path)} for case in cases]
 
 
@@ -242,7 +242,7 @@ def example_ct(card, path: Path, figure: Path, data_root: Path) -> dict:
     started = time.perf_counter()
     tumour = Segmenter(card, device="cpu").predict(image, overrides=fp32).mask
     seconds = time.perf_counter() - started
-    liver_segmenter = Segmenter(channel_card(card, LIVER), device="cpu")
+    liver_segmenter = Segmenter(liver_card(card), device="cpu")
     liver = liver_segmenter.predict(image, overrides=fp32).mask
     copies = {}
     for codes in COPIES:

@@ -15,9 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="List model cards from --models-dir, the TUMORSEG_MODELS folders and Resources/Models "
         "(first occurrence of a name wins). Weights: 'sha256 ok' (the file's SHA-256 equals the card's: it is the "
         "file the card describes, nothing more), 'no sha256' (the card gives none), missing, 'sha256 mismatch' "
-        "(corrupt or different file), 'outside the card folder' (refused) or 'averaged card missing or broken' (a card "
-        "of its inference.average_with cannot be used); the worst over an ensemble's files and averaged cards. Files "
-        "that are not valid cards are listed as broken, with the reason; the other models stay usable.",
+        "(corrupt or different file), 'outside the card folder' (refused) or 'needed card missing or broken' (a card "
+        "of its inference.average_with or organ_from cannot be used); the worst over an ensemble's files and those "
+        "cards. Files that are not valid cards are listed as broken, with the reason; the other models stay usable.",
     )
     parser.add_argument("--models-dir", help="extra folder of model cards")
     parser.add_argument("--json", action="store_true", help="print the list as JSON")
