@@ -445,15 +445,16 @@ def _organ_problems(card: ModelCard) -> list:
     within, level, source = card.output.within, card.preprocessing.organ_level, card.inference.organ_from
     sigmoid = card.output.activation == Activation.SIGMOID
     own = card.out_channels
+    other = f"an output channel of {source!r}" if source else None
     if within is not None and not (sigmoid and within.channel is not None and (
             source or (within.channel < own and within.channel != card.output.channel))):
-        problems.append(f"output.within must be {{'channel': " + (f"an output channel of {source!r}" if source else
-                        f"another of the {own} sigmoid output channels") + f", 'threshold': in (0, 1)}}, got "
+        channel = other or f"another of the {own} sigmoid output channels"
+        problems.append(f"output.within must be {{'channel': {channel}, 'threshold': in (0, 1)}}, got "
                         f"{within.to_dict()!r}")
     if level is not None and not (sigmoid and level.channel is not None and level.value is not None and (
             source or level.channel < own)):
-        problems.append(f"preprocessing.organ_level must be {{'channel': " + (f"an output channel of {source!r}" if
-                        source else f"one of the {own} sigmoid output channels") + ", 'value': the organ's median, "
+        channel = other or f"one of the {own} sigmoid output channels"
+        problems.append(f"preprocessing.organ_level must be {{'channel': {channel}, 'value': the organ's median, "
                         f"'threshold'}}, got {level.to_dict()!r}")
     if source is not None and within is None and level is None:
         problems.append("inference.organ_from needs output.within or preprocessing.organ_level (what the organ is for)")
