@@ -67,11 +67,13 @@ def picture_notes(image: Image) -> list:
 
 
 def default_picture_card(extra_dir: PathLike | None = None) -> ModelCard:
-    """The one model with weights present that takes windowed pictures (for a JPEG input without --model)."""
-    from .cards import list_cards, weights_status
+    """The one model with weights present that takes windowed pictures (for a JPEG input without --model); a card
+    that another of them takes its organ from (``inference.organ_from``) is a part of that one, not a choice."""
+    from .cards import USABLE, list_cards, weights_status
 
-    cards = [c for c in list_cards(extra_dir) if c.preprocessing.picture is not None
-             and weights_status(c) not in ("missing", "sha256 mismatch")]
+    cards = [c for c in list_cards(extra_dir) if c.preprocessing.picture is not None and weights_status(c) in USABLE]
+    parts = {c.inference.organ_from for c in cards}
+    cards = [c for c in cards if c.name not in parts]
     if len(cards) != 1:
         names = ", ".join(c.name for c in cards) or "none"
         raise TumorSegError(f"a JPEG input needs a model that takes windowed pictures; found {names}: choose one with --model")

@@ -8,7 +8,7 @@ import torch
 from PIL import Image as PILImage
 
 from conftest import shared_data
-from TumorSegLib.cards import BUILTIN_DIR, card_from_dict, find_card
+from TumorSegLib.cards import BUILTIN_DIR, card_from_dict, find_card, organ_card
 from TumorSegLib.cli import main
 from TumorSegLib.engine import Segmenter
 from TumorSegLib.errors import TumorSegError
@@ -107,13 +107,13 @@ class BrightSpot(torch.nn.Module):
 
 
 def marked_volume() -> tuple:
-    """A RAS volume (1.6 mm in-plane: no resampling) with a bright spot at the patient's right-anterior."""
+    """A RAS volume at the card's in-plane spacing (no resampling) with a bright spot at the patient's right-anterior."""
     array = np.full((40, 32, 6), -1000, dtype=np.float32)
     array[4:36, 4:28] = 40.0  # body
     spot = np.zeros(array.shape, dtype=bool)
     spot[28:34, 22:27, 1:5] = True  # high i = right, high j = anterior
     array[spot] = 100.0
-    affine = np.diag([1.6, 1.6, 5.0, 1.0])
+    affine = np.diag([*config_card().preprocessing.spacing, 5.0, 1.0])
     affine[:3, 3] = (-30, -25, 100)
     return Image(array, affine), spot
 
@@ -158,12 +158,10 @@ def test_jpeg_input_gives_a_png_mask_and_a_folder_is_segmented_in_one_run(tmp_pa
 
 
 def test_liver_lies_on_the_patients_right_in_the_upper_abdomen_of_any_copy_of_a_real_ct():
-    """The shipped model on the TotalSegmentator example CT (3 mm) and flipped and permuted copies of it."""
+    """The shipped model's liver (that of the card it takes its organ from) on the TotalSegmentator example CT (3 mm)
+    and flipped and permuted copies of it."""
     path = shared_data("totalseg-example-ct") / "example_ct.nii.gz"
-    card = find_card(NAME)
-    liver_card = card_from_dict({**json.loads(card.path.read_text()), "output": {"channel": 1, "threshold": 0.5}},
-                                card.path)
-    segmenter = Segmenter(liver_card, device="cpu")
+    segmenter = Segmenter(organ_card(find_card(NAME)), device="cpu")
     image = read_image(path)
     liver = segmenter.predict(image, overrides={"precision": "fp32"}).mask
     assert liver.sum() * image.voxel_volume / 1000 > 300  # mL: a liver, not specks

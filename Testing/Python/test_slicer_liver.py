@@ -35,14 +35,15 @@ def logic():
 
 
 def liver_card(folder: Path) -> Path:
-    """The shipped card with its liver channel (1) as the output, weights copied beside it."""
-    card = find_card(NAME)
+    """The card the shipped card takes its liver from (inference.organ_from) with that liver channel as the output,
+    weights copied beside it."""
+    card = find_card(find_card(NAME).inference.organ_from)
     data = {**json.loads(card.path.read_text()), "output": {"channel": 1, "threshold": 0.5}}
     folder.mkdir()
     for member in card.weights.members:  # every file of an ensemble
         (folder / member.file).write_bytes(card.member_path(member.file).read_bytes())
-    (folder / f"{NAME}.json").write_text(json.dumps(data))
-    return folder / f"{NAME}.json"
+    (folder / f"{card.name}.json").write_text(json.dumps(data))
+    return folder / f"{card.name}.json"
 
 
 def test_liver_model_on_a_whole_ct_under_a_transform(logic, tmp_path):
@@ -68,6 +69,6 @@ def test_liver_model_on_a_whole_ct_under_a_transform(logic, tmp_path):
     assert len(lesions) == label_lesions(mask)[1]
     assert sum(lesion.volume_ml for lesion in lesions) == pytest.approx(mask.sum() * image.voxel_volume / 1000, rel=1e-6)
     assert mask.sum() * image.voxel_volume / 1000 > 300  # mL: a liver
-    # tumour only inside the liver: the rule holds on the network's grid; each mask is resampled on its own to the
-    # volume's grid, so their edges may differ by a voxel
+    # tumour only inside the liver: the rule holds on the tumour network's grid (the organ card's liver resampled to
+    # it); each mask is resampled on its own to the volume's grid, so their edges may differ by a voxel
     assert tumour.shape == mask.shape and not (tumour & ~ndimage.binary_dilation(mask)).any()

@@ -219,6 +219,10 @@ def test_missing_data_root_and_bad_config(tmp_path, capsys):
     with_weights["card"]["weights"] = {"file": "x.pt"}
     with pytest.raises(TumorSegError, match="written by training"):
         config_from_dict(with_weights)
+    cascade = json.loads((MODELS / "ct-liver-lesion-2d.train.json").read_text())
+    cascade["card"]["inference"]["organ_from"] = "ct-liver-lesion-2d-coarse"
+    with pytest.raises(TumorSegError, match="inference.organ_from names other cards.*add it to the trained card"):
+        config_from_dict(cascade)
 
 
 # ---- sampling, augmentation, losses -------------------------------------------------------------------------

@@ -329,6 +329,20 @@ def intensity_lines(ct: dict) -> list:
             "livers of training; the rest (3 mm voxels? disease? the file has no labels) is not explained here.", ""]
 
 
+def cascade_lines(card) -> list:
+    """What finds the liver, for a card that takes it from another card (``inference.organ_from``)."""
+    source = card.inference.organ_from
+    if source is None:
+        return []
+    return [f"A cascade: the liver (the liver figures below, the tumour-in-liver rule and the organ level) is that of "
+            f"`{source}` (`inference.organ_from`), run whole at {spacing_text(liver_card(card))}; the tumour is this "
+            f"card's networks' at {spacing_text(card)}, inside that liver.", ""]
+
+
+def spacing_text(card) -> str:
+    return " x ".join(f"{s:g}" for s in card.preprocessing.spacing) + " mm"
+
+
 def report_text(card, result: dict, before: dict | None = None) -> str:
     s, scans, ct = result["summary"], result["scans"], result["example_ct"]
     training = card.provenance.get("training", {})
@@ -349,6 +363,7 @@ def report_text(card, result: dict, before: dict | None = None) -> str:
            if result["folds"] else f"Validation = the {s['scans']} scans the training split held out (by scan, seed "
            "20240607): ")
         + f"{s['slices']} stored slices, {s['tumour_slices']} with tumour.", "",
+    ] + cascade_lines(card) + [
         "How it was trained: the card's `provenance.config.notes` and `provenance.command`. Loss and validation Dice "
         "(per-slice mean, the training loop's selection figure) per epoch of its run (retrained candidates that "
         "were measured and not shipped, and why: `docs/ship-rules.md`):", "",

@@ -210,5 +210,9 @@ def _check(config: TrainConfig, card: ModelCard, where: str) -> None:
     problems += context_problems(train["augment"].get("context", {}))
     if card.in_channels != 1:
         problems.append("training reads one-channel images: network.args.in_channels must be 1")
+    for key in ("average_with", "organ_from"):
+        if getattr(card.inference, key):
+            problems.append(f"card.inference.{key} names other cards: training trains and validates one network on "
+                            "its own (the true organ for organ_level); add it to the trained card")
     if problems:
         raise TumorSegError(f"{where}: " + "; ".join(problems))
