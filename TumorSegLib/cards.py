@@ -273,6 +273,7 @@ class Click(Section):
 class Within(Section):
     channel: Optional[int] = _rule(None, _CHANNEL, "an output channel")
     threshold: float = _rule(0.5, _PROBABILITY, "a number strictly between 0 and 1")
+    largest_component: bool = _rule(False, lambda v: isinstance(v, bool), "true or false")
 
 
 @dataclass(frozen=True)
@@ -456,6 +457,9 @@ def _organ_problems(card: ModelCard) -> list:
         channel = other or f"one of the {own} sigmoid output channels"
         problems.append(f"preprocessing.organ_level must be {{'channel': {channel}, 'value': the organ's median, "
                         f"'threshold'}}, got {level.to_dict()!r}")
+    if within is not None and within.largest_component and source is None:
+        problems.append("output.within.largest_component needs inference.organ_from (the organ found on the whole "
+                        "image first)")
     if source is not None and within is None and level is None:
         problems.append("inference.organ_from needs output.within or preprocessing.organ_level (what the organ is for)")
     if source is not None and within is not None and level is not None and within.channel != level.channel:

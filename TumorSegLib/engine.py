@@ -378,7 +378,12 @@ class Segmenter:
                                                   notes))
         within = self.card.output.within
         if self.organ_source is not None and within is not None:
-            probability = probability * (organ >= within.threshold)
+            inside = organ >= within.threshold
+            if within.largest_component:
+                from .postprocess import largest_region
+
+                inside = largest_region(inside)
+            probability = probability * inside
         return probability
 
     def _organ(self, image: Image, box, settings: Settings, progress, cancel, notes) -> np.ndarray:

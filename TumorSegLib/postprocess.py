@@ -6,6 +6,8 @@
   does not apply to 2D images and is ignored there with a note);
 - ``largest_component``: keep only the largest lesion;
 - ``fill_holes``: fill enclosed holes (in 3D, of each lesion as a whole).
+
+``largest_region`` keeps an organ's largest connected region (the card's ``output.within.largest_component``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,17 @@ def postprocess(mask: np.ndarray, grid: Image, settings: Postprocessing, notes: 
                 keep[largest] = True
             mask = keep[labels]
     return mask
+
+
+def largest_region(mask: np.ndarray) -> np.ndarray:
+    """The largest connected region of a 3D ``mask`` (18-connected, as lesions); a 2D mask is returned whole: in one
+    slice an organ may show as several pieces."""
+    if mask.ndim != 3:
+        return mask
+    labels, count = label_lesions(mask)
+    if count < 2:
+        return mask
+    return labels == int(np.argmax(np.bincount(labels.ravel())[1:])) + 1
 
 
 def _min_voxels(grid: Image, settings: Postprocessing, notes: list) -> int:

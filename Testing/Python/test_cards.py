@@ -38,6 +38,8 @@ def write_card(folder, name="m", weights=b"weights", **changes):
     ({"modality": "MIP-PET"}, "MIP-PET model must have mode 'whole-image-2d'"),
     ({"preprocessing": {"organ_level": {"channel": 3, "value": 90}}}, "preprocessing.organ_level must be"),
     ({"preprocessing": {"organ_level": {"channel": 0}}}, "preprocessing.organ_level must be"),
+    ({"network": {"args": {"out_channels": 2}}, "output": {"within": {"channel": 1, "largest_component": True}}},
+     "output.within.largest_component needs inference.organ_from"),
 ])
 def test_invalid_cards_name_the_problem(change, message):
     data = {**tiny_card_dict("m", "sliding-window-3d", "CT"), **change}

@@ -244,6 +244,30 @@ def test_organ_from_takes_the_organ_from_the_other_cards_whole_run(cascade):
     assert segmenter._settings(None).organ.inference.precision == source.inference.precision
 
 
+def test_organ_from_keeps_the_largest_region_of_the_organ_of_a_volume(cascade):
+    """output.within.largest_component: on a 3D image the tumour is kept inside the organ's largest connected region
+    (here the organ has a piece on each of the two lesions, so the smaller lesion goes); a 2D mask keeps its pieces."""
+    from TumorSegLib.cards import only_channel
+    from TumorSegLib.measure import label_lesions
+    from TumorSegLib.postprocess import largest_region
+
+    _, _, source, write = cascade
+    image, _ = lesion_volume("CT")
+    fp32 = {"precision": "fp32"}
+    organ = Segmenter(only_channel(source, 0), "cpu", backend="torch").predict(image, overrides=fp32).probability
+    inside = organ >= ORGAN_THRESHOLD
+    assert label_lesions(inside)[1] >= 2
+    within = {"channel": 0, "threshold": ORGAN_THRESHOLD}
+    every, kept = (Segmenter(load_card(write(name=name, within=organ, level=None)), "cpu", backend="torch").predict(
+        image, overrides=fp32).probability for name, organ in (("every", within),
+                                                               ("largest", {**within, "largest_component": True})))
+    np.testing.assert_allclose(kept, every * largest_region(inside), atol=1e-6)
+    assert (every[~largest_region(inside)] >= 0.5).any() and not (kept[~largest_region(inside)] > 0).any()
+    pieces = np.zeros((9, 9), bool)
+    pieces[1:3, 1:3] = pieces[5:8, 5:8] = True
+    assert np.array_equal(largest_region(pieces), pieces)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"name": "missing-organ", "inference": {"organ_from": "missing"}}, "takes its organ from 'missing'.*same folder"),
     ({"name": "mip-organ", "inference": {"organ_from": "tiny-mip-pet-whole-image-2d"}}, "another modality"),
