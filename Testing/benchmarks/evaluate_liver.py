@@ -334,9 +334,11 @@ def cascade_lines(card) -> list:
     source = card.inference.organ_from
     if source is None:
         return []
+    largest = " (on a 3D volume its largest connected region, `output.within.largest_component`)" \
+        if card.output.within.largest_component else ""
     return [f"A cascade: the liver (the liver figures below, the tumour-in-liver rule and the organ level) is that of "
             f"`{source}` (`inference.organ_from`), run whole at {spacing_text(liver_card(card))}; the tumour is this "
-            f"card's networks' at {spacing_text(card)}, inside that liver.", ""]
+            f"card's networks' at {spacing_text(card)}, inside that liver{largest}.", ""]
 
 
 def spacing_text(card) -> str:
