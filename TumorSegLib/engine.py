@@ -282,14 +282,15 @@ class Segmenter:
 
     # -- steps ------------------------------------------------------------------------------
     def _settings(self, overrides) -> Settings:
-        """The run's settings; the cards averaged with this one keep their own, but for a precision the user gave."""
+        """The run's settings; the cards this one needs (averaged, organ) keep their own, but for a precision the user
+        gave."""
         settings = settings_for(self.card, overrides)
         if self.device.type == "cuda" and (overrides or {}).get("sw_batch_size") is None:
             settings = replace(settings, inference=replace(settings.inference, sw_batch_size=gpu_window_batch(settings)))
         precision = (overrides or {}).get("precision")
-        helper = {"precision": precision} if precision else None
-        return replace(settings, partners=tuple(partner._settings(helper) for partner, _ in self.partners),
-                       organ=self.organ_source._settings(helper) if self.organ_source else None)
+        shared = {"precision": precision} if precision else None
+        return replace(settings, partners=tuple(partner._settings(shared) for partner, _ in self.partners),
+                       organ=self.organ_source._settings(shared) if self.organ_source else None)
 
     def _work_image(self, image: Image, notes: list, sample: bool) -> Image:
         """The checked input, or its coronal MIP for a MIP-PET card given a 3D volume."""
