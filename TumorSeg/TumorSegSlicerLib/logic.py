@@ -197,9 +197,12 @@ class TumorSegLogic:
     # ---- choices ----------------------------------------------------------------------------
     @staticmethod
     def models(modality=None, modelsDir=None) -> list:
-        """Model cards (user folders included) for ``modality`` ("PET" also lists MIP-PET models)."""
+        """Model cards (user folders included) for ``modality`` ("PET" also lists MIP-PET models); a card that another
+        takes its organ from (``inference.organ_from``) comes after the others, so it is not the first choice."""
         cards = list_cards(modelsDir)
-        return [c for c in cards if modality in (None, "auto") or _card_modality(c) == modality]
+        parts = {c.inference.organ_from for c in cards}
+        return sorted((c for c in cards if modality in (None, "auto") or _card_modality(c) == modality),
+                      key=lambda c: c.name in parts)
 
     @staticmethod
     def brokenModels(modelsDir=None) -> dict:
