@@ -557,13 +557,22 @@ def organ_card(card: ModelCard) -> Optional[ModelCard]:
         return None
     other = _folder_card(card, name, "takes its organ from", "inference.organ_from")
     channel = (card.output.within or card.preprocessing.organ_level).channel
-    problem = ("reads another modality" if other.modality != card.modality
-               else "takes its organ from another card itself" if other.inference.organ_from
-               else f"has no sigmoid output channel {channel}"
-               if other.output.activation != Activation.SIGMOID or not channel < other.out_channels else None)
+    problem = None
+    if other.modality != card.modality:
+        problem = "reads another modality"
+    elif other.inference.organ_from:
+        problem = "takes its organ from another card itself"
+    elif other.output.activation != Activation.SIGMOID or not channel < other.out_channels:
+        problem = f"has no sigmoid output channel {channel}"
     if problem:
         raise TumorSegError(f"model {card.name!r} takes its organ from {other.name!r}, which {problem}")
     return only_channel(other, channel)
+
+
+def needed_cards(card: ModelCard) -> list:
+    """Every other card a run of ``card`` reads: those it averages with, then its organ card."""
+    organ = organ_card(card)
+    return [other for other, _ in partner_cards(card)] + ([organ] if organ else [])
 
 
 def only_channel(card: ModelCard, channel: int) -> ModelCard:
@@ -655,7 +664,7 @@ def weights_status(card: ModelCard) -> str:
         return OUTSIDE
     statuses = [_file_status(path, expected) for path, expected in files]
     try:
-        statuses += [weights_status(other) for other in [c for c, _ in partner_cards(card)] + [organ_card(card)] if other]
+        statuses += [weights_status(other) for other in needed_cards(card)]
     except TumorSegError:
         statuses.append(PARTNER_UNUSABLE)
     return next((s for s in statuses if s not in USABLE), NO_SHA256 if NO_SHA256 in statuses else SHA256_OK)

@@ -138,7 +138,7 @@ def validation_rows(card, root: Path, slices_per_scan: int | None) -> list:
     cases = card_validation_cases(card, data_root=root)
     if slices_per_scan:
         cases = first_slices(cases, slices_per_scan)
-    network = load_network(card, "cpu")  # one network read, its outputs used thrice (PyTorch fp32: the report's figures)
+    network = load_network(card, "cpu")  # the card's own networks read once (PyTorch fp32: the report's figures)
     liver = liver_card(card)
     segmenters = {name: Segmenter(c, device="cpu", network=network if c.name == card.name else None, backend="torch")
                   for name, c in (("tumour", card), ("liver", liver), ("ungated", only_channel(card, 0)))}
@@ -334,8 +334,9 @@ def cascade_lines(card) -> list:
     source = card.inference.organ_from
     if source is None:
         return []
+    within = card.output.within
     largest = " (on a 3D volume its largest connected region, `output.within.largest_component`)" \
-        if card.output.within.largest_component else ""
+        if within is not None and within.largest_component else ""
     return [f"A cascade: the liver (the liver figures below, the tumour-in-liver rule and the organ level) is that of "
             f"`{source}` (`inference.organ_from`), run whole at {spacing_text(liver_card(card))}; the tumour is this "
             f"card's networks' at {spacing_text(card)}, inside that liver{largest}.", ""]
