@@ -110,6 +110,31 @@ def test_lung_report_pairs_rows_by_nodule(tmp_path):
         raise AssertionError("rows of other nodules were paired")
 
 
+def test_mip_comparison_pairs_images_and_counts_clean_controls():
+    import compare_mip_rows as mip
+
+    def row(case, dice, fp_px=0.0):
+        return {"case": case, "control": case.startswith("control"), "dice": dice, "fp_area_px": fp_px, "seconds": 0.1}
+
+    old = {r["case"]: r for r in (row("patient_1", 0.5), row("patient_2", 0.7), row("control_1", 1.0, 30.0),
+                                  row("control_2", 1.0), row("control_3", 1.0, 5.0))}
+    new = {r["case"]: r for r in (row("patient_1", 0.6), row("patient_2", 0.7), row("control_1", 1.0),
+                                  row("control_2", 1.0), row("control_3", 0.0, 9.0))}
+    result = mip.compare(new, old)
+    assert (result["patients"], result["controls"]) == (2, 3)
+    assert abs(result["dice_change"]["mean"] - 0.05) < 1e-12 and result["dice_change"]["better"] == 1
+    assert (result["candidate"]["clean"], result["shipped"]["clean"]) == (2, 1)
+    assert result["clean_change"]["better"] == 1 and result["clean_change"]["worse"] == 0
+    assert (result["candidate"]["control_fp_px_median"], result["shipped"]["control_fp_px_median"]) == (0.0, 5.0)
+    del new["control_3"]
+    try:
+        mip.compare(new, old)
+    except SystemExit as error:
+        assert "different images" in str(error)
+    else:
+        raise AssertionError("files of different images were paired")
+
+
 def test_mip_report_runs_on_one_patient_and_one_control(tmp_path):
     shared_data("dmiai2023-mip-pet")
     rows = tmp_path / "rows.json"
