@@ -657,9 +657,9 @@ USABLE = (SHA256_OK, NO_SHA256)
 
 def weights_status(card: ModelCard) -> str:
     """``SHA256_OK``, ``NO_SHA256``, ``OUTSIDE``, 'missing', 'sha256 mismatch' or ``PARTNER_UNUSABLE``: the worst over
-    an ensemble's files and over the cards it needs (``inference.average_with``, ``inference.organ_from``)."""
+    the card's files (``weight_files``) and over the cards it needs (``inference.average_with``, ``organ_from``)."""
     try:
-        files = [(card.member_path(member.file), member.sha256) for member in card.weights.members]
+        files = [(card.member_path(member.file), member.sha256) for member in weight_files(card)]
     except TumorSegError:
         return OUTSIDE
     statuses = [_file_status(path, expected) for path, expected in files]
@@ -678,22 +678,33 @@ def _file_status(path: Path, expected: str | None) -> str:
     return SHA256_OK if sha256(path) == expected else "sha256 mismatch"
 
 
+def weight_files(card: ModelCard) -> list:
+    """Every file of learnt parameters a run of ``card`` reads, as ``Member``s: its network's weights (an ensemble's
+    members, ``weights.file`` first), then the lesion filter's network, if it has one."""
+    spec = card.postprocessing.lesion_filter or {}
+    network = spec.get("network") if isinstance(spec, dict) else None
+    extra = [Member(network["file"], network.get("sha256"))] if isinstance(network, dict) else []
+    return list(card.weights.members) + extra
+
+
 def verified_weights(card: ModelCard) -> list:
-    """The weights paths (one per ensemble member, ``weights.file`` first) after checking that each lies in the
-    card's folder, exists and matches its SHA-256."""
-    paths = []
-    for member in card.weights.members:
-        path = card.member_path(member.file)
-        status = _file_status(path, member.sha256)
-        if status == "missing":
-            raise TumorSegError(
-                f"weights for model {card.name!r} not found at {path}; train them with "
-                f"'tumorseg train' (see the card's provenance.command) or place the file there"
-            )
-        if status == "sha256 mismatch":
-            raise TumorSegError(
-                f"weights {path} do not match the SHA-256 in {card.path}: the file is corrupt or not the one the card "
-                "describes"
-            )
-        paths.append(path)
-    return paths
+    """The weights paths (one per ensemble member, ``weights.file`` first), each checked by ``verified_file``."""
+    return [verified_file(card, member) for member in card.weights.members]
+
+
+def verified_file(card: ModelCard, member: Member) -> Path:
+    """The path of one of the card's weight files after checking that it lies in the card's folder, exists and
+    matches its SHA-256."""
+    path = card.member_path(member.file)
+    status = _file_status(path, member.sha256)
+    if status == "missing":
+        raise TumorSegError(
+            f"weights for model {card.name!r} not found at {path}; train them with "
+            f"'tumorseg train' (see the card's provenance.command) or place the file there"
+        )
+    if status == "sha256 mismatch":
+        raise TumorSegError(
+            f"weights {path} do not match the SHA-256 in {card.path}: the file is corrupt or not the one the card "
+            "describes"
+        )
+    return path

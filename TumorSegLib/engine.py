@@ -192,6 +192,7 @@ class Segmenter:
         network, self.memory_format = for_inference(network, card.spatial_dims)  # a copy: the caller's is untouched
         self.network = network.to(self.device)
         self.backend, self.load_notes = self._use_backend(backend or card.inference.backend)
+        self.lesion_net = _lesion_net(card)
         self.partners = [(self._helper(other, device, backend, "averages with"), weight)
                          for other, weight in partner_cards(card)]
         source = organ_card(card)
@@ -480,8 +481,21 @@ class Segmenter:
         mask = postprocess(probability >= settings.threshold, grid, settings.postprocessing, notes)
         lesion_filter = settings.postprocessing.lesion_filter
         if whole_image and lesion_filter:
-            mask = filter_lesions(mask, probability, normalize_intensity(grid.array, self.card), lesion_filter, notes)
+            mask = filter_lesions(mask, probability, normalize_intensity(grid.array, self.card), lesion_filter, notes,
+                                  self.lesion_net)
         return mask
+
+
+def _lesion_net(card: ModelCard):
+    """The card's lesion filter network with its verified weights, or None where its filter has none."""
+    spec = card.postprocessing.lesion_filter
+    if not spec or "network" not in spec:
+        return None
+    from .cards import Member, verified_file
+    from .lesion_net import load_lesion_net
+
+    network = spec["network"]
+    return load_lesion_net(verified_file(card, Member(network["file"], network.get("sha256"))), spec)
 
 
 def _paste(shape, parts) -> tuple:

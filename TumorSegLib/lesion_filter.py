@@ -14,8 +14,10 @@ regression scores each lesion::
 
     score = 1 / (1 + exp(-(intercept + sum_i coef_i * (x_i - mean_i) / scale_i)))
 
-and lesions scoring below ``threshold`` are removed; an image whose best lesion scores below
-``image_threshold`` (an 'any tumour' gate, 0 for none) loses every lesion. Physiological uptake (brain, bladder,
+A filter with a ``network`` instead of ``coef`` and ``intercept`` scores each lesion with that small CNN
+(``lesion_net``) from ``lesion_patches`` and the same standardised features. Lesions scoring below ``threshold``
+are removed; an image whose best lesion scores below ``image_threshold`` (an 'any tumour' gate, 0 for none) loses
+every lesion. Physiological uptake (brain, bladder,
 kidneys, heart) sits at typical heights and offsets from the midline with typical shapes, which
 the position and shape features let the regression tell from tumour.
 """
@@ -34,6 +36,10 @@ RING_PX = 3  # width in pixels of the ring around a lesion that stands for its s
 FEATURES = ("log_area", "prob_max", "prob_mean", "uptake_max", "uptake_mean", "vertical", "vertical_sq", "lateral",
             "lateral_sq", "log_aspect", "fill", "mirror_ratio", "ring_ratio")
 SPEC_KEYS = {"features", "mean", "scale", "coef", "intercept", "threshold", "image_threshold"}
+NETWORK_SPEC_KEYS = SPEC_KEYS - {"coef", "intercept"} | {"network"}
+NETWORK_KEYS = {"file", "sha256", "channels", "patch", "pool"}
+PATCH_CHANNELS = ("uptake", "probability", "lesion", "row", "lateral")  # row: 0 at the image's top, 1 at its
+# bottom; lateral: distance from the image's centre column in half widths
 
 
 def body_extent(uptake: np.ndarray) -> tuple:
@@ -93,21 +99,61 @@ def lesion_features(labels: np.ndarray, count: int, probability: np.ndarray, upt
     return np.stack([columns[name] for name in FEATURES], axis=1)
 
 
+def lesion_patches(labels: np.ndarray, count: int, probability: np.ndarray, uptake: np.ndarray, patch: int,
+                   pool: int) -> np.ndarray:
+    """(count, 5, patch, patch) float32: ``PATCH_CHANNELS`` over a square of ``patch * pool`` pixels centred on each
+    lesion's centroid (zero beyond the image), average-pooled by ``pool``; the lesion channel is 1 on that lesion."""
+    height, width = labels.shape
+    half = patch * pool // 2
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    maps = np.stack([uptake.astype(np.float32), probability.astype(np.float32), np.zeros((height, width), np.float32),
+                     rows / height, np.abs(cols - width / 2) / (width / 2)])
+    padded = np.pad(maps, ((0, 0), (half, half), (half, half)))
+    padded_labels = np.pad(labels, half)
+    centres = ndimage.center_of_mass(np.ones_like(labels), labels, range(1, count + 1))
+    result = np.empty((count, len(PATCH_CHANNELS), patch, patch), np.float32)
+    for k, (row, col) in enumerate(centres):
+        top, left = int(round(row)), int(round(col))
+        window = (slice(top, top + 2 * half), slice(left, left + 2 * half))
+        square = padded[(slice(None),) + window].copy()
+        square[2] = padded_labels[window] == k + 1
+        result[k] = square.reshape(len(PATCH_CHANNELS), patch, pool, patch, pool).mean(axis=(2, 4))
+    return result
+
+
+def standardised(features: np.ndarray, spec: dict) -> np.ndarray:
+    """The columns ``spec['features']`` of ``features`` (``FEATURES`` order), standardised by the spec's mean and scale."""
+    chosen = features[:, [FEATURES.index(name) for name in spec["features"]]]
+    return (chosen - np.asarray(spec["mean"])) / np.asarray(spec["scale"])
+
+
+def lesion_scores(labels: np.ndarray, count: int, probability: np.ndarray, uptake: np.ndarray, spec: dict,
+                  network=None) -> np.ndarray:
+    """Each lesion's score by the spec's regression, or by its ``network`` (a loaded ``lesion_net.LesionNet``)."""
+    features = lesion_features(labels, count, probability, uptake)
+    if "network" not in spec:
+        return scores(features, spec)
+    from .lesion_net import lesion_net_scores
+
+    shape = spec["network"]
+    patches = lesion_patches(labels, count, probability, uptake, shape["patch"], shape["pool"])
+    return lesion_net_scores(network, patches, standardised(features, spec))
+
+
 def scores(features: np.ndarray, spec: dict) -> np.ndarray:
     """The regression's probability that each lesion (row of ``features`` in ``FEATURES`` order) is tumour."""
-    chosen = features[:, [FEATURES.index(name) for name in spec["features"]]]
-    z = (chosen - np.asarray(spec["mean"])) / np.asarray(spec["scale"])
-    logit = float(spec["intercept"]) + z @ np.asarray(spec["coef"], dtype=np.float64)
+    logit = float(spec["intercept"]) + standardised(features, spec) @ np.asarray(spec["coef"], dtype=np.float64)
     return 1.0 / (1.0 + np.exp(-np.clip(logit, -50.0, 50.0)))
 
 
 def filter_lesions(mask: np.ndarray, probability: np.ndarray, uptake: np.ndarray, spec: dict,
-                   notes: list) -> np.ndarray:
-    """``mask`` without the lesions ``spec`` rejects (see the module); what was removed goes to ``notes``."""
+                   notes: list, network=None) -> np.ndarray:
+    """``mask`` without the lesions ``spec`` rejects (see the module); what was removed goes to ``notes``.
+    ``network``: the spec's loaded network, where it has one."""
     labels, count = label_lesions(np.asarray(mask, dtype=bool), 2)
     if count == 0:
         return np.asarray(mask, dtype=bool)
-    score = scores(lesion_features(labels, count, probability, uptake), spec)
+    score = lesion_scores(labels, count, probability, uptake, spec, network)
     if score.max() < float(spec["image_threshold"]):
         notes.append(f"lesion filter: removed all {count} lesion(s): none scores as tumour (best score "
                      f"{score.max():.2f} < {spec['image_threshold']:g})")
@@ -126,24 +172,48 @@ def spec_problems(spec, mode: str) -> list:
     where = "postprocessing.lesion_filter"
     if mode != "whole-image-2d":
         return [f"{where} applies to whole-image-2d models only, not {mode!r}"]
-    if not isinstance(spec, dict) or set(spec) != SPEC_KEYS:
-        return [f"{where} must have exactly the keys {sorted(SPEC_KEYS)}"]
+    if not isinstance(spec, dict) or set(spec) not in (SPEC_KEYS, NETWORK_SPEC_KEYS):
+        return [f"{where} must have exactly the keys {sorted(SPEC_KEYS)} (a regression) or "
+                f"{sorted(NETWORK_SPEC_KEYS)} (a network)"]
     names = spec["features"]
     if not isinstance(names, list) or not names or any(name not in FEATURES for name in names):
         return [f"{where}.features must be a non-empty list of {FEATURES}, got {names!r}"]
-    problems = []
-    for key in ("mean", "scale", "coef"):
+    problems = network_problems(spec["network"]) if "network" in spec else []
+    for key in ("mean", "scale") + (() if "network" in spec else ("coef",)):
         values = spec[key]
         if not isinstance(values, list) or len(values) != len(names) or not all(map(_finite, values)):
             problems.append(f"{where}.{key} must be {len(names)} finite numbers (one per feature)")
     if not problems and not all(value > 0 for value in spec["scale"]):
         problems.append(f"{where}.scale must be positive")
-    if not _finite(spec["intercept"]):
+    if "intercept" in spec and not _finite(spec["intercept"]):
         problems.append(f"{where}.intercept must be a finite number")
     for key in ("threshold", "image_threshold"):
         if not (_finite(spec[key]) and 0.0 <= spec[key] < 1.0):
             problems.append(f"{where}.{key} must lie in [0, 1), got {spec[key]!r}")
     return problems
+
+
+def network_problems(network) -> list:
+    """What is wrong with a lesion filter's ``network`` entry (its file is checked where the card is run)."""
+    where = "postprocessing.lesion_filter.network"
+    if not isinstance(network, dict) or not {"file", "channels", "patch", "pool"} <= set(network) <= NETWORK_KEYS:
+        return [f"{where} must have the keys file, channels, patch, pool (and sha256)"]
+    problems = []
+    file = network["file"]
+    if not isinstance(file, str) or not file or file in (".", "..") or "/" in file or "\\" in file:
+        problems.append(f"{where}.file must be a file name in the card's folder, got {file!r}")
+    channels = network["channels"]
+    if not isinstance(channels, list) or not channels or not all(_whole(c) and c > 0 for c in channels):
+        problems.append(f"{where}.channels must be a non-empty list of positive whole numbers")
+    elif not all(_whole(network[k]) and network[k] > 0 for k in ("patch", "pool")):
+        problems.append(f"{where}.patch and pool must be positive whole numbers")
+    elif network["patch"] % 2 ** len(channels):
+        problems.append(f"{where}.patch must be divisible by 2 ** len(channels) = {2 ** len(channels)}")
+    return problems
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _finite(value) -> bool:

@@ -220,6 +220,26 @@ def test_filter_calibration_writes_the_filter_and_its_out_of_fold_figures_into_t
     assert written["validation_out_of_fold"] == {k: v for k, v in figures.items() if k != "dice_ci"}
 
 
+def test_filter_network_is_fitted_out_of_fold_and_tells_true_lesions_from_false(monkeypatch):
+    import mip_lesion_filter as fit
+    from TumorSegLib.lesion_filter import spec_problems
+
+    monkeypatch.setattr(fit, "NETWORK", {"channels": [4], "patch": 8, "pool": 1})  # small and quick
+    monkeypatch.setattr(fit, "NETWORK_TRAINING", {**fit.NETWORK_TRAINING, "epochs": 150})
+    records = synthetic_mip_records()
+    rng = np.random.default_rng(2)
+    for r in records:  # a true lesion is hot in its patch, a false one lukewarm; the height still tells them apart
+        hot = (r["tp"] > 0).astype(np.float32)[:, None, None, None]
+        r["patches"] = (0.3 + 0.6 * hot + rng.normal(0, 0.05, (len(hot), 5, 8, 8))).astype(np.float32)
+    scores = fit.out_of_fold_scores(records, fit.fit_network)
+    true = np.concatenate([s[r["tp"] > 0] for s, r in zip(scores, records)])
+    false = np.concatenate([s[r["tp"] == 0] for s, r in zip(scores, records)])
+    assert true.min() > false.max(), (true.min(), false.max())
+    spec, network = fit.fit_network(records)
+    assert spec_problems({**spec, "network": {**spec["network"], "file": "x.pt"}}, "whole-image-2d") == []
+    assert np.allclose(fit.score_of(records[0], spec, network), fit.score_of(records[0], spec, network))  # eval mode
+
+
 def test_filter_ship_rule():
     import mip_lesion_filter
 

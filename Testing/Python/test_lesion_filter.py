@@ -11,7 +11,8 @@ from TumorSegLib import cards
 from TumorSegLib.engine import Segmenter
 from TumorSegLib.errors import TumorSegError
 from TumorSegLib.image import Image
-from TumorSegLib.lesion_filter import FEATURES, filter_lesions
+from TumorSegLib.lesion_filter import FEATURES, PATCH_CHANNELS, filter_lesions, lesion_patches
+from TumorSegLib.lesion_net import LesionNet
 from TumorSegLib.testing import tiny_card_dict
 
 from conftest import shared_data
@@ -78,6 +79,99 @@ def test_the_engine_filters_whole_image_runs_only():
         segmenter.predict(image, overrides={"lesion_filter": True})
 
 
+def test_lesion_patches_centre_each_lesion_and_are_zero_beyond_the_image():
+    labels = np.zeros((40, 30), dtype=np.int32)
+    labels[18:22, 13:17] = 1  # centroid (19.5, 14.5): rounded to (20, 14)
+    labels[0:2, 0:2] = 2  # in the corner: most of its square lies outside the image
+    uptake = np.full(labels.shape, 0.5, dtype=np.float32)
+    probability = (labels > 0).astype(np.float32)
+    patches = lesion_patches(labels, 2, probability, uptake, patch=8, pool=2)
+    assert patches.shape == (2, len(PATCH_CHANNELS), 8, 8) and patches.dtype == np.float32
+    lesion = PATCH_CHANNELS.index("lesion")
+    # the 16-pixel square starts 8 pixels above and left of the centroid: the lesion's 4x4 pixels fill pooled
+    # cells (3..4, 3..4) halfway (rows 18..21 from 12, columns 13..16 from 6: 6..9 and 7..10)
+    assert np.isclose(patches[0, lesion].sum() * 4, 16) and patches[0, lesion, 4, 4] > 0
+    assert patches[0, lesion].max() <= 1 and patches[1, lesion].sum() * 4 == 4  # only its own lesion
+    assert np.allclose(patches[0, PATCH_CHANNELS.index("uptake")], 0.5)  # inside the image everywhere
+    corner = patches[1, PATCH_CHANNELS.index("uptake")]
+    assert corner[:4].max() == 0 and corner[:, :4].max() == 0 and corner[5:, 5:].min() == 0.5
+    row = patches[0, PATCH_CHANNELS.index("row")]
+    assert np.isclose(row[4, 4], (20 + 0.5) / 40) and np.all(np.diff(row[:, 0]) > 0)
+
+
+def vertical_lesion_net(tmp_path, name: str = "filtered") -> Path:
+    """A card folder with a lesion filter network whose score is sigmoid(relu(20 * vertical - 4) - 0.5): below
+    0.5 in the top fifth of the body (the brain), far above it mid-body. Its convolutions are zero."""
+    network = LesionNet([2], 1)
+    with torch.no_grad():
+        for parameter in network.parameters():
+            parameter.zero_()
+        network.conv[1].weight.fill_(1.0)  # batch norm of a zero map stays zero
+        network.head[0].weight[0, 2], network.head[0].bias[0] = 20.0, -4.0
+        network.head[2].weight[0, 0], network.head[2].bias[0] = 1.0, -0.5
+    path = tmp_path / f"{name}-lesion-filter.pt"
+    torch.save(network.state_dict(), path)
+    spec = {"features": ["vertical"], "mean": [0.0], "scale": [1.0], "threshold": 0.5, "image_threshold": 0.0,
+            "network": {"file": path.name, "sha256": cards.sha256(path), "channels": [2], "patch": 8, "pool": 1}}
+    card = tmp_path / f"{name}.json"
+    card.write_text(json.dumps(card_with(spec)))
+    return card
+
+
+def test_a_network_filter_reads_its_weights_beside_the_card_and_removes_the_brain(tmp_path):
+    card = cards.load_card(vertical_lesion_net(tmp_path))
+    assert [m.file for m in cards.weight_files(card)] == ["filtered.pt", "filtered-lesion-filter.pt"]
+    filtered = Segmenter(card, "cpu", network=HotIsTumour(), backend="torch").predict(synthetic_mip())
+    assert not filtered.mask[BRAIN].any() and filtered.mask[LESION].all()
+    assert any("removed 1 of 2 lesion(s)" in note for note in filtered.notes)
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("missing", "not found"),
+    ("altered", "do not match the SHA-256"),
+    ("not tensors", "cannot load the lesion filter's network"),
+])
+def test_a_missing_or_broken_filter_network_stops_the_model_with_the_reason(tmp_path, damage, message):
+    path = vertical_lesion_net(tmp_path)
+    weights = tmp_path / "filtered-lesion-filter.pt"
+    if damage == "missing":
+        weights.unlink()
+    elif damage == "altered":
+        weights.write_bytes(weights.read_bytes()[:-8])
+    else:
+        weights.write_bytes(b"not a torch file")
+        data = json.loads(path.read_text())
+        data["postprocessing"]["lesion_filter"]["network"]["sha256"] = cards.sha256(weights)
+        path.write_text(json.dumps(data))
+    card = cards.load_card(path)
+    (tmp_path / "filtered.pt").write_bytes(b"")  # the main weights' status is not the one under test
+    expected = {"missing": "missing", "altered": "sha256 mismatch", "not tensors": cards.NO_SHA256}[damage]
+    assert cards.weights_status(card) == expected  # "not tensors": the file is the one named; the main has no sha256
+    with pytest.raises(TumorSegError, match=message):
+        Segmenter(card, "cpu", network=HotIsTumour(), backend="torch")
+
+
+NETWORK_SPEC = {k: v for k, v in SPEC.items() if k not in ("coef", "intercept")} | {
+    "network": {"file": "f.pt", "sha256": None, "channels": [2, 4], "patch": 8, "pool": 2}}
+BROKEN_NETWORKS = [
+    ("both a regression and a network", {**SPEC, "network": NETWORK_SPEC["network"]}, "must have exactly the keys"),
+    ("a file in another folder", {**NETWORK_SPEC, "network": {**NETWORK_SPEC["network"], "file": "../f.pt"}},
+     "file must be a file name in the card's folder"),
+    ("a patch its poolings cannot halve", {**NETWORK_SPEC, "network": {**NETWORK_SPEC["network"], "patch": 6}},
+     "patch must be divisible by"),
+    ("no channels", {**NETWORK_SPEC, "network": {**NETWORK_SPEC["network"], "channels": []}},
+     "channels must be a non-empty list"),
+]
+
+
+@pytest.mark.parametrize("spec, message", [(s, m) for _, s, m in BROKEN_NETWORKS],
+                         ids=[name for name, _, _ in BROKEN_NETWORKS])
+def test_a_card_with_a_broken_filter_network_is_refused_with_the_reason(spec, message):
+    cards.card_from_dict(card_with(NETWORK_SPEC))  # the unbroken spec is accepted
+    with pytest.raises(TumorSegError, match=f"not a valid model card.*lesion_filter.*{message}"):
+        cards.card_from_dict(card_with(spec))
+
+
 BROKEN = [
     ("a key missing", {k: v for k, v in SPEC.items() if k != "image_threshold"}, "must have exactly the keys"),
     ("an unknown feature", {**SPEC, "features": ["colour"]}, "features must be a non-empty list"),
@@ -106,7 +200,12 @@ def test_the_schema_knows_the_filter_and_its_features():
     assert node["properties"]["features"]["items"]["enum"] == list(FEATURES)
     validator = jsonschema.Draft202012Validator(schema)
     validator.validate(card_with(SPEC))
+    validator.validate(card_with(NETWORK_SPEC))
     assert list(validator.iter_errors(card_with({**SPEC, "threshold": 1.5})))
+    for name, spec, _ in BROKEN_NETWORKS:  # the schema and the card agree on a network's form
+        if name == "a patch its poolings cannot halve":  # beyond what a schema can say
+            continue
+        assert list(validator.iter_errors(card_with(spec))), spec
 
 
 # Validation cases of the shipped card's split (never trained on): controls whose false positives the

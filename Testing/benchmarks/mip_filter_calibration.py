@@ -38,7 +38,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mip_lesion_filter import (CANDIDATE, FOLDS, GRIDS, RULE, TOLERANCE, choose_setting, clean_fraction,  # noqa: E402
-                               fit, mean_dice, out_of_fold_scores, probability, record, setting_text, split_of,
+                               fit, fit_regression, mean_dice, out_of_fold_scores, probability, record, setting_text,
+                               split_of,
                                ships, stack, summary, table, variant_outcomes)
 
 SHIP_RULE = (f"on the pooled out-of-fold outcomes against the shipped card (its network and its own filter): (1) mean "
@@ -65,7 +66,7 @@ def fitted_filter(records: list, regression: dict | None = None) -> dict:
     from TumorSegLib.lesion_filter import FEATURES, scores
 
     if regression is None:
-        inner = out_of_fold_scores(records, FEATURES)
+        inner = out_of_fold_scores(records, fit_regression)
         spec = fit(*stack(records), FEATURES)
     else:
         inner = [scores(r["features"], regression) for r in records]

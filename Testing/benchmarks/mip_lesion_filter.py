@@ -4,8 +4,9 @@
    split, training and validation, patients and controls; probability maps cached in ``--cache``.
 2. Every predicted lesion (8-connected, at the card's threshold) gets ``lesion_filter.FEATURES``
    and a label: true when it overlaps the truth (controls: all false).
-3. A logistic regression (numpy, L2) is fitted on the TRAINING split's lesions; 5-fold
-   cross-validation by image inside the training split gives out-of-fold scores.
+3. A logistic regression (numpy, L2), or with ``--network`` the small CNN of ``lesion_net`` on each
+   lesion's patch and features, is fitted on the TRAINING split's lesions; 5-fold cross-validation by
+   image inside the training split gives out-of-fold scores.
 4. Each variant's setting is chosen on the training split by one rule (``RULE``): the lesion
    filter's threshold and the 'any tumour' gate on out-of-fold scores, a higher probability
    threshold and a minimum size directly.
@@ -32,10 +33,14 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from TumorSegLib.lesion_filter import FEATURES  # noqa: E402
+
 TOLERANCE = 0.005  # Dice a setting may cost on the training split (rule) and on validation (ship rule)
 FOLDS = 5
 L2 = 1.0  # ridge penalty on the standardised coefficients (not the intercept)
 RESAMPLES = 4000
+NETWORK = {"channels": [8, 16, 32, 32], "patch": 64, "pool": 2}  # --network: lesion_net's shape (128 px, pooled)
+NETWORK_TRAINING = {"epochs": 20, "batch": 64, "lr": 1e-3, "weight_decay": 1e-4, "seed": 0}
 SCORE_GRID = np.round(np.arange(0.0, 0.91, 0.02), 2)
 GRIDS = {  # candidate settings of each variant, least to most aggressive
     "probability threshold": [float(t) for t in np.round(np.arange(0.50, 0.96, 0.05), 2)],
@@ -101,10 +106,11 @@ def probability(segmenter, case, image, cache: Path) -> np.ndarray:
     return np.load(path)
 
 
-def record(case, side: str, image, truth, prob, card) -> dict:
-    """One image: its lesions at the card's threshold (features, true and false pixels, true lesions touched)
-    and the same counts at every probability threshold of ``GRIDS``."""
-    from TumorSegLib.lesion_filter import lesion_features
+def record(case, side: str, image, truth, prob, card, patches: bool = False) -> dict:
+    """One image: its lesions at the card's threshold (features, true and false pixels, true lesions touched;
+    with ``patches`` also ``lesion_patches`` of ``NETWORK``'s shape) and the same counts at every probability
+    threshold of ``GRIDS``."""
+    from TumorSegLib.lesion_filter import lesion_features, lesion_patches
     from TumorSegLib.measure import label_lesions
     from TumorSegLib.preprocess import normalize_intensity
 
@@ -127,15 +133,15 @@ def record(case, side: str, image, truth, prob, card) -> dict:
     return {"case": Path(case.name).name.split(".")[0], "split": side, "control": case.mask is None,
             "truth_px": int(truth.sum()), "truth_lesions": truth_count,
             "features": lesion_features(labels, count, prob, uptake), "tp": tp, "fp": fp, "touched": touched,
-            "area": tp + fp, "by_threshold": by_threshold}
+            "area": tp + fp, "by_threshold": by_threshold,
+            "patches": lesion_patches(labels, count, prob, uptake, NETWORK["patch"], NETWORK["pool"]) if patches
+            else None}
 
 
 # ---- logistic regression --------------------------------------------------------------------
 def fit(x: np.ndarray, y: np.ndarray, names) -> dict:
     """L2 logistic regression by Newton steps on the standardised features ``names`` (columns of ``x`` in
     ``lesion_filter.FEATURES`` order); a lesion_filter spec (threshold 0.5)."""
-    from TumorSegLib.lesion_filter import FEATURES
-
     x = x[:, [FEATURES.index(name) for name in names]]
     mean, scale = x.mean(axis=0), x.std(axis=0)
     scale[scale == 0] = 1.0
@@ -158,19 +164,69 @@ def fit(x: np.ndarray, y: np.ndarray, names) -> dict:
             "intercept": round(float(w[0]), 6), "threshold": 0.5, "image_threshold": 0.0}
 
 
-def out_of_fold_scores(records: list, names) -> list:
-    """Per training image, its lesions' scores from the model fitted on the other folds (images shuffled, seed 0)."""
-    from TumorSegLib.lesion_filter import scores
+def fit_regression(records: list) -> tuple:
+    """(spec, None): the regression on every feature, fitted on ``records``' lesions."""
+    x, y = stack(records)
+    return fit(x, y, FEATURES), None
 
+
+def fit_network(records: list) -> tuple:
+    """(spec without its file, trained ``LesionNet``): the CNN of ``NETWORK``'s shape on ``records``' lesion
+    patches and standardised features (BCE, AdamW, a random left-right flip per batch; ``NETWORK_TRAINING``)."""
+    import torch
+
+    from TumorSegLib.lesion_filter import standardised
+    from TumorSegLib.lesion_net import LesionNet
+
+    x, y = stack(records)
+    scale = x.std(axis=0)
+    spec = {"features": list(FEATURES), "mean": [round(float(v), 6) for v in x.mean(axis=0)],
+            "scale": [round(float(v), 6) for v in np.where(scale == 0, 1.0, scale)],
+            "network": dict(NETWORK), "threshold": 0.5, "image_threshold": 0.0}
+    t = NETWORK_TRAINING
+    torch.manual_seed(t["seed"])
+    rng = np.random.default_rng(t["seed"])
+    patches = torch.from_numpy(np.concatenate([r["patches"] for r in records]))
+    features = torch.from_numpy(standardised(x, spec).astype(np.float32))
+    labels = torch.from_numpy(y.astype(np.float32))
+    network = LesionNet(NETWORK["channels"], len(FEATURES))
+    optimizer = torch.optim.AdamW(network.parameters(), t["lr"], weight_decay=t["weight_decay"])
+    for _ in range(t["epochs"]):
+        network.train()
+        for batch in np.array_split(rng.permutation(len(labels)), max(1, len(labels) // t["batch"])):
+            inputs = patches[batch]
+            if rng.random() < 0.5:
+                inputs = torch.flip(inputs, dims=[3])
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(network(inputs, features[batch]), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    return spec, network.eval()
+
+
+def score_of(r: dict, spec: dict, network) -> np.ndarray:
+    """The lesion scores of one record by a fitted filter (``network`` None: the regression)."""
+    from TumorSegLib.lesion_filter import scores, standardised
+    from TumorSegLib.lesion_net import lesion_net_scores
+
+    if network is None:
+        return scores(r["features"], spec)
+    if not len(r["tp"]):
+        return np.zeros(0)
+    return lesion_net_scores(network, r["patches"], standardised(r["features"], spec))
+
+
+def out_of_fold_scores(records: list, fitter) -> list:
+    """Per training image, its lesions' scores from the filter ``fitter`` fitted on the other folds (images
+    shuffled, seed 0)."""
     order = np.random.default_rng(0).permutation(len(records))
     fold_of = np.empty(len(records), dtype=int)
     fold_of[order] = np.arange(len(records)) % FOLDS
     result = [None] * len(records)
     for fold in range(FOLDS):
-        x, y = stack([r for r, f in zip(records, fold_of) if f != fold])
-        spec = fit(x, y, names)
+        spec, network = fitter([r for r, f in zip(records, fold_of) if f != fold])
         for i in np.flatnonzero(fold_of == fold):
-            result[i] = scores(records[i]["features"], spec)
+            result[i] = score_of(records[i], spec, network)
     return result
 
 
@@ -310,6 +366,13 @@ def setting_text(setting) -> str:
 
 
 def coefficient_lines(spec: dict) -> list:
+    if "network" in spec:
+        shape = spec["network"]
+        return [f"The filter's network (`TumorSegLib/lesion_net.py`): convolutions of {shape['channels']} channels "
+                f"on a {shape['patch'] * shape['pool']}-pixel square around each lesion pooled to {shape['patch']} "
+                f"(uptake, probability, the lesion, row and lateral position), joined with the {len(spec['features'])} "
+                f"standardised features; trained {NETWORK_TRAINING} on all training lesions, weights "
+                f"`{shape['file']}`.\n"]
     lines = ["| feature | mean | scale | coefficient (per scale) |\n|---|---|---|---|\n"]
     for name, m, s, w in zip(spec["features"], spec["mean"], spec["scale"], spec["coef"]):
         lines.append(f"| {name} | {m:.3f} | {s:.3f} | {w:+.3f} |\n")
@@ -327,7 +390,7 @@ def overlay(case, before: np.ndarray, after: np.ndarray, label: str, path: Path)
                                  (after, f"with the filter: {int(after.sum())} px")], label, path)
 
 
-def masks_of(case, card, spec: dict, cache: Path) -> tuple:
+def masks_of(case, card, spec: dict, cache: Path, network=None) -> tuple:
     """(card mask, filtered mask, seconds the filter took) of one image from its cached probability, by the
     engine's own filter."""
     from TumorSegLib.lesion_filter import filter_lesions
@@ -338,7 +401,7 @@ def masks_of(case, card, spec: dict, cache: Path) -> tuple:
     prob = np.load(cache / f"{Path(case.name).name.split('.')[0]}.npy")
     before = prob >= card.threshold
     tick = time.perf_counter()
-    after = filter_lesions(before, prob, normalize_intensity(image.array, card), spec, [])
+    after = filter_lesions(before, prob, normalize_intensity(image.array, card), spec, [], network)
     return before, after, time.perf_counter() - tick
 
 
@@ -357,8 +420,6 @@ def shown_cases(records: list, outcomes: dict) -> list:
 
 def where_lines(train: list) -> list:
     """Where the card's false positives on the training controls lie: share of their pixels per fifth of the body."""
-    from TumorSegLib.lesion_filter import FEATURES
-
     vertical = np.concatenate([r["features"][:, FEATURES.index("vertical")] for r in train if r["control"]])
     area = np.concatenate([r["area"] for r in train if r["control"]])
     bands = np.clip((vertical * 5).astype(int), 0, 4)
@@ -384,12 +445,14 @@ def report_text(fitted: dict, summaries: dict, accepted: bool, why: str, figures
         + (" (training images: the inner-fold networks of --oof-cards instead, out of fold)" if fitted["out_of_fold"]
            else "")
         + "; every figure below was measured by that script. The filter is `TumorSegLib/lesion_filter.py`: a "
-        "logistic regression on each predicted lesion (8-connected) with a per-lesion threshold and an image-level "
+        + ("small CNN (`lesion_net`)" if "network" in spec else "logistic regression")
+        + " on each predicted lesion (8-connected) with a per-lesion threshold and an image-level "
         "'any tumour' gate on the best lesion score; the engine applies it after the other post-processing on "
         "whole-image runs (not ROIs or clicks), so a MIP of a 3D PET is filtered before its lesions are traced "
         "into the volume.\n\n",
         "## Rules, fixed before the validation split was looked at\n\n",
-        f"- Fit: L2 logistic regression (penalty {L2}) on the standardised features of the "
+        f"- Fit: {'the CNN on the patches and' if 'network' in spec else f'L2 logistic regression (penalty {L2}) on'}"
+        " the standardised features of the "
         f"{fitted['training_lesions']} lesions {fitted['source']} on the {fitted['training_images']} TRAINING images "
         f"({fitted['training_true_lesions']} overlap the truth); {FOLDS}-fold cross-validation by image inside the "
         "training split gives out-of-fold "
@@ -401,8 +464,9 @@ def report_text(fitted: dict, summaries: dict, accepted: bool, why: str, figures
         "| variant | setting | training mean Dice | clean training controls |\n|---|---|---|---|\n",
         *[f"| {name} | {setting_text(settings[name])} | {training[name][0]:.4f} | {100 * training[name][1]:.1f} % |\n"
           for name in GRIDS],
-        "\nSettings of the filter are (per-lesion threshold, image threshold). Coefficients of the shipped "
-        "regression (score = sigmoid(intercept + sum coef * (x - mean) / scale)):\n\n",
+        "\nSettings of the filter are (per-lesion threshold, image threshold). "
+        + ("" if "network" in spec else "Coefficients of the shipped regression (score = sigmoid(intercept + sum "
+                                        "coef * (x - mean) / scale)):") + "\n\n",
         *coefficient_lines(spec),
         "\n## Validation split (measured once)\n\n",
         f"{card['patients']} patients, {card['controls']} controls. ΔDice is the paired change per patient against "
@@ -428,14 +492,24 @@ def report_text(fitted: dict, summaries: dict, accepted: bool, why: str, figures
     return "".join(text)
 
 
-def write_card(card, spec: dict, fitted: dict, summaries: dict) -> None:
-    """Store the filter in the card's post-processing and its fit and validation figures in its provenance."""
+def write_card(card, spec: dict, fitted: dict, summaries: dict, network=None) -> None:
+    """Store the filter in the card's post-processing (a network's weights beside the card) and its fit and
+    validation figures in its provenance."""
+    from TumorSegLib.cards import sha256
+
+    if network is not None:
+        import torch
+
+        path = card.path.parent / spec["network"]["file"]
+        torch.save(network.state_dict(), path)
+        spec["network"]["sha256"] = sha256(path)
     data = json.loads(card.path.read_text())
     data["postprocessing"]["lesion_filter"] = spec
     data["provenance"]["lesion_filter"] = {
         "fitted_on": f"{fitted['training_lesions']} lesions {fitted['source']} on the {fitted['training_images']} "
                      "training images of this card's split", "rule": RULE, "ship_rule": SHIP_RULE,
-        "command": "Testing/benchmarks/mip_lesion_filter.py --cache DIR --write-card",
+        "command": "Testing/benchmarks/mip_lesion_filter.py --cache DIR --write-card"
+                   + (" --oof-cards ..." if fitted["out_of_fold"] else "") + (" --network" if network else ""),
         "validation": {key: {k: summaries[name][k] for k in ("dice_mean", "found", "lesions", "control_fp_median",
                                                               "control_fp_mean", "clean", "controls")}
                        for key, name in (("without_filter", "card"), ("with_filter", CANDIDATE))},
@@ -453,6 +527,9 @@ def main(argv=None) -> int:
     parser.add_argument("--oof-cards", nargs="+", metavar="CARD",
                         help="inner-fold cards (data.inner_folds) whose out-of-fold maps replace the card's own on "
                              "the training split: the filter is fitted on lesions no network saw in training")
+    parser.add_argument("--network", action="store_true",
+                        help="fit the small CNN of lesion_net on each lesion's patch and features instead of the "
+                             "regression (its weights are written beside the card)")
     parser.add_argument("--training-only", action="store_true",
                         help="fit and choose settings; do not look at validation")
     parser.add_argument("--write-card", action="store_true",
@@ -463,7 +540,6 @@ def main(argv=None) -> int:
 
     from TumorSegLib.cards import find_card, load_card
     from TumorSegLib.engine import Segmenter
-    from TumorSegLib.lesion_filter import FEATURES, scores
     from TumorSegLib.training.transforms import read_pair
 
     torch.set_num_threads(1)
@@ -479,12 +555,16 @@ def main(argv=None) -> int:
             continue
         image, truth = read_pair(case)
         network, folder = fold_networks.get(case.name, (segmenter, cache))
-        records.append(record(case, side, image, truth, probability(network, case, image, folder), card))
+        records.append(record(case, side, image, truth, probability(network, case, image, folder), card,
+                              args.network))
         cases[records[-1]["case"]] = case
     train = [r for r in records if r["split"] == "train"]
     x, y = stack(train)
-    oof = out_of_fold_scores(train, FEATURES)
-    spec = fit(x, y, FEATURES)
+    fitter = fit_network if args.network else fit_regression
+    oof = out_of_fold_scores(train, fitter)
+    spec, lesion_net = fitter(train)
+    if lesion_net is not None:
+        spec["network"]["file"] = f"{card.name}-lesion-filter.pt"
     reference = mean_dice(variant_outcomes("card", None, train, oof))
     settings, curves = {"card": None}, {}
     for name in GRIDS:
@@ -502,22 +582,22 @@ def main(argv=None) -> int:
         return 0
 
     validation = [r for r in records if r["split"] == "validation"]
-    final_scores = [scores(r["features"], spec) for r in validation]
+    final_scores = [score_of(r, spec, lesion_net) for r in validation]
     outcomes = {name: variant_outcomes(name, settings[name], validation, final_scores) for name in settings}
     summaries = {name: summary(o, outcomes["card"]) for name, o in outcomes.items()}
     accepted, why = ships(summaries[CANDIDATE], summaries["card"])
     print(json.dumps({"summaries": summaries, "ship": [accepted, why]}, indent=1))
     out = Path(args.out)
-    figures = [(overlay(cases[r["case"]], *masks_of(cases[r["case"]], card, spec, cache)[:2], title,
+    figures = [(overlay(cases[r["case"]], *masks_of(cases[r["case"]], card, spec, cache, lesion_net)[:2], title,
                         out / "figures" / f"mip-lesion-filter-{tag}.png"), title)
                for tag, r, title in shown_cases(validation, outcomes)]
-    seconds = np.median([masks_of(cases[r["case"]], card, spec, cache)[2] for r in validation])
+    seconds = np.median([masks_of(cases[r["case"]], card, spec, cache, lesion_net)[2] for r in validation])
     extra = where_lines(train) + gated_lines(validation, outcomes) + [
         f"Time of the filter itself (features and regression, `filter_lesions`): median {1000 * seconds:.1f} ms per "
         "validation image on this CPU, which other jobs shared (indicative).\n\n"]
     (out / "mip-pet-2d-lesion-filter.md").write_text(report_text(fitted, summaries, accepted, why, figures, extra))
     if args.write_card and accepted:
-        write_card(card, spec, fitted, summaries)
+        write_card(card, spec, fitted, summaries, lesion_net)
     return 0
 
 
