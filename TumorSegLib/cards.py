@@ -681,10 +681,14 @@ def _file_status(path: Path, expected: str | None) -> str:
 def weight_files(card: ModelCard) -> list:
     """Every file of learnt parameters a run of ``card`` reads, as ``Member``s: its network's weights (an ensemble's
     members, ``weights.file`` first), then the lesion filter's network, if it has one."""
-    spec = card.postprocessing.lesion_filter or {}
-    network = spec.get("network") if isinstance(spec, dict) else None
-    extra = [Member(network["file"], network.get("sha256"))] if isinstance(network, dict) else []
-    return list(card.weights.members) + extra
+    lesion_net = lesion_net_file(card)
+    return list(card.weights.members) + ([lesion_net] if lesion_net else [])
+
+
+def lesion_net_file(card: ModelCard) -> Optional[Member]:
+    """The weights file of the card's lesion filter network (``postprocessing.lesion_filter.network``), or None."""
+    network = (card.postprocessing.lesion_filter or {}).get("network")
+    return Member(network["file"], network.get("sha256")) if network else None
 
 
 def verified_weights(card: ModelCard) -> list:

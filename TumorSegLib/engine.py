@@ -488,14 +488,11 @@ class Segmenter:
 
 def _lesion_net(card: ModelCard):
     """The card's lesion filter network with its verified weights, or None where its filter has none."""
-    spec = card.postprocessing.lesion_filter
-    if not spec or "network" not in spec:
-        return None
-    from .cards import Member, verified_file
+    from .cards import lesion_net_file, verified_file
     from .lesion_net import load_lesion_net
 
-    network = spec["network"]
-    return load_lesion_net(verified_file(card, Member(network["file"], network.get("sha256"))), spec)
+    member = lesion_net_file(card)
+    return None if member is None else load_lesion_net(verified_file(card, member), card.postprocessing.lesion_filter)
 
 
 def _paste(shape, parts) -> tuple:

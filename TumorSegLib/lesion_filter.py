@@ -17,9 +17,8 @@ regression scores each lesion::
 A filter with a ``network`` instead of ``coef`` and ``intercept`` scores each lesion with that small CNN
 (``lesion_net``) from ``lesion_patches`` and the same standardised features. Lesions scoring below ``threshold``
 are removed; an image whose best lesion scores below ``image_threshold`` (an 'any tumour' gate, 0 for none) loses
-every lesion. Physiological uptake (brain, bladder,
-kidneys, heart) sits at typical heights and offsets from the midline with typical shapes, which
-the position and shape features let the regression tell from tumour.
+every lesion. Physiological uptake (brain, bladder, kidneys, heart) sits at typical heights and offsets from the
+midline with typical shapes, which the position and shape features let the regression tell from tumour.
 """
 
 from __future__ import annotations

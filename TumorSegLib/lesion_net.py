@@ -12,9 +12,10 @@ import numpy as np
 import torch
 
 from .errors import TumorSegError
+from .lesion_filter import PATCH_CHANNELS
 from .networks import load_error_reason
 
-IN_CHANNELS = 5  # lesion_filter.PATCH_CHANNELS
+IN_CHANNELS = len(PATCH_CHANNELS)
 
 
 class LesionNet(torch.nn.Module):
@@ -47,7 +48,8 @@ def load_lesion_net(path, spec: dict) -> LesionNet:
 
 
 def lesion_net_scores(network: LesionNet, patches: np.ndarray, features: np.ndarray) -> np.ndarray:
-    """Scores in [0, 1] of lesions given as (count, 5, size, size) patches and (count, n) standardised features."""
+    """Scores in [0, 1] of lesions given as (count, channels, size, size) patches and (count, n) standardised
+    features."""
     with torch.no_grad():
         x, f = torch.from_numpy(np.ascontiguousarray(patches, np.float32)), torch.from_numpy(features.astype(np.float32))
         both = torch.sigmoid(network(x, f)) + torch.sigmoid(network(torch.flip(x, dims=[3]), f))
