@@ -38,9 +38,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mip_lesion_filter import (CANDIDATE, FOLDS, GRIDS, RULE, TOLERANCE, choose_setting, clean_fraction,  # noqa: E402
-                               fit, fit_regression, mean_dice, out_of_fold_scores, probability, record, setting_text,
-                               split_of,
-                               ships, stack, summary, table, variant_outcomes)
+                               fit_regression, mean_dice, out_of_fold_scores, probability, record, setting_text,
+                               split_of, ships, summary, table, variant_outcomes)
 
 SHIP_RULE = (f"on the pooled out-of-fold outcomes against the shipped card (its network and its own filter): (1) mean "
              f"patient Dice at most {TOLERANCE} below; (2) the paired bootstrap 95 % interval of the change in the "
@@ -63,11 +62,11 @@ def folds_of(records: list, seed: int = 0) -> np.ndarray:
 
 def fitted_filter(records: list, regression: dict | None = None) -> dict:
     """The filter spec fitted on ``records``: the regression (unless one is given) and both thresholds by ``RULE``."""
-    from TumorSegLib.lesion_filter import FEATURES, scores
+    from TumorSegLib.lesion_filter import scores
 
     if regression is None:
         inner = out_of_fold_scores(records, fit_regression)
-        spec = fit(*stack(records), FEATURES)
+        spec = fit_regression(records)[0]
     else:
         inner = [scores(r["features"], regression) for r in records]
         spec = dict(regression)

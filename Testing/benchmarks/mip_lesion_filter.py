@@ -139,12 +139,22 @@ def record(case, side: str, image, truth, prob, card, patches: bool = False) -> 
 
 
 # ---- logistic regression --------------------------------------------------------------------
+def standardisation(x: np.ndarray) -> tuple:
+    """(mean, scale) of each column of ``x``; a constant column gets scale 1."""
+    scale = x.std(axis=0)
+    return x.mean(axis=0), np.where(scale == 0, 1.0, scale)
+
+
+def rounded(values) -> list:
+    """Numbers as a card stores them (6 decimals)."""
+    return [round(float(v), 6) for v in values]
+
+
 def fit(x: np.ndarray, y: np.ndarray, names) -> dict:
     """L2 logistic regression by Newton steps on the standardised features ``names`` (columns of ``x`` in
     ``lesion_filter.FEATURES`` order); a lesion_filter spec (threshold 0.5)."""
     x = x[:, [FEATURES.index(name) for name in names]]
-    mean, scale = x.mean(axis=0), x.std(axis=0)
-    scale[scale == 0] = 1.0
+    mean, scale = standardisation(x)
     z = np.hstack([np.ones((len(x), 1)), (x - mean) / scale])
     w = np.zeros(z.shape[1])
     penalty = np.full(z.shape[1], L2)
@@ -157,9 +167,6 @@ def fit(x: np.ndarray, y: np.ndarray, names) -> dict:
         w -= step
         if np.abs(step).max() < 1e-10:
             break
-    def rounded(values):
-        return [round(float(v), 6) for v in values]
-
     return {"features": list(names), "mean": rounded(mean), "scale": rounded(scale), "coef": rounded(w[1:]),
             "intercept": round(float(w[0]), 6), "threshold": 0.5, "image_threshold": 0.0}
 
@@ -179,10 +186,9 @@ def fit_network(records: list) -> tuple:
     from TumorSegLib.lesion_net import LesionNet
 
     x, y = stack(records)
-    scale = x.std(axis=0)
-    spec = {"features": list(FEATURES), "mean": [round(float(v), 6) for v in x.mean(axis=0)],
-            "scale": [round(float(v), 6) for v in np.where(scale == 0, 1.0, scale)],
-            "network": dict(NETWORK), "threshold": 0.5, "image_threshold": 0.0}
+    mean, scale = standardisation(x)
+    spec = {"features": list(FEATURES), "mean": rounded(mean), "scale": rounded(scale), "network": dict(NETWORK),
+            "threshold": 0.5, "image_threshold": 0.0}
     t = NETWORK_TRAINING
     torch.manual_seed(t["seed"])
     rng = np.random.default_rng(t["seed"])
