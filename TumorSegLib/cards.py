@@ -28,6 +28,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from .errors import TumorSegError
 from .hints import Overrides, PathLike
+from .image_gate import gate_problems
 from .lesion_filter import spec_problems
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
@@ -292,6 +293,8 @@ class Postprocessing(Section):
     fill_holes: bool = _rule(False, lambda v: isinstance(v, bool), "true or false")
     lesion_filter: Optional[Mapping] = _rule(None, _optional(lambda v: isinstance(v, dict)),
                                              "a mapping (the per-lesion false-positive filter's settings)")
+    image_gate: Optional[Mapping] = _rule(None, _optional(lambda v: isinstance(v, dict)),
+                                          "a mapping (the whole-image 'any tumour' gate's settings)")
 
 
 def _is_member(value) -> bool:
@@ -436,6 +439,7 @@ def _card_problems(card: ModelCard) -> list:
     if card.preprocessing.picture is not None and card.preprocessing.picture.window is None:
         problems.append("preprocessing.picture.window must be [low, high] HU with low < high, got None")
     problems += spec_problems(card.postprocessing.lesion_filter, card.mode)
+    problems += gate_problems(card.postprocessing.image_gate, card.mode)
     return problems + _organ_problems(card)
 
 
@@ -496,16 +500,18 @@ class Settings:
 OVERRIDES = {"overlap": "inference", "threshold": None, "min_lesion_ml": "postprocessing",
              "min_lesion_px": "postprocessing", "precision": "inference", "recheck_margin": "inference",
              "sw_batch_size": "inference", "batch_size": "inference", "flip_axes": "inference",
-             "lesion_filter": "postprocessing"}  # lesion_filter: only false (off); its model lives in the card
+             "lesion_filter": "postprocessing", "image_gate": "postprocessing"}
+LEARNT_SETTINGS = ("lesion_filter", "image_gate")  # can only be switched off (false): their models live in the card
 
 
 def settings_for(card: ModelCard, overrides: Overrides = None) -> Settings:
     """The card's inference, output and post-processing settings with the user's overrides (None: the card's)."""
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    if "lesion_filter" in overrides:
-        if overrides["lesion_filter"] is not False:
-            raise TumorSegError("the lesion_filter setting can only be switched off (false); its model lives in the card")
-        overrides["lesion_filter"] = None
+    for name in LEARNT_SETTINGS:
+        if name in overrides:
+            if overrides[name] is not False:
+                raise TumorSegError(f"the {name} setting can only be switched off (false); its model lives in the card")
+            overrides[name] = None
     unknown = sorted(set(overrides) - set(OVERRIDES))
     if unknown:
         raise TumorSegError(f"unknown setting(s) {unknown}; settings that can be changed: {tuple(OVERRIDES)}")
@@ -680,15 +686,16 @@ def _file_status(path: Path, expected: str | None) -> str:
 
 def weight_files(card: ModelCard) -> list:
     """Every file of learnt parameters a run of ``card`` reads, as ``Member``s: its network's weights (an ensemble's
-    members, ``weights.file`` first), then the lesion filter's network, if it has one."""
-    lesion_net = lesion_net_file(card)
-    return list(card.weights.members) + ([lesion_net] if lesion_net else [])
+    members, ``weights.file`` first), then the post-processing networks (``postprocessing_networks``)."""
+    return list(card.weights.members) + list(postprocessing_networks(card).values())
 
 
-def lesion_net_file(card: ModelCard) -> Optional[Member]:
-    """The weights file of the card's lesion filter network (``postprocessing.lesion_filter.network``), or None."""
-    network = (card.postprocessing.lesion_filter or {}).get("network")
-    return Member(network["file"], network.get("sha256")) if network else None
+def postprocessing_networks(card: ModelCard) -> dict:
+    """{"lesion_filter" | "image_gate": Member}: the weights file of each post-processing step of the card that has
+    a network (``postprocessing.lesion_filter.network``, ``postprocessing.image_gate.network``)."""
+    steps = {name: getattr(card.postprocessing, name) or {} for name in LEARNT_SETTINGS}
+    return {name: Member(spec["network"]["file"], spec["network"].get("sha256"))
+            for name, spec in steps.items() if spec.get("network")}
 
 
 def verified_weights(card: ModelCard) -> list:

@@ -26,7 +26,8 @@ input's own grid (for a MIP-PET card given a 3D PET volume: on the computed coro
    ``inference.flip_axes``, averaged over test-time flips (``inferers.Predictor``); run by PyTorch or,
    on a CPU with OpenVINO installed, by OpenVINO (``backend``, ``openvino_backend``);
 5. threshold and the card's post-processing (per box for ROI and click runs); a card's
-   ``postprocessing.lesion_filter`` (module ``lesion_filter``) acts on whole-image runs only.
+   ``postprocessing.lesion_filter`` (module ``lesion_filter``) and then ``postprocessing.image_gate`` (module
+   ``image_gate``) act on whole-image runs only.
 
 Reading and writing files, choosing a card for an image and the readouts of a result are in ``runs``.
 
@@ -48,6 +49,7 @@ from .cards import Activation, Modality, Mode, ModelCard, Output, Settings, orga
 from .errors import TumorSegError
 from .hints import Overrides, Point, Shape
 from .image import Image, superior_axis
+from .image_gate import apply_gate
 from .lesion_filter import filter_lesions
 from .modality import CT_MIN_BELOW, SUV_P99_MAX, has_air, looks_like_activity, value_range
 from .preprocess import Prepared, move_to_level, normalize_intensity, prepare, restore
@@ -192,7 +194,7 @@ class Segmenter:
         network, self.memory_format = for_inference(network, card.spatial_dims)  # a copy: the caller's is untouched
         self.network = network.to(self.device)
         self.backend, self.load_notes = self._use_backend(backend or card.inference.backend)
-        self.lesion_net = _lesion_net(card)
+        self.lesion_net, self.gate_net = _postprocessing_networks(card)
         self.partners = [(self._helper(other, device, backend, "averages with"), weight)
                          for other, weight in partner_cards(card)]
         source = organ_card(card)
@@ -474,25 +476,32 @@ class Segmenter:
 
     def _postprocess(self, probability: np.ndarray, grid: Image, settings: Settings, cancel, notes,
                      whole_image: bool = False) -> np.ndarray:
-        """Threshold and post-process; the card's ``lesion_filter`` acts on whole-image runs only (not ROIs, clicks)."""
+        """Threshold and post-process; the card's ``lesion_filter`` and ``image_gate`` act on whole-image runs only
+        (not ROIs, clicks)."""
         from .postprocess import postprocess
 
         check_cancel(cancel)
         mask = postprocess(probability >= settings.threshold, grid, settings.postprocessing, notes)
-        lesion_filter = settings.postprocessing.lesion_filter
-        if whole_image and lesion_filter:
-            mask = filter_lesions(mask, probability, normalize_intensity(grid.array, self.card), lesion_filter, notes,
-                                  self.lesion_net)
+        steps = settings.postprocessing
+        if whole_image and (steps.lesion_filter or steps.image_gate):
+            uptake = normalize_intensity(grid.array, self.card)
+            if steps.lesion_filter:
+                mask = filter_lesions(mask, probability, uptake, steps.lesion_filter, notes, self.lesion_net)
+            if steps.image_gate:
+                mask = apply_gate(mask, probability, uptake, steps.image_gate, self.gate_net, notes)
         return mask
 
 
-def _lesion_net(card: ModelCard):
-    """The card's lesion filter network with its verified weights, or None where its filter has none."""
-    from .cards import lesion_net_file, verified_file
+def _postprocessing_networks(card: ModelCard) -> tuple:
+    """(lesion filter network, image gate network) of the card, each loaded from its verified weights, or None where
+    the card has none."""
+    from .cards import postprocessing_networks, verified_file
+    from .gate_net import load_gate_net
     from .lesion_net import load_lesion_net
 
-    member = lesion_net_file(card)
-    return None if member is None else load_lesion_net(verified_file(card, member), card.postprocessing.lesion_filter)
+    files, steps = postprocessing_networks(card), card.postprocessing
+    return tuple(None if name not in files else load(verified_file(card, files[name]), getattr(steps, name))
+                 for name, load in (("lesion_filter", load_lesion_net), ("image_gate", load_gate_net)))
 
 
 def _paste(shape, parts) -> tuple:

@@ -180,14 +180,14 @@ def spec_problems(spec, mode: str) -> list:
     problems = network_problems(spec["network"]) if "network" in spec else []
     for key in ("mean", "scale") + (() if "network" in spec else ("coef",)):
         values = spec[key]
-        if not isinstance(values, list) or len(values) != len(names) or not all(map(_finite, values)):
+        if not isinstance(values, list) or len(values) != len(names) or not all(map(is_finite_number, values)):
             problems.append(f"{where}.{key} must be {len(names)} finite numbers (one per feature)")
     if not problems and not all(value > 0 for value in spec["scale"]):
         problems.append(f"{where}.scale must be positive")
-    if "intercept" in spec and not _finite(spec["intercept"]):
+    if "intercept" in spec and not is_finite_number(spec["intercept"]):
         problems.append(f"{where}.intercept must be a finite number")
     for key in ("threshold", "image_threshold"):
-        if not (_finite(spec[key]) and 0.0 <= spec[key] < 1.0):
+        if not (is_finite_number(spec[key]) and 0.0 <= spec[key] < 1.0):
             problems.append(f"{where}.{key} must lie in [0, 1), got {spec[key]!r}")
     return problems
 
@@ -199,21 +199,26 @@ def network_problems(network) -> list:
         return [f"{where} must have the keys file, channels, patch, pool (and sha256)"]
     problems = []
     file = network["file"]
-    if not isinstance(file, str) or not file or file in (".", "..") or "/" in file or "\\" in file:
+    if not file_in_folder(file):
         problems.append(f"{where}.file must be a file name in the card's folder, got {file!r}")
     channels = network["channels"]
-    if not isinstance(channels, list) or not channels or not all(_whole(c) and c > 0 for c in channels):
+    if not isinstance(channels, list) or not channels or not all(is_whole_number(c) and c > 0 for c in channels):
         problems.append(f"{where}.channels must be a non-empty list of positive whole numbers")
-    elif not all(_whole(network[k]) and network[k] > 0 for k in ("patch", "pool")):
+    elif not all(is_whole_number(network[k]) and network[k] > 0 for k in ("patch", "pool")):
         problems.append(f"{where}.patch and pool must be positive whole numbers")
     elif network["patch"] % 2 ** len(channels):
         problems.append(f"{where}.patch must be divisible by 2 ** len(channels) = {2 ** len(channels)}")
     return problems
 
 
-def _whole(value) -> bool:
+def file_in_folder(file) -> bool:
+    """Whether ``file`` is a plain file name (so the file lies in the card's folder)."""
+    return isinstance(file, str) and bool(file) and file not in (".", "..") and "/" not in file and "\\" not in file
+
+
+def is_whole_number(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _finite(value) -> bool:
+def is_finite_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

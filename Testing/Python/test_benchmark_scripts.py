@@ -283,3 +283,50 @@ def test_filter_fit_out_of_fold_takes_each_training_image_from_the_network_that_
         fit.out_of_fold_networks(folds[:1], root, main, tmp_path)
     with pytest.raises(SystemExit, match="touches the validation split"):
         fit.out_of_fold_networks([fold_card("plain")], root, main, tmp_path)
+
+
+def gate_records(monkeypatch):
+    """``synthetic_mip_records`` with small gate inputs: a patient's probability shows a hot 2x2 spot mid-image, a
+    control's is lukewarm everywhere."""
+    import mip_image_gate as gate
+
+    monkeypatch.setattr(gate, "GATE", {"channels": [4, 8], "height": 32, "width": 16, "pool": 2})
+    rng = np.random.default_rng(3)
+    records = synthetic_mip_records()
+    for r in records:
+        r["gate"] = (0.1 + rng.normal(0.0, 0.02, (2, 16, 8))).astype(np.float32)
+        if not r["control"]:
+            row, col = rng.integers(4, 10), rng.integers(1, 6)
+            r["gate"][1, row:row + 2, col:col + 2] = 1.0
+    return records
+
+
+def test_image_gate_is_fitted_out_of_fold_and_tells_patients_from_controls(monkeypatch):
+    import mip_image_gate as gate
+
+    records = gate_records(monkeypatch)
+    monkeypatch.setattr(gate, "GATE_TRAINING", {**gate.GATE_TRAINING, "epochs": 20, "shift_rows": 2})
+    fitted_on = []
+    scores = gate.out_of_fold_gate_scores(records, lambda rs: fitted_on.append({r["case"] for r in rs})
+                                          or gate.fit_gate(rs))
+    assert len(fitted_on) == gate.FOLDS
+    for r in records:  # each image is left out of exactly one fold's fit, and scored by that fold's gate
+        assert sum(r["case"] not in cases for cases in fitted_on) == 1
+    patients = np.array([not r["control"] for r in records])
+    assert gate.auc(scores, patients) > 0.95, scores
+    assert not gate.fit_gate(records).training
+
+
+def test_image_gate_threshold_is_the_one_that_cleans_most_controls_within_the_dice_tolerance(monkeypatch):
+    import mip_image_gate as gate
+
+    records = gate_records(monkeypatch)
+    keeps = [np.ones(len(r["tp"]), dtype=bool) for r in records]
+    scores = np.array([0.3 if r["control"] else 0.6 for r in records])
+    scores[-1] = 0.7  # one control the gate cannot clean below 0.71
+    threshold, curve = gate.choose_threshold(records, keeps, scores)
+    assert threshold == 0.31  # 14 of 15 controls clean from 0.31 on; above 0.60 every patient would be emptied
+    chosen = next(c for c in curve if c[0] == threshold)
+    assert chosen[2] == 14 / 15 and chosen[1] == curve[0][1]
+    outcomes = gate.gated(records, keeps, scores, threshold)
+    assert [o["fp_px"] for o in outcomes if o["control"]] == [0] * 14 + [40]

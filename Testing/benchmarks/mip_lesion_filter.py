@@ -106,10 +106,33 @@ def probability(segmenter, case, image, cache: Path) -> np.ndarray:
     return np.load(path)
 
 
-def record(case, side: str, image, truth, prob, card, patches: bool = False) -> dict:
+def load_records(card, data_root, cache: Path, oof_cards=None, training_only: bool = False, **extras) -> tuple:
+    """(records, {record's case: case}) of every image of the card's split (training only with ``training_only``),
+    patients first; with ``oof_cards`` the training images' maps are the inner-fold networks' (out of fold).
+    ``extras``: ``record``'s keyword arguments."""
+    from TumorSegLib.engine import Segmenter
+    from TumorSegLib.training.transforms import read_pair
+
+    cache.mkdir(parents=True, exist_ok=True)
+    segmenter = Segmenter(card, "cpu", backend="torch")
+    records, cases = [], {}
+    split = split_of(card, data_root)
+    fold_networks = out_of_fold_networks(oof_cards, data_root, split, cache) if oof_cards else {}
+    for case, side in split:
+        if side == "validation" and training_only:
+            continue
+        image, truth = read_pair(case)
+        network, folder = fold_networks.get(case.name, (segmenter, cache))
+        records.append(record(case, side, image, truth, probability(network, case, image, folder), card, **extras))
+        cases[records[-1]["case"]] = case
+    return records, cases
+
+
+def record(case, side: str, image, truth, prob, card, patches: bool = False, gate=None) -> dict:
     """One image: its lesions at the card's threshold (features, true and false pixels, true lesions touched;
-    with ``patches`` also ``lesion_patches`` of ``NETWORK``'s shape) and the same counts at every probability
-    threshold of ``GRIDS``."""
+    with ``patches`` also ``lesion_patches`` of ``NETWORK``'s shape; with ``gate``, an image gate's network shape,
+    also the image's ``image_gate.gate_input``) and the same counts at every probability threshold of ``GRIDS``."""
+    from TumorSegLib.image_gate import gate_input
     from TumorSegLib.lesion_filter import lesion_features, lesion_patches
     from TumorSegLib.measure import label_lesions
     from TumorSegLib.preprocess import normalize_intensity
@@ -135,7 +158,7 @@ def record(case, side: str, image, truth, prob, card, patches: bool = False) -> 
             "features": lesion_features(labels, count, prob, uptake), "tp": tp, "fp": fp, "touched": touched,
             "area": tp + fp, "by_threshold": by_threshold,
             "patches": lesion_patches(labels, count, prob, uptake, NETWORK["patch"], NETWORK["pool"]) if patches
-            else None}
+            else None, "gate": None if gate is None else gate_input(uptake, prob, gate)}
 
 
 # ---- logistic regression --------------------------------------------------------------------
@@ -386,14 +409,15 @@ def coefficient_lines(spec: dict) -> list:
     return lines
 
 
-def overlay(case, before: np.ndarray, after: np.ndarray, label: str, path: Path) -> Path:
-    """The MIP as stored, then the card's mask and the filtered mask as red outlines (truth green), side by side."""
+def overlay(case, before: np.ndarray, after: np.ndarray, label: str, path: Path, step: str = "the filter") -> Path:
+    """The MIP as stored, then the card's mask and the mask after ``step`` as red outlines (truth green), side by
+    side."""
     from evaluate_mip_pet import panels
     from TumorSegLib.training.transforms import read_pair
 
     image, truth = read_pair(case)
     return panels(image, truth, [(before, f"card: {int(before.sum())} px"),
-                                 (after, f"with the filter: {int(after.sum())} px")], label, path)
+                                 (after, f"with {step}: {int(after.sum())} px")], label, path)
 
 
 def masks_of(case, card, spec: dict, cache: Path, network=None) -> tuple:
@@ -545,25 +569,12 @@ def main(argv=None) -> int:
     import torch
 
     from TumorSegLib.cards import find_card, load_card
-    from TumorSegLib.engine import Segmenter
-    from TumorSegLib.training.transforms import read_pair
 
     torch.set_num_threads(1)
     card = load_card(args.card) if args.card else find_card("mip-pet-2d")
     cache = Path(args.cache)
-    cache.mkdir(parents=True, exist_ok=True)
-    segmenter = Segmenter(card, "cpu", backend="torch")
-    records, cases = [], {}
-    split = split_of(card, args.data_root)
-    fold_networks = out_of_fold_networks(args.oof_cards, args.data_root, split, cache) if args.oof_cards else {}
-    for case, side in split:
-        if side == "validation" and args.training_only:
-            continue
-        image, truth = read_pair(case)
-        network, folder = fold_networks.get(case.name, (segmenter, cache))
-        records.append(record(case, side, image, truth, probability(network, case, image, folder), card,
-                              args.network))
-        cases[records[-1]["case"]] = case
+    records, cases = load_records(card, args.data_root, cache, args.oof_cards, args.training_only,
+                                  patches=args.network)
     train = [r for r in records if r["split"] == "train"]
     x, y = stack(train)
     fitter = fit_network if args.network else fit_regression

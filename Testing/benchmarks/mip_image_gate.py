@@ -1,0 +1,292 @@
+"""Whole-image 'any tumour' gate of mip-pet-2d (issue 16): fit on the training split, one validation measure.
+
+1. Probability maps as in ``mip_lesion_filter.py``: the card's network on the validation split; on the training
+   split, with ``--oof-cards``, the inner-fold networks, each on the images it never saw (cached in ``--cache``).
+2. The card's own post-processing (its lesion filter) on every image: the reference the gate adds to.
+3. The gate (``gate_net.GateNet`` of ``GATE``'s shape on ``image_gate.gate_input``: uptake and probability,
+   max-pooled) is trained to tell patients (any tumour) from controls on the TRAINING images (``GATE_TRAINING``);
+   5-fold cross-validation by image gives out-of-fold scores, on which its threshold is chosen by ``RULE``; the
+   gate that ships is trained the same way on all training images.
+4. The validation split is measured once: the card against the card with the gate, by the same code; the ship rule
+   (``mip_lesion_filter.SHIP_RULE``, the gate in the filter's place) decides whether the gate goes into the card
+   (``--write-card``; its weights beside the card).
+
+Writes ``docs/mip-pet-2d-image-gate.md`` and ``docs/figures/mip-image-gate-*.png``. Run from the repository root::
+
+    .venv/bin/python Testing/benchmarks/mip_image_gate.py --cache DIR --oof-cards runs/mip5/fold{0..4}/mip-pet-2d.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mip_lesion_filter import (FOLDS, RESAMPLES, SHIP_RULE, TOLERANCE, clean_fraction, load_records,  # noqa: E402
+                               mean_dice, outcome, overlay, score_of, ships, summary, table)
+
+GATE = {"channels": [16, 32, 64, 64], "height": 1024, "width": 400, "pool": 4}
+GATE_TRAINING = {"epochs": 30, "batch": 16, "lr": 1e-3, "weight_decay": 1e-4, "shift_rows": 12, "scale": 0.1,
+                 "seed": 0}
+GRID = [float(g) for g in np.round(np.arange(0.0, 0.91, 0.01), 2)]
+RULE = (f"among the gate thresholds {GRID[0]:g}..{GRID[-1]:g} (step 0.01) whose mean Dice over the TRAINING "
+        f"patients (gate scores out-of-fold, the card's lesion filter on the maps) is at most {TOLERANCE} below the "
+        "card's own training mean Dice, the one with the most clean training controls (ties: the higher training "
+        "Dice, then the lower threshold)")
+CANDIDATE = "card + image gate"
+
+
+def card_keeps(records: list, card) -> list:
+    """Per image, the lesions the card's own post-processing keeps (its lesion filter; all where it has none)."""
+    spec = card.postprocessing.lesion_filter
+    if not spec:
+        return [np.ones(len(r["tp"]), dtype=bool) for r in records]
+    if "network" in spec:
+        raise SystemExit("the card's lesion filter is a network: give a card with a regression filter")
+    keeps = []
+    for r in records:
+        s = score_of(r, spec, None)
+        keeps.append((s >= spec["threshold"]) & (len(s) > 0 and s.max() >= spec["image_threshold"]))
+    return keeps
+
+
+def gated(records: list, keeps: list, gate_scores, threshold: float) -> list:
+    """Per-image outcomes with the card's lesions and, where the image's gate score is below ``threshold``, none."""
+    return [outcome(r, keep & (score >= threshold)) for r, keep, score in zip(records, keeps, gate_scores)]
+
+
+def fit_gate(records: list):
+    """``GateNet`` trained on ``records``' gate inputs, patient 1 and control 0 (BCE, AdamW, cosine; per batch a
+    random left-right flip, a vertical shift of up to ``shift_rows`` pooled rows and an intensity scale)."""
+    import torch
+
+    from TumorSegLib.gate_net import GateNet
+
+    t = GATE_TRAINING
+    torch.manual_seed(t["seed"])
+    rng = np.random.default_rng(t["seed"])
+    inputs = torch.from_numpy(np.stack([r["gate"] for r in records]))
+    labels = torch.tensor([0.0 if r["control"] else 1.0 for r in records])
+    network = GateNet(GATE["channels"])
+    optimizer = torch.optim.AdamW(network.parameters(), t["lr"], weight_decay=t["weight_decay"])
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, t["epochs"])
+    for _ in range(t["epochs"]):
+        network.train()
+        for batch in np.array_split(rng.permutation(len(labels)), max(1, len(labels) // t["batch"])):
+            x = inputs[batch]
+            if rng.random() < 0.5:
+                x = torch.flip(x, dims=[3])
+            x = torch.roll(x, int(rng.integers(-t["shift_rows"], t["shift_rows"] + 1)), dims=2)
+            x = x * float(rng.uniform(1 - t["scale"], 1 + t["scale"]))
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(network(x), labels[batch])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        schedule.step()
+    return network.eval()
+
+
+def scores_of(network, records: list) -> np.ndarray:
+    from TumorSegLib.gate_net import gate_scores
+
+    return gate_scores(network, np.stack([r["gate"] for r in records]))
+
+
+def out_of_fold_gate_scores(records: list, fitter=fit_gate) -> np.ndarray:
+    """Per training image, its score by the gate ``fitter`` trained on the other folds (images shuffled, seed 0)."""
+    order = np.random.default_rng(0).permutation(len(records))
+    fold_of = np.empty(len(records), dtype=int)
+    fold_of[order] = np.arange(len(records)) % FOLDS
+    result = np.zeros(len(records))
+    for fold in range(FOLDS):
+        network = fitter([r for r, f in zip(records, fold_of) if f != fold])
+        inside = np.flatnonzero(fold_of == fold)
+        result[inside] = scores_of(network, [records[i] for i in inside])
+    return result
+
+
+def choose_threshold(records: list, keeps: list, gate_scores: np.ndarray) -> tuple:
+    """(threshold, curve of (threshold, training Dice, clean fraction)) by ``RULE``."""
+    reference = mean_dice(gated(records, keeps, gate_scores, 0.0))
+    curve = []
+    for threshold in GRID:
+        outcomes = gated(records, keeps, gate_scores, threshold)
+        curve.append((threshold, mean_dice(outcomes), clean_fraction(outcomes)))
+    allowed = [c for c in curve if c[1] >= reference - TOLERANCE]
+    return max(allowed, key=lambda c: (round(c[2], 9), round(c[1], 9)))[0], curve  # max keeps the first of ties
+
+
+def curve_png(curve: list, chosen: float, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    thresholds, dice, clean = (np.array(v) for v in zip(*curve))
+    figure, axis = plt.subplots(figsize=(6, 3.5))
+    axis.plot(thresholds, dice, label="training mean patient Dice (out of fold)")
+    axis.plot(thresholds, clean, label="training clean controls (fraction)")
+    axis.axvline(chosen, color="grey", linestyle=":", label=f"chosen threshold {chosen:g}")
+    axis.set_xlabel("image gate threshold")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
+def report_text(fitted: dict, summaries: dict, accepted: bool, why: str, figures: list, seconds: float) -> str:
+    card, chosen = summaries["card"], summaries[CANDIDATE]
+    lost = fitted["emptied_patients"]
+    text = [
+        "# mip-pet-2d: whole-image 'any tumour' gate (issue 16)\n\n",
+        "Made by `Testing/benchmarks/mip_image_gate.py` in one run from the cached fp32 probability maps (no flips) of "
+        "every dev image of the card's own split (training images: " + fitted["source"] + "); every figure below was "
+        "measured by that script. The gate is `TumorSegLib/image_gate.py` with the network of `gate_net.py`: a "
+        f"small CNN (channels {GATE['channels']}) on the whole image (uptake and the network's probability, "
+        f"max-pooled by {GATE['pool']} on a {GATE['height']} x {GATE['width']} canvas) that scores whether the image "
+        "holds any tumour; an image scoring below the threshold loses every lesion. The engine applies it after the "
+        "lesion filter on whole-image runs.\n\n",
+        "## Rules, fixed before the validation split was looked at\n\n",
+        f"- Fit: the gate trained ({GATE_TRAINING}) on the {fitted['training_images']} TRAINING images "
+        f"({fitted['training_patients']} patients, {fitted['training_images'] - fitted['training_patients']} "
+        f"controls); {FOLDS}-fold cross-validation by image gives out-of-fold scores (AUC patient against control "
+        f"{fitted['training_auc']:.3f}).\n",
+        f"- Threshold: {RULE}.\n",
+        f"- Ship: {SHIP_RULE.replace('the lesion filter', 'the image gate').replace('the filter', 'the gate')}.\n\n",
+        "## Training split (threshold chosen here)\n\n",
+        f"The card (with its lesion filter) on the training images: mean patient Dice {fitted['training_card'][0]:.4f}, "
+        f"{100 * fitted['training_card'][1]:.1f} % clean controls; with the gate at the chosen threshold "
+        f"{fitted['threshold']:g}: {fitted['training_chosen'][0]:.4f}, {100 * fitted['training_chosen'][1]:.1f} %.\n\n",
+        "![threshold curve](figures/mip-image-gate-curve.png)\n\n",
+        "## Validation split (measured once)\n\n",
+        f"{card['patients']} patients, {card['controls']} controls. ΔDice is the paired change per patient against "
+        f"the card; intervals are bootstrap 95 % ({RESAMPLES} resamples; patients and controls resampled apart). "
+        "'lesions found' = true lesions touched by the prediction.\n\n",
+        *table(summaries, {CANDIDATE: fitted["threshold"]}),
+        f"\nDecision: the gate is **{'shipped' if accepted else 'not shipped'}**: {why}.\n\n",
+        "Against the targets (mean Dice >= 0.80; control median FP 0 with >= 75 % clean): card "
+        f"{card['dice_mean']:.3f}, median {card['control_fp_median']:.0f} px, {card['clean']}/{card['controls']} "
+        f"clean; with the gate {chosen['dice_mean']:.3f}, median {chosen['control_fp_median']:.0f} px, "
+        f"{chosen['clean']}/{chosen['controls']} clean.\n\n",
+        f"Validation patients the gate empties: {', '.join(lost) if lost else 'none'}.\n\n",
+        f"Time of the gate itself (`apply_gate`): median {1000 * seconds:.1f} ms per validation image on this CPU "
+        "(indicative: other jobs shared it).\n\n",
+        "The training images' maps come from networks that never saw them, as a new image's do; the gate belongs to "
+        "the card's weights: a retrained network needs the gate fitted again (so it is not in "
+        "`mip-pet-2d.train.json`).\n\n## Figures\n",
+    ]
+    for path, title in figures:
+        text.append(f"\n{title}: the MIP, the card's mask, the mask with the gate (red; truth green):\n\n"
+                    f"![{title}](figures/{path.name})\n")
+    return "".join(text)
+
+
+def auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    pos, neg = scores[positive], scores[~positive]
+    return float((pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean())
+
+
+def write_card(card, network, threshold: float, fitted: dict, summaries: dict) -> None:
+    """Store the gate in the card's post-processing (its weights beside the card) and its fit and validation
+    figures in its provenance."""
+    import torch
+
+    from TumorSegLib.cards import sha256
+
+    path = card.path.parent / f"{card.name}-image-gate.pt"
+    torch.save(network.state_dict(), path)
+    data = json.loads(card.path.read_text())
+    data["postprocessing"]["image_gate"] = {"network": {"file": path.name, "sha256": sha256(path), **GATE},
+                                            "threshold": threshold}
+    data["provenance"]["image_gate"] = {
+        "fitted_on": f"the {fitted['training_images']} training images of this card's split; maps by "
+                     + fitted["source"], "training": GATE_TRAINING, "rule": RULE, "ship_rule": SHIP_RULE,
+        "command": "Testing/benchmarks/mip_image_gate.py --cache DIR --oof-cards ... --write-card",
+        "validation": {key: {k: summaries[name][k] for k in ("dice_mean", "found", "lesions", "control_fp_median",
+                                                              "control_fp_mean", "clean", "controls")}
+                       for key, name in (("without_gate", "card"), ("with_gate", CANDIDATE))},
+    }
+    card.path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cache", required=True, help="folder for the probability maps (outside the repository)")
+    parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "dmiai2023-mip-pet" / "dev"))
+    parser.add_argument("--out", default=str(REPO / "docs"))
+    parser.add_argument("--card", help="card file to fit the gate for (default: the shipped mip-pet-2d)")
+    parser.add_argument("--oof-cards", nargs="+", metavar="CARD", required=True,
+                        help="inner-fold cards (data.inner_folds) whose out-of-fold maps stand for the card's own on "
+                             "the training split")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--write-card", action="store_true", help="store the gate in the card when the rule ships it")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from TumorSegLib.cards import find_card, load_card
+    from TumorSegLib.image_gate import apply_gate
+    from TumorSegLib.lesion_filter import filter_lesions
+    from TumorSegLib.preprocess import normalize_intensity
+    from TumorSegLib.training.transforms import read_pair
+
+    torch.set_num_threads(args.threads)
+    card = load_card(args.card) if args.card else find_card("mip-pet-2d")
+    if card.postprocessing.image_gate:
+        raise SystemExit(f"{card.path} has an image gate already")
+    records, cases = load_records(card, args.data_root, Path(args.cache), args.oof_cards, gate=GATE)
+    train = [r for r in records if r["split"] == "train"]
+    train_keeps = card_keeps(train, card)
+    oof = out_of_fold_gate_scores(train)
+    threshold, curve = choose_threshold(train, train_keeps, oof)
+    network = fit_gate(train)
+    fitted = {"source": f"the {len(args.oof_cards)} inner-fold networks, each on the images it never saw",
+              "training_images": len(train), "training_patients": sum(not r["control"] for r in train),
+              "training_auc": auc(oof, np.array([not r["control"] for r in train])), "threshold": threshold,
+              "training_card": curve[0][1:], "training_chosen": next(c[1:] for c in curve if c[0] == threshold)}
+    print(json.dumps(fitted, indent=1), file=sys.stderr)
+
+    validation = [r for r in records if r["split"] == "validation"]
+    keeps = card_keeps(validation, card)
+    scores = scores_of(network, validation)
+    outcomes = {"card": gated(validation, keeps, scores, 0.0), CANDIDATE: gated(validation, keeps, scores, threshold)}
+    summaries = {name: summary(o, outcomes["card"]) for name, o in outcomes.items()}
+    accepted, why = ships(summaries[CANDIDATE], summaries["card"])
+    fitted["emptied_patients"] = [r["case"] for r, before, after in zip(validation, *outcomes.values())
+                                  if not r["control"] and before["found"] and not after["found"]]
+    print(json.dumps({"summaries": summaries, "ship": [accepted, why]}, indent=1))
+
+    out = Path(args.out)
+    curve_png(curve, threshold, out / "figures" / "mip-image-gate-curve.png")
+    spec, seconds, pictures = {"network": GATE, "threshold": threshold}, [], []
+    for r, before, after in zip(validation, *outcomes.values()):
+        image, _ = read_pair(cases[r["case"]])
+        prob, uptake = np.load(Path(args.cache) / f"{r['case']}.npy"), normalize_intensity(image.array, card)
+        mask = prob >= card.threshold
+        if card.postprocessing.lesion_filter:
+            mask = filter_lesions(mask, prob, uptake, card.postprocessing.lesion_filter, [])
+        tick = time.perf_counter()
+        kept = apply_gate(mask, prob, uptake, spec, network, [])
+        seconds.append(time.perf_counter() - tick)
+        if len(pictures) < 3 and not np.array_equal(mask, kept):
+            title = f"{r['case']}: " + (f"{before['fp_px']} -> {after['fp_px']} FP px" if r["control"] else
+                                        f"Dice {before['dice']:.3f} -> {after['dice']:.3f}")
+            pictures.append((overlay(cases[r["case"]], mask, kept, title,
+                                     out / "figures" / f"mip-image-gate-{len(pictures)}.png", "the gate"), title))
+    (out / "mip-pet-2d-image-gate.md").write_text(
+        report_text(fitted, summaries, accepted, why, pictures, float(np.median(seconds))))
+    if args.write_card and accepted:
+        write_card(card, network, threshold, fitted, summaries)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
