@@ -317,16 +317,24 @@ def test_image_gate_is_fitted_out_of_fold_and_tells_patients_from_controls(monke
     assert not gate.fit_gate(records).training
 
 
-def test_image_gate_threshold_is_the_one_that_cleans_most_controls_within_the_dice_tolerance(monkeypatch):
+def test_image_gate_setting_cleans_most_controls_within_the_dice_tolerance_and_empties_no_patient(monkeypatch):
     import mip_image_gate as gate
 
     records = gate_records(monkeypatch)
     keeps = [np.ones(len(r["tp"]), dtype=bool) for r in records]
     scores = np.array([0.3 if r["control"] else 0.6 for r in records])
-    scores[-1] = 0.7  # one control the gate cannot clean below 0.71
-    threshold, curve = gate.choose_threshold(records, keeps, scores)
-    assert threshold == 0.31  # 14 of 15 controls clean from 0.31 on; above 0.60 every patient would be emptied
-    chosen = next(c for c in curve if c[0] == threshold)
-    assert chosen[2] == 14 / 15 and chosen[1] == curve[0][1]
-    outcomes = gate.gated(records, keeps, scores, threshold)
-    assert [o["fp_px"] for o in outcomes if o["control"]] == [0] * 14 + [40]
+    scores[-1] = 0.7  # one control the gate cannot clean below 0.71, with a lesion of 200 pixels
+    records[-1]["area"], records[-1]["fp"] = np.array([200]), np.array([200])
+    setting, curve = gate.choose_setting(records, keeps, scores)
+    assert setting == (None, 0.31)  # 14 of 15 controls clean from 0.31 on; above 0.60 every patient is emptied
+    chosen = next(c for c in curve if c[:2] == setting)
+    assert chosen[3] == 14 / 15 and chosen[2] == curve[0][2] and chosen[4] == 0
+    outcomes = gate.gated(records, keeps, scores, 0.31)
+    assert [o["fp_px"] for o in outcomes if o["control"]] == [0] * 14 + [200]
+
+    scores[0] = 0.05  # a patient the gate scores as healthy: only protecting its 100-pixel lesion saves it
+    setting, _ = gate.choose_setting(records, keeps, scores)
+    assert setting == (100, 0.31)  # the patients' lesions have 100 pixels, the other controls' 40
+    assert gate.emptied(gate.gated(records, keeps, scores, 0.0), gate.gated(records, keeps, scores, 0.31)) == [
+        records[0]["case"]]
+    assert gate.emptied(gate.gated(records, keeps, scores, 0.0), gate.gated(records, keeps, scores, 0.31, 100)) == []

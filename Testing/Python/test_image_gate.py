@@ -35,7 +35,7 @@ class HotIsTumour(torch.nn.Module):
         return 40.0 * (x - 0.8)
 
 
-def gate_card(tmp_path, threshold: float = 0.5, name: str = "gated") -> Path:
+def gate_card(tmp_path, threshold: float = 0.5, name: str = "gated", **options) -> Path:
     """A card folder with a gate scoring sigmoid(10 * (highest probability in the image) - 8): about 0.88 for an
     image with a certain lesion, 0.25 for one whose best lesion is uncertain (probability 0.69)."""
     network = GateNet(SHAPE["channels"])
@@ -49,7 +49,7 @@ def gate_card(tmp_path, threshold: float = 0.5, name: str = "gated") -> Path:
     torch.save(network.state_dict(), path)
     data = tiny_card_dict(name, "whole-image-2d", "MIP-PET")
     data["postprocessing"] = {"image_gate": {"network": {"file": path.name, "sha256": cards.sha256(path), **SHAPE},
-                                             "threshold": threshold}}
+                                             "threshold": threshold, **options}}
     card = tmp_path / f"{name}.json"
     card.write_text(json.dumps(data))
     (tmp_path / f"{name}.pt").write_bytes(b"")  # the segmentation network is given to the Segmenter
@@ -86,6 +86,15 @@ def test_the_engine_clears_an_image_the_gate_scores_as_free_of_tumour_and_keeps_
         segmenter.predict(mip(0.82), overrides={"image_gate": True})
 
 
+def test_a_lesion_as_large_as_protect_px_keeps_the_image_from_the_gate(tmp_path):
+    segmenter = Segmenter(cards.load_card(gate_card(tmp_path, protect_px=36)), "cpu", network=HotIsTumour(),
+                          backend="torch")
+    assert segmenter.predict(mip(0.82)).mask[LESION].all()  # its 6 x 6 lesion has 36 pixels
+    smaller = Segmenter(cards.load_card(gate_card(tmp_path, protect_px=37)), "cpu", network=HotIsTumour(),
+                        backend="torch")
+    assert not smaller.predict(mip(0.82)).mask.any()
+
+
 @pytest.mark.parametrize("damage, message", [
     ("missing", "not found"),
     ("altered", "do not match the SHA-256"),
@@ -112,7 +121,7 @@ def test_a_missing_or_broken_gate_network_stops_the_model_with_the_reason(tmp_pa
 
 GATE = {"network": {"file": "g.pt", "sha256": None, **SHAPE}, "threshold": 0.5}
 BROKEN = [
-    ("a key missing", {"network": GATE["network"]}, "must have exactly the keys"),
+    ("a key missing", {"network": GATE["network"]}, "must have the keys"),
     ("threshold 1", {**GATE, "threshold": 1.0}, r"threshold must lie in \[0, 1\)"),
     ("a file in another folder", {**GATE, "network": {**GATE["network"], "file": "../g.pt"}},
      "file must be a file name in the card's folder"),
@@ -122,6 +131,8 @@ BROKEN = [
     ("a canvas too small for its poolings", {**GATE, "network": {**GATE["network"], "channels": [1] * 6}},
      "must allow 5 halvings"),
     ("no pool", {**GATE, "network": {k: v for k, v in GATE["network"].items() if k != "pool"}}, "must have the keys"),
+    ("an unknown key", {**GATE, "protect_ml": 1.0}, "must have the keys"),
+    ("protect_px 0", {**GATE, "protect_px": 0}, "protect_px must be a positive whole number"),
 ]
 
 
@@ -147,7 +158,7 @@ def test_the_schema_knows_the_gate():
     schema = json.loads((Path(cards.BUILTIN_DIR).parent / "ModelCard.schema.json").read_text())
     validator = jsonschema.Draft202012Validator(schema)
     data = tiny_card_dict("gated", "whole-image-2d", "MIP-PET")
-    data["postprocessing"] = {"image_gate": GATE}
+    data["postprocessing"] = {"image_gate": {**GATE, "protect_px": 300}}
     validator.validate(data)
     for name, spec, _ in BROKEN:
         if name in ("a canvas the pooling cannot divide", "a canvas too small for its poolings"):  # beyond a schema

@@ -5,8 +5,9 @@
 2. The card's own post-processing (its lesion filter) on every image: the reference the gate adds to.
 3. The gate (``gate_net.GateNet`` of ``GATE``'s shape on ``image_gate.gate_input``: uptake and probability,
    max-pooled) is trained to tell patients (any tumour) from controls on the TRAINING images (``GATE_TRAINING``);
-   5-fold cross-validation by image gives out-of-fold scores, on which its threshold is chosen by ``RULE``; the
-   gate that ships is trained the same way on all training images.
+   5-fold cross-validation by image gives out-of-fold scores, on which its threshold and the size of lesion that
+   protects an image from it (``protect_px``) are chosen by ``RULE``; the gate that ships is trained the same way
+   on all training images.
 4. The validation split is measured once: the card against the card with the gate, by the same code; the ship rule
    (``mip_lesion_filter.SHIP_RULE``, the gate in the filter's place) decides whether the gate goes into the card
    (``--write-card``; its weights beside the card).
@@ -36,10 +37,12 @@ GATE = {"channels": [16, 32, 64, 64], "height": 1024, "width": 400, "pool": 4}
 GATE_TRAINING = {"epochs": 30, "batch": 16, "lr": 1e-3, "weight_decay": 1e-4, "shift_rows": 12, "scale": 0.1,
                  "seed": 0}
 GRID = [float(g) for g in np.round(np.arange(0.0, 0.91, 0.01), 2)]
-RULE = (f"among the gate thresholds {GRID[0]:g}..{GRID[-1]:g} (step 0.01) whose mean Dice over the TRAINING "
-        f"patients (gate scores out-of-fold, the card's lesion filter on the maps) is at most {TOLERANCE} below the "
-        "card's own training mean Dice, the one with the most clean training controls (ties: the higher training "
-        "Dice, then the lower threshold)")
+PROTECT_GRID = [None, 5000, 3000, 2000, 1500, 1000, 700, 500, 400, 300, 200, 150, 100, 75, 50, 30, 20, 10]
+RULE = (f"among the settings (protect_px in {PROTECT_GRID}, None for no protection; gate threshold "
+        f"{GRID[0]:g}..{GRID[-1]:g} in steps of 0.01) whose mean Dice over the TRAINING patients (gate scores "
+        f"out-of-fold, the card's lesion filter on the maps) is at most {TOLERANCE} below the card's own training mean "
+        "Dice and which leave no training patient without a lesion the card found, the one with the most clean "
+        "training controls (ties: the higher training Dice, then the weaker protection, then the lower threshold)")
 CANDIDATE = "card + image gate"
 
 
@@ -57,9 +60,17 @@ def card_keeps(records: list, card) -> list:
     return keeps
 
 
-def gated(records: list, keeps: list, gate_scores, threshold: float) -> list:
-    """Per-image outcomes with the card's lesions and, where the image's gate score is below ``threshold``, none."""
-    return [outcome(r, keep & (score >= threshold)) for r, keep, score in zip(records, keeps, gate_scores)]
+def gated(records: list, keeps: list, gate_scores, threshold: float, protect_px=None) -> list:
+    """Per-image outcomes with the card's lesions and, where the image's gate score is below ``threshold`` and none
+    of those lesions has ``protect_px`` pixels, none."""
+    protect = np.inf if protect_px is None else protect_px
+    return [outcome(r, keep & ((score >= threshold) | (r["area"][keep].max(initial=0) >= protect)))
+            for r, keep, score in zip(records, keeps, gate_scores)]
+
+
+def emptied(before: list, after: list) -> list:
+    """The patients (case names) with a true lesion found in ``before`` and none in ``after``."""
+    return [a["case"] for a, b in zip(after, before) if not a["control"] and b["found"] and not a["found"]]
 
 
 def fit_gate(records: list):
@@ -112,28 +123,35 @@ def out_of_fold_gate_scores(records: list, fitter=fit_gate) -> np.ndarray:
     return result
 
 
-def choose_threshold(records: list, keeps: list, gate_scores: np.ndarray) -> tuple:
-    """(threshold, curve of (threshold, training Dice, clean fraction)) by ``RULE``."""
-    reference = mean_dice(gated(records, keeps, gate_scores, 0.0))
+def choose_setting(records: list, keeps: list, gate_scores: np.ndarray) -> tuple:
+    """((protect_px, threshold), curve of (protect_px, threshold, training Dice, clean fraction, patients emptied))
+    by ``RULE``."""
+    before = gated(records, keeps, gate_scores, 0.0)
     curve = []
-    for threshold in GRID:
-        outcomes = gated(records, keeps, gate_scores, threshold)
-        curve.append((threshold, mean_dice(outcomes), clean_fraction(outcomes)))
-    allowed = [c for c in curve if c[1] >= reference - TOLERANCE]
-    return max(allowed, key=lambda c: (round(c[2], 9), round(c[1], 9)))[0], curve  # max keeps the first of ties
+    for protect in PROTECT_GRID:
+        for threshold in GRID:
+            outcomes = gated(records, keeps, gate_scores, threshold, protect)
+            curve.append((protect, threshold, mean_dice(outcomes), clean_fraction(outcomes),
+                          len(emptied(before, outcomes))))
+    allowed = [c for c in curve if c[2] >= mean_dice(before) - TOLERANCE and not c[4]]
+    best = max(allowed, key=lambda c: (round(c[3], 9), round(c[2], 9)))  # max keeps the first of ties
+    return best[:2], curve
 
 
-def curve_png(curve: list, chosen: float, path: Path) -> Path:
+def curve_png(curve: list, chosen: tuple, path: Path) -> Path:
+    """Training Dice and clean controls over the threshold, at the chosen protection and without one."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    thresholds, dice, clean = (np.array(v) for v in zip(*curve))
     figure, axis = plt.subplots(figsize=(6, 3.5))
-    axis.plot(thresholds, dice, label="training mean patient Dice (out of fold)")
-    axis.plot(thresholds, clean, label="training clean controls (fraction)")
-    axis.axvline(chosen, color="grey", linestyle=":", label=f"chosen threshold {chosen:g}")
+    for protect, style in ((None, "--"), (chosen[0], "-")):
+        thresholds, dice, clean = (np.array(v) for v in zip(*[c[1:4] for c in curve if c[0] == protect]))
+        name = "no protection" if protect is None else f"protect_px {protect}"
+        axis.plot(thresholds, dice, "C0" + style, label=f"training mean patient Dice (out of fold), {name}")
+        axis.plot(thresholds, clean, "C1" + style, label=f"training clean controls (fraction), {name}")
+    axis.axvline(chosen[1], color="grey", linestyle=":", label=f"chosen threshold {chosen[1]:g}")
     axis.set_xlabel("image gate threshold")
     axis.legend(fontsize=8)
     figure.tight_layout()
@@ -152,25 +170,26 @@ def report_text(fitted: dict, summaries: dict, accepted: bool, why: str, figures
         "measured by that script. The gate is `TumorSegLib/image_gate.py` with the network of `gate_net.py`: a "
         f"small CNN (channels {GATE['channels']}) on the whole image (uptake and the network's probability, "
         f"max-pooled by {GATE['pool']} on a {GATE['height']} x {GATE['width']} canvas) that scores whether the image "
-        "holds any tumour; an image scoring below the threshold loses every lesion. The engine applies it after the "
-        "lesion filter on whole-image runs.\n\n",
+        "holds any tumour; an image scoring below the threshold loses every lesion, unless one of its lesions has at "
+        "least protect_px pixels. The engine applies it after the lesion filter on whole-image runs.\n\n",
         "## Rules, fixed before the validation split was looked at\n\n",
         f"- Fit: the gate trained ({GATE_TRAINING}) on the {fitted['training_images']} TRAINING images "
         f"({fitted['training_patients']} patients, {fitted['training_images'] - fitted['training_patients']} "
         f"controls); {FOLDS}-fold cross-validation by image gives out-of-fold scores (AUC patient against control "
         f"{fitted['training_auc']:.3f}).\n",
-        f"- Threshold: {RULE}.\n",
+        f"- Setting: {RULE}.\n",
         f"- Ship: {SHIP_RULE.replace('the lesion filter', 'the image gate').replace('the filter', 'the gate')}.\n\n",
-        "## Training split (threshold chosen here)\n\n",
+        "## Training split (setting chosen here)\n\n",
         f"The card (with its lesion filter) on the training images: mean patient Dice {fitted['training_card'][0]:.4f}, "
-        f"{100 * fitted['training_card'][1]:.1f} % clean controls; with the gate at the chosen threshold "
-        f"{fitted['threshold']:g}: {fitted['training_chosen'][0]:.4f}, {100 * fitted['training_chosen'][1]:.1f} %.\n\n",
+        f"{100 * fitted['training_card'][1]:.1f} % clean controls; with the gate at the chosen setting (protect_px "
+        f"{fitted['setting'][0]}, threshold {fitted['setting'][1]:g}): {fitted['training_chosen'][0]:.4f}, "
+        f"{100 * fitted['training_chosen'][1]:.1f} %.\n\n",
         "![threshold curve](figures/mip-image-gate-curve.png)\n\n",
         "## Validation split (measured once)\n\n",
         f"{card['patients']} patients, {card['controls']} controls. ΔDice is the paired change per patient against "
         f"the card; intervals are bootstrap 95 % ({RESAMPLES} resamples; patients and controls resampled apart). "
         "'lesions found' = true lesions touched by the prediction.\n\n",
-        *table(summaries, {CANDIDATE: fitted["threshold"]}),
+        *table(summaries, {}),
         f"\nDecision: the gate is **{'shipped' if accepted else 'not shipped'}**: {why}.\n\n",
         "Against the targets (mean Dice >= 0.80; control median FP 0 with >= 75 % clean): card "
         f"{card['dice_mean']:.3f}, median {card['control_fp_median']:.0f} px, {card['clean']}/{card['controls']} "
@@ -194,7 +213,13 @@ def auc(scores: np.ndarray, positive: np.ndarray) -> float:
     return float((pos[:, None] > neg[None]).mean() + 0.5 * (pos[:, None] == neg[None]).mean())
 
 
-def write_card(card, network, threshold: float, fitted: dict, summaries: dict) -> None:
+def gate_spec(setting: tuple, network: dict) -> dict:
+    """The card's ``postprocessing.image_gate`` for a (protect_px, threshold) setting."""
+    protect, threshold = setting
+    return {"network": network, "threshold": threshold, **({} if protect is None else {"protect_px": protect})}
+
+
+def write_card(card, network, setting: tuple, fitted: dict, summaries: dict) -> None:
     """Store the gate in the card's post-processing (its weights beside the card) and its fit and validation
     figures in its provenance."""
     import torch
@@ -204,8 +229,7 @@ def write_card(card, network, threshold: float, fitted: dict, summaries: dict) -
     path = card.path.parent / f"{card.name}-image-gate.pt"
     torch.save(network.state_dict(), path)
     data = json.loads(card.path.read_text())
-    data["postprocessing"]["image_gate"] = {"network": {"file": path.name, "sha256": sha256(path), **GATE},
-                                            "threshold": threshold}
+    data["postprocessing"]["image_gate"] = gate_spec(setting, {"file": path.name, "sha256": sha256(path), **GATE})
     data["provenance"]["image_gate"] = {
         "fitted_on": f"the {fitted['training_images']} training images of this card's split; maps by "
                      + fitted["source"], "training": GATE_TRAINING, "rule": RULE, "ship_rule": SHIP_RULE,
@@ -246,27 +270,26 @@ def main(argv=None) -> int:
     train = [r for r in records if r["split"] == "train"]
     train_keeps = card_keeps(train, card)
     oof = out_of_fold_gate_scores(train)
-    threshold, curve = choose_threshold(train, train_keeps, oof)
+    setting, curve = choose_setting(train, train_keeps, oof)
     network = fit_gate(train)
     fitted = {"source": f"the {len(args.oof_cards)} inner-fold networks, each on the images it never saw",
               "training_images": len(train), "training_patients": sum(not r["control"] for r in train),
-              "training_auc": auc(oof, np.array([not r["control"] for r in train])), "threshold": threshold,
-              "training_card": curve[0][1:], "training_chosen": next(c[1:] for c in curve if c[0] == threshold)}
+              "training_auc": auc(oof, np.array([not r["control"] for r in train])), "setting": setting,
+              "training_card": curve[0][2:4], "training_chosen": next(c[2:4] for c in curve if c[:2] == setting)}
     print(json.dumps(fitted, indent=1), file=sys.stderr)
 
     validation = [r for r in records if r["split"] == "validation"]
     keeps = card_keeps(validation, card)
     scores = scores_of(network, validation)
-    outcomes = {"card": gated(validation, keeps, scores, 0.0), CANDIDATE: gated(validation, keeps, scores, threshold)}
+    outcomes = {"card": gated(validation, keeps, scores, 0.0), CANDIDATE: gated(validation, keeps, scores, *setting[::-1])}
     summaries = {name: summary(o, outcomes["card"]) for name, o in outcomes.items()}
     accepted, why = ships(summaries[CANDIDATE], summaries["card"])
-    fitted["emptied_patients"] = [r["case"] for r, before, after in zip(validation, *outcomes.values())
-                                  if not r["control"] and before["found"] and not after["found"]]
+    fitted["emptied_patients"] = emptied(*outcomes.values())
     print(json.dumps({"summaries": summaries, "ship": [accepted, why]}, indent=1))
 
     out = Path(args.out)
-    curve_png(curve, threshold, out / "figures" / "mip-image-gate-curve.png")
-    spec, seconds, pictures = {"network": GATE, "threshold": threshold}, [], []
+    curve_png(curve, setting, out / "figures" / "mip-image-gate-curve.png")
+    spec, seconds, pictures = gate_spec(setting, GATE), [], []
     for r, before, after in zip(validation, *outcomes.values()):
         image, _ = read_pair(cases[r["case"]])
         prob, uptake = np.load(Path(args.cache) / f"{r['case']}.npy"), normalize_intensity(image.array, card)
@@ -284,7 +307,7 @@ def main(argv=None) -> int:
     (out / "mip-pet-2d-image-gate.md").write_text(
         report_text(fitted, summaries, accepted, why, pictures, float(np.median(seconds))))
     if args.write_card and accepted:
-        write_card(card, network, threshold, fitted, summaries)
+        write_card(card, network, setting, fitted, summaries)
     return 0
 
 
