@@ -165,3 +165,35 @@ def test_the_schema_knows_the_gate():
             continue
         data["postprocessing"] = {"image_gate": spec}
         assert list(validator.iter_errors(data)), name
+
+
+# Validation cases of the shipped card's split (never trained on): controls the lesion filter leaves with false
+# positives (fp32: 341, 536 and 273 px) that the gate clears (scores 0.02), and patient_039, whose tumour beside the
+# heart the gate scores as healthy but whose largest lesion (653 px) protects it (protect_px 300).
+CONTROLS = ("control_042", "control_123", "control_189")
+PATIENT = "039"
+
+
+def test_the_shipped_mip_card_gate_clears_validation_controls_and_keeps_a_protected_patients_tumour():
+    from conftest import shared_data
+    from TumorSegLib.metrics import case_metrics
+    from TumorSegLib.training.data import Case
+    from TumorSegLib.training.transforms import read_pair
+
+    root = shared_data("dmiai2023-mip-pet") / "dev"
+    card = cards.find_card("mip-pet-2d")
+    assert card.postprocessing.image_gate, "the shipped MIP card has no image gate"
+    segmenter = Segmenter(card, "cpu", backend="torch")
+
+    def both(case):
+        image, truth = read_pair(case)
+        return [case_metrics(segmenter.predict(image, overrides={"precision": "fp32", "image_gate": on}).mask,
+                             truth, image, recist=False) for on in (None, False)]
+
+    for name in CONTROLS:
+        gated, plain = both(Case(name, name, root / "controls" / "imgs" / f"{name}.png", None))
+        assert plain["fp_voxels"] > 0 and gated["fp_voxels"] == 0, (name, plain["fp_voxels"], gated["fp_voxels"])
+    image_path = root / "patients" / "imgs" / f"patient_{PATIENT}.png"
+    gated, plain = both(Case(image_path.name, PATIENT, image_path,
+                             root / "patients" / "labels" / f"segmentation_{PATIENT}.png"))
+    assert gated["dice"] == plain["dice"] > 0.6 and gated["tp_lesions"] >= 1

@@ -44,6 +44,8 @@ RULE = (f"among the settings (protect_px in {PROTECT_GRID}, None for no protecti
         "Dice and which leave no training patient without a lesion the card found, the one with the most clean "
         "training controls (ties: the higher training Dice, then the weaker protection, then the lower threshold)")
 CANDIDATE = "card + image gate"
+GATE_SHIP_RULE = SHIP_RULE.replace("the lesion filter (the only candidate for the card)", "the image gate").replace(
+    "the filter", "the gate")
 
 
 def card_keeps(records: list, card) -> list:
@@ -178,7 +180,7 @@ def report_text(fitted: dict, summaries: dict, accepted: bool, why: str, figures
         f"controls); {FOLDS}-fold cross-validation by image gives out-of-fold scores (AUC patient against control "
         f"{fitted['training_auc']:.3f}).\n",
         f"- Setting: {RULE}.\n",
-        f"- Ship: {SHIP_RULE.replace('the lesion filter', 'the image gate').replace('the filter', 'the gate')}.\n\n",
+        f"- Ship: {GATE_SHIP_RULE}.\n\n",
         "## Training split (setting chosen here)\n\n",
         f"The card (with its lesion filter) on the training images: mean patient Dice {fitted['training_card'][0]:.4f}, "
         f"{100 * fitted['training_card'][1]:.1f} % clean controls; with the gate at the chosen setting (protect_px "
@@ -232,7 +234,7 @@ def write_card(card, network, setting: tuple, fitted: dict, summaries: dict) -> 
     data["postprocessing"]["image_gate"] = gate_spec(setting, {"file": path.name, "sha256": sha256(path), **GATE})
     data["provenance"]["image_gate"] = {
         "fitted_on": f"the {fitted['training_images']} training images of this card's split; maps by "
-                     + fitted["source"], "training": GATE_TRAINING, "rule": RULE, "ship_rule": SHIP_RULE,
+                     + fitted["source"], "training": GATE_TRAINING, "rule": RULE, "ship_rule": GATE_SHIP_RULE,
         "command": "Testing/benchmarks/mip_image_gate.py --cache DIR --oof-cards ... --write-card",
         "validation": {key: {k: summaries[name][k] for k in ("dice_mean", "found", "lesions", "control_fp_median",
                                                               "control_fp_mean", "clean", "controls")}
