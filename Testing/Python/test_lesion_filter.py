@@ -227,7 +227,8 @@ def test_the_shipped_mip_card_filter_clears_validation_controls_and_keeps_a_pati
 
     def both(case):
         image, truth = read_pair(case)
-        return [case_metrics(segmenter.predict(image, overrides={"precision": "fp32", "lesion_filter": on}).mask,
+        overrides = {"precision": "fp32", "image_gate": False}  # the filter alone
+        return [case_metrics(segmenter.predict(image, overrides={**overrides, "lesion_filter": on}).mask,
                              truth, image, recist=False) for on in (None, False)]
 
     controls = [Case(name, name, root / "controls" / "imgs" / f"{name}.png", None) for name in CONTROLS]

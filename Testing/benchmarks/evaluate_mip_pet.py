@@ -5,8 +5,8 @@ the card's provenance config, same seed; every validation control, not only the 
 validated on) are segmented by ``Segmenter.predict`` on the CPU in several variants measured in
 the same run:
 
-- network passes: the card as it is (with its lesion filter, ``lesion_filter``), and in bf16;
-  without the lesion filter: fp32 plain and with a left-right test-time flip
+- network passes: the card as it is (with its lesion filter, ``lesion_filter``, and image gate,
+  ``image_gate``), and in bf16; without them: fp32 plain and with a left-right test-time flip
   (``flip_axes [1]``); bf16 autocast with and without the engine's fp32 re-check of outputs near
   the threshold; time per image of each;
 - post-processing on the fp32 passes: lesions smaller than ``MIN_SIZES`` pixels removed
@@ -39,7 +39,7 @@ import paired
 
 REPO = Path(__file__).resolve().parents[2]
 MIN_SIZES = (10, 20)  # pixels
-PLAIN = {"flip_axes": [], "min_lesion_px": 0, "lesion_filter": False}  # no flips, size filter or lesion filter
+PLAIN = {"flip_axes": [], "min_lesion_px": 0, "lesion_filter": False, "image_gate": False}  # the network alone
 PASSES = (  # (name, overrides, min-size variants): the network passes; "card" keeps the card's own settings
     ("card", {}, False),
     ("card in bf16", {"precision": "bf16"}, False),
@@ -284,12 +284,17 @@ def precision_lines(card, summaries: dict, changes: dict, rows: dict) -> list:
 
 
 def post_text(card) -> str:
-    """The card's post-processing in words: its non-default settings, the lesion filter by its thresholds."""
-    post = {k: v for k, v in card.postprocessing.to_dict().items() if v and k != "lesion_filter"}
-    spec = card.postprocessing.lesion_filter
+    """The card's post-processing in words: its non-default settings, the lesion filter and image gate by their
+    thresholds."""
+    post = {k: v for k, v in card.postprocessing.to_dict().items() if v and k not in ("lesion_filter", "image_gate")}
+    spec, gate = card.postprocessing.lesion_filter, card.postprocessing.image_gate
     if spec:
-        post["lesion_filter"] = f"logistic regression on {len(spec['features'])} features, lesion threshold " \
-                                f"{spec['threshold']:g}, image threshold {spec['image_threshold']:g}"
+        post["lesion_filter"] = f"{'CNN' if 'network' in spec else 'logistic regression'} on " \
+                                f"{len(spec['features'])} features, lesion threshold {spec['threshold']:g}, " \
+                                f"image threshold {spec['image_threshold']:g}"
+    if gate:
+        post["image_gate"] = f"whole-image CNN, threshold {gate['threshold']:g}" + (
+            f", lesions of {gate['protect_px']} px protect an image" if "protect_px" in gate else "")
     return json.dumps(post, ensure_ascii=False) if post else "{} (none)"
 
 
@@ -326,8 +331,9 @@ def report_text(card, rows, summaries, changes, chosen, figures, environment, ca
         "## Variants (same run, same cases)\n\n",
         f"`card` = the card's own settings (inference {json.dumps(card.inference.to_dict())}; precision {card_precision(card)}; "
         f"post-processing {post_text(card)}); `card in bf16` the same in bf16 autocast; the other passes set "
-        "precision and flips explicitly, with no size filter unless named and without the lesion filter (so `fp32` "
-        "is the card before the filter; the filter's own report is `mip-pet-2d-lesion-filter.md`). "
+        "precision and flips explicitly, with no size filter unless named and without the lesion filter and image "
+        "gate (so `fp32` is the card before them; their own reports are `mip-pet-2d-lesion-filter.md` and "
+        "`mip-pet-2d-image-gate.md`). "
         "'min N px' removes predicted lesions (8-connected) under N pixels (`postprocessing.min_lesion_px`: the PNG "
         "has no pixel spacing, so the rule is in pixels; `min_lesion_ml` does not apply to 2D images). Sensitivity "
         "and precision are means over patients (precision 0 for an empty prediction); lesions found = true "
@@ -410,18 +416,18 @@ def main(argv=None) -> int:
         path = side_by_side(image, truth, masks["card"], label, figures_dir / f"mip-{tag}.png")
         figures.append((path, f"{tag.replace('-', ' ')} ({'control' if row['control'] else 'patient'}, card settings): "
                               f"{label}"))
-    if control_rows and card.postprocessing.lesion_filter:  # before / after the lesion filter
+    if control_rows and card.postprocessing.lesion_filter:  # before / after the lesion filter and image gate
         plain = sorted((r for r in rows[REFERENCE] if r["control"]), key=lambda r: (r["fp_voxels"], r["case"]))
         row = plain[(len(plain) - 1) // 2]
         case, masks = kept[row["case"]]
         from TumorSegLib.training.transforms import read_pair
 
         image, truth = read_pair(case)
-        path = panels(image, truth, [(masks[REFERENCE], f"without the lesion filter: {row['fp_voxels']} FP px"),
-                                     (masks["card"], f"card (with it): {int(masks['card'].sum())} FP px")],
+        path = panels(image, truth, [(masks[REFERENCE], f"without the lesion filter and gate: {row['fp_voxels']} FP px"),
+                                     (masks["card"], f"card (with them): {int(masks['card'].sum())} FP px")],
                       f"{row['case']} (control)", figures_dir / "mip-control-filter.png")
         figures.append((path, f"the validation control with the median false-positive pixels before the lesion filter "
-                              f"({row['case']}): the MIP, without the filter, with it"))
+                              f"({row['case']}): the MIP, without the filter and gate, with them"))
     curve = figures_dir / "mip-pet-2d-curve.png"
     if args.curve:
         curve.write_bytes(Path(args.curve).read_bytes())
