@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from .lesion_filter import file_in_folder, is_finite_number, is_whole_number
+from .lesion_filter import is_finite_number, is_whole_number, network_entry_problems
 from .measure import label_lesions
 
 GATE_CHANNELS = ("uptake", "probability")
 SPEC_KEYS = {"network", "threshold"}
 OPTIONAL_KEYS = {"protect_px"}
-NETWORK_KEYS = {"file", "sha256", "channels", "height", "width", "pool"}
 
 
 def gate_input(uptake: np.ndarray, probability: np.ndarray, network: dict) -> np.ndarray:
@@ -73,18 +72,11 @@ def gate_problems(spec, mode: str) -> list:
     if not (is_finite_number(threshold) and 0.0 <= threshold < 1.0):
         problems.append(f"{where}.threshold must lie in [0, 1), got {threshold!r}")
     network = spec["network"]
-    if not isinstance(network, dict) or not NETWORK_KEYS - {"sha256"} <= set(network) <= NETWORK_KEYS:
-        return problems + [f"{where}.network must have the keys {sorted(NETWORK_KEYS - {'sha256'})} (and sha256)"]
-    file = network["file"]
-    if not file_in_folder(file):
-        problems.append(f"{where}.network.file must be a file name in the card's folder, got {file!r}")
-    channels = network["channels"]
-    if not isinstance(channels, list) or not channels or not all(is_whole_number(c) and c > 0 for c in channels):
-        problems.append(f"{where}.network.channels must be a non-empty list of positive whole numbers")
-    elif not all(is_whole_number(network[k]) and network[k] > 0 for k in ("height", "width", "pool")):
-        problems.append(f"{where}.network.height, width and pool must be positive whole numbers")
-    elif network["height"] % network["pool"] or network["width"] % network["pool"]:
+    entry = network_entry_problems(network, f"{where}.network", ("height", "width", "pool"))
+    if entry:
+        return problems + entry
+    if network["height"] % network["pool"] or network["width"] % network["pool"]:
         problems.append(f"{where}.network.height and width must be multiples of pool")
-    elif min(network["height"], network["width"]) // network["pool"] < 2 ** (len(channels) - 1):
-        problems.append(f"{where}.network: the pooled canvas must allow {len(channels) - 1} halvings")
+    elif min(network["height"], network["width"]) // network["pool"] < 2 ** (len(network["channels"]) - 1):
+        problems.append(f"{where}.network: the pooled canvas must allow {len(network['channels']) - 1} halvings")
     return problems

@@ -36,7 +36,6 @@ FEATURES = ("log_area", "prob_max", "prob_mean", "uptake_max", "uptake_mean", "v
             "lateral_sq", "log_aspect", "fill", "mirror_ratio", "ring_ratio")
 SPEC_KEYS = {"features", "mean", "scale", "coef", "intercept", "threshold", "image_threshold"}
 NETWORK_SPEC_KEYS = SPEC_KEYS - {"coef", "intercept"} | {"network"}
-NETWORK_KEYS = {"file", "sha256", "channels", "patch", "pool"}
 PATCH_CHANNELS = ("uptake", "probability", "lesion", "row", "lateral")  # row: 0 at the image's top, 1 at its
 # bottom; lateral: distance from the image's centre column in half widths
 
@@ -195,19 +194,26 @@ def spec_problems(spec, mode: str) -> list:
 def network_problems(network) -> list:
     """What is wrong with a lesion filter's ``network`` entry (its file is checked where the card is run)."""
     where = "postprocessing.lesion_filter.network"
-    if not isinstance(network, dict) or not {"file", "channels", "patch", "pool"} <= set(network) <= NETWORK_KEYS:
-        return [f"{where} must have the keys file, channels, patch, pool (and sha256)"]
+    problems = network_entry_problems(network, where, ("patch", "pool"))
+    if not problems and network["patch"] % 2 ** len(network["channels"]):
+        problems.append(f"{where}.patch must be divisible by 2 ** len(channels) = {2 ** len(network['channels'])}")
+    return problems
+
+
+def network_entry_problems(network, where: str, sizes: tuple) -> list:
+    """What is wrong with a post-processing step's network entry at ``where``: its keys (file, channels, ``sizes``,
+    optionally sha256), its file name, its channels and ``sizes`` as positive whole numbers."""
+    keys = {"file", "channels", *sizes}
+    if not isinstance(network, dict) or not keys <= set(network) <= keys | {"sha256"}:
+        return [f"{where} must have the keys file, channels, {', '.join(sizes)} (and sha256)"]
     problems = []
-    file = network["file"]
-    if not file_in_folder(file):
-        problems.append(f"{where}.file must be a file name in the card's folder, got {file!r}")
+    if not file_in_folder(network["file"]):
+        problems.append(f"{where}.file must be a file name in the card's folder, got {network['file']!r}")
     channels = network["channels"]
     if not isinstance(channels, list) or not channels or not all(is_whole_number(c) and c > 0 for c in channels):
         problems.append(f"{where}.channels must be a non-empty list of positive whole numbers")
-    elif not all(is_whole_number(network[k]) and network[k] > 0 for k in ("patch", "pool")):
-        problems.append(f"{where}.patch and pool must be positive whole numbers")
-    elif network["patch"] % 2 ** len(channels):
-        problems.append(f"{where}.patch must be divisible by 2 ** len(channels) = {2 ** len(channels)}")
+    elif not all(is_whole_number(network[k]) and network[k] > 0 for k in sizes):
+        problems.append(f"{where}: {', '.join(sizes)} must be positive whole numbers")
     return problems
 
 

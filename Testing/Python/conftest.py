@@ -26,3 +26,27 @@ def private_model_cache(tmp_path_factory):
         os.environ.pop("TUMORSEG_CACHE", None)
     else:
         os.environ["TUMORSEG_CACHE"] = previous
+
+
+DAMAGES = [("missing", "not found"), ("altered", "do not match the SHA-256"), ("not tensors", "cannot load")]
+
+
+def damage_weights(card: Path, weights: Path, damage: str, step: str) -> str:
+    """Damage a post-processing network's ``weights`` beside ``card`` as ``DAMAGES`` names it (for "not tensors",
+    the card's ``postprocessing.<step>.network.sha256`` is made to match the new file); returns the weights
+    status the card must then report."""
+    import json
+
+    from TumorSegLib import cards
+
+    if damage == "missing":
+        weights.unlink()
+    elif damage == "altered":
+        weights.write_bytes(weights.read_bytes()[:-8])
+    else:
+        weights.write_bytes(b"not a torch file")
+        data = json.loads(card.read_text())
+        data["postprocessing"][step]["network"]["sha256"] = cards.sha256(weights)
+        card.write_text(json.dumps(data))
+    return {"missing": "missing", "altered": "sha256 mismatch", "not tensors": cards.NO_SHA256}[damage]
+

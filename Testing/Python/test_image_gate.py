@@ -15,6 +15,8 @@ from TumorSegLib.image import Image
 from TumorSegLib.image_gate import GATE_CHANNELS, gate_input
 from TumorSegLib.testing import tiny_card_dict
 
+from conftest import DAMAGES, damage_weights
+
 SHAPE = {"channels": [1], "height": 128, "width": 64, "pool": 4}
 LESION = (slice(60, 66), slice(20, 26))
 
@@ -95,25 +97,11 @@ def test_a_lesion_as_large_as_protect_px_keeps_the_image_from_the_gate(tmp_path)
     assert not smaller.predict(mip(0.82)).mask.any()
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("missing", "not found"),
-    ("altered", "do not match the SHA-256"),
-    ("not tensors", "cannot load the image gate's network"),
-])
+@pytest.mark.parametrize("damage, message", DAMAGES, ids=[d for d, _ in DAMAGES])
 def test_a_missing_or_broken_gate_network_stops_the_model_with_the_reason(tmp_path, damage, message):
     path = gate_card(tmp_path)
-    weights = tmp_path / "gated-image-gate.pt"
-    if damage == "missing":
-        weights.unlink()
-    elif damage == "altered":
-        weights.write_bytes(weights.read_bytes()[:-8])
-    else:
-        weights.write_bytes(b"not a torch file")
-        data = json.loads(path.read_text())
-        data["postprocessing"]["image_gate"]["network"]["sha256"] = cards.sha256(weights)
-        path.write_text(json.dumps(data))
+    expected = damage_weights(path, tmp_path / "gated-image-gate.pt", damage, "image_gate")
     card = cards.load_card(path)
-    expected = {"missing": "missing", "altered": "sha256 mismatch", "not tensors": cards.NO_SHA256}[damage]
     assert cards.weights_status(card) == expected  # "not tensors": the file is the one named; the main has no sha256
     with pytest.raises(TumorSegError, match=message):
         Segmenter(card, "cpu", network=HotIsTumour(), backend="torch")

@@ -15,7 +15,7 @@ from TumorSegLib.lesion_filter import FEATURES, PATCH_CHANNELS, filter_lesions, 
 from TumorSegLib.lesion_net import LesionNet
 from TumorSegLib.testing import tiny_card_dict
 
-from conftest import shared_data
+from conftest import DAMAGES, damage_weights, shared_data
 
 # score = sigmoid(20 * vertical - 4): below 0.5 in the top fifth of the body (where the brain lies)
 SPEC = {"features": ["vertical"], "mean": [0.0], "scale": [1.0], "coef": [20.0], "intercept": -4.0, "threshold": 0.5,
@@ -126,26 +126,12 @@ def test_a_network_filter_reads_its_weights_beside_the_card_and_removes_the_brai
     assert any("removed 1 of 2 lesion(s)" in note for note in filtered.notes)
 
 
-@pytest.mark.parametrize("damage, message", [
-    ("missing", "not found"),
-    ("altered", "do not match the SHA-256"),
-    ("not tensors", "cannot load the lesion filter's network"),
-])
+@pytest.mark.parametrize("damage, message", DAMAGES, ids=[d for d, _ in DAMAGES])
 def test_a_missing_or_broken_filter_network_stops_the_model_with_the_reason(tmp_path, damage, message):
     path = vertical_lesion_net(tmp_path)
-    weights = tmp_path / "filtered-lesion-filter.pt"
-    if damage == "missing":
-        weights.unlink()
-    elif damage == "altered":
-        weights.write_bytes(weights.read_bytes()[:-8])
-    else:
-        weights.write_bytes(b"not a torch file")
-        data = json.loads(path.read_text())
-        data["postprocessing"]["lesion_filter"]["network"]["sha256"] = cards.sha256(weights)
-        path.write_text(json.dumps(data))
+    expected = damage_weights(path, tmp_path / "filtered-lesion-filter.pt", damage, "lesion_filter")
     card = cards.load_card(path)
     (tmp_path / "filtered.pt").write_bytes(b"")  # the main weights' status is not the one under test
-    expected = {"missing": "missing", "altered": "sha256 mismatch", "not tensors": cards.NO_SHA256}[damage]
     assert cards.weights_status(card) == expected  # "not tensors": the file is the one named; the main has no sha256
     with pytest.raises(TumorSegError, match=message):
         Segmenter(card, "cpu", network=HotIsTumour(), backend="torch")

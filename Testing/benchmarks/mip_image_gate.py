@@ -19,7 +19,6 @@ Writes ``docs/mip-pet-2d-image-gate.md`` and ``docs/figures/mip-image-gate-*.png
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -31,7 +30,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mip_lesion_filter import (FOLDS, RESAMPLES, SHIP_RULE, TOLERANCE, clean_fraction, load_records,  # noqa: E402
-                               mean_dice, outcome, overlay, score_of, ships, summary, table)
+                               mean_dice, outcome, overlay, parser_for, score_of, ships, summary, table,
+                               validation_figures)
 
 GATE = {"channels": [16, 32, 64, 64], "height": 1024, "width": 400, "pool": 4}
 GATE_TRAINING = {"epochs": 30, "batch": 16, "lr": 1e-3, "weight_decay": 1e-4, "shift_rows": 12, "scale": 0.1,
@@ -236,18 +236,13 @@ def write_card(card, network, setting: tuple, fitted: dict, summaries: dict) -> 
         "fitted_on": f"the {fitted['training_images']} training images of this card's split; maps by "
                      + fitted["source"], "training": GATE_TRAINING, "rule": RULE, "ship_rule": GATE_SHIP_RULE,
         "command": "Testing/benchmarks/mip_image_gate.py --cache DIR --oof-cards ... --write-card",
-        "validation": {key: {k: summaries[name][k] for k in ("dice_mean", "found", "lesions", "control_fp_median",
-                                                              "control_fp_mean", "clean", "controls")}
-                       for key, name in (("without_gate", "card"), ("with_gate", CANDIDATE))},
+        "validation": validation_figures(summaries, {"without_gate": "card", "with_gate": CANDIDATE}),
     }
     card.path.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache", required=True, help="folder for the probability maps (outside the repository)")
-    parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "dmiai2023-mip-pet" / "dev"))
-    parser.add_argument("--out", default=str(REPO / "docs"))
+    parser = parser_for(__doc__)
     parser.add_argument("--card", help="card file to fit the gate for (default: the shipped mip-pet-2d)")
     parser.add_argument("--oof-cards", nargs="+", metavar="CARD", required=True,
                         help="inner-fold cards (data.inner_folds) whose out-of-fold maps stand for the card's own on "

@@ -522,6 +522,13 @@ def report_text(fitted: dict, summaries: dict, accepted: bool, why: str, figures
     return "".join(text)
 
 
+def validation_figures(summaries: dict, names: dict) -> dict:
+    """{key: the figures a card's provenance keeps of the validation summary ``names[key]``}."""
+    return {key: {k: summaries[name][k] for k in ("dice_mean", "found", "lesions", "control_fp_median",
+                                                   "control_fp_mean", "clean", "controls")}
+            for key, name in names.items()}
+
+
 def write_card(card, spec: dict, fitted: dict, summaries: dict, network=None) -> None:
     """Store the filter in the card's post-processing (a network's weights beside the card) and its fit and
     validation figures in its provenance."""
@@ -540,18 +547,22 @@ def write_card(card, spec: dict, fitted: dict, summaries: dict, network=None) ->
                      "training images of this card's split", "rule": RULE, "ship_rule": SHIP_RULE,
         "command": "Testing/benchmarks/mip_lesion_filter.py --cache DIR --write-card"
                    + (" --oof-cards ..." if fitted["out_of_fold"] else "") + (" --network" if network else ""),
-        "validation": {key: {k: summaries[name][k] for k in ("dice_mean", "found", "lesions", "control_fp_median",
-                                                              "control_fp_mean", "clean", "controls")}
-                       for key, name in (("without_filter", "card"), ("with_filter", CANDIDATE))},
+        "validation": validation_figures(summaries, {"without_filter": "card", "with_filter": CANDIDATE}),
     }
     card.path.write_text(json.dumps(data, indent=2) + "\n")
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parser_for(doc: str) -> argparse.ArgumentParser:
+    """The arguments every fitting script of the MIP card takes: the map cache, the data and the report folder."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--cache", required=True, help="folder for the probability maps (outside the repository)")
     parser.add_argument("--data-root", default=str(REPO.parent / "shared" / "data" / "dmiai2023-mip-pet" / "dev"))
     parser.add_argument("--out", default=str(REPO / "docs"))
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = parser_for(__doc__)
     parser.add_argument("--card", help="card file to fit the filter for (default: the shipped mip-pet-2d); "
                                        "--write-card writes into that file")
     parser.add_argument("--oof-cards", nargs="+", metavar="CARD",
