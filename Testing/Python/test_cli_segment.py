@@ -92,6 +92,24 @@ def test_post_processing_and_flip_options_reach_the_engine(models_dir, tmp_path)
         assert np.array_equal(read_image(output).array == 255, expected) and not np.array_equal(expected, plain)
 
 
+def test_the_lesion_filter_and_image_gate_can_be_switched_off(tmp_path):
+    """Validation controls of the shipped MIP card: control_042's false positives pass the lesion filter and the
+    image gate clears them; the lesion filter clears control_323's."""
+    from conftest import shared_data
+
+    controls = shared_data("dmiai2023-mip-pet") / "dev" / "controls" / "imgs"
+
+    def pixels(name, *options):
+        output = tmp_path / f"{name}{len(options)}.png"
+        assert segment(cards.BUILTIN_DIR, controls / f"{name}.png", "-o", output, "--model", "mip-pet-2d",
+                       "--precision", "fp32", *options) == 0
+        return int((read_image(output).array == 255).sum())
+
+    assert pixels("control_042") == 0 < pixels("control_042", "--no-image-gate")
+    assert pixels("control_323", "--no-image-gate") == 0 < pixels("control_323", "--no-image-gate",
+                                                                   "--no-lesion-filter")
+
+
 def test_3d_pet_to_mip_model_writes_a_3d_mask_and_the_mip_mask_on_request(models_dir, tmp_path, capsys):
     shape = (36, 30, 44)
     image, truth = lesion_volume("PET", shape=shape, spacing=(3.0, 3.5, 2.5), flip=(True, False, False),

@@ -66,6 +66,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="test-time flips: average over the identity and a flip of each of these spatial axes "
                         "of the network input (none given: no flips; default: the card's)")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="network precision (default: card)")
+    for step, what in (("lesion-filter", "the card's lesion-level false-positive filter"),
+                       ("image-gate", "the card's whole-image 'any tumour' gate")):
+        parser.add_argument(f"--no-{step}", action="store_false", default=None, dest=step.replace("-", "_"),
+                            help=f"switch off {what} (whole-image 2D cards that have one)")
     parser.set_defaults(func=run)
 
 
@@ -132,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
     if first is not None:
         _require_units(first, card, inputs[0])
     overrides = {"overlap": args.overlap, "threshold": args.threshold, "min_lesion_ml": args.min_lesion_ml,
-                 "min_lesion_px": args.min_lesion_px, "precision": args.precision, "flip_axes": args.flip_axes}
+                 "min_lesion_px": args.min_lesion_px, "precision": args.precision, "flip_axes": args.flip_axes,
+                 "lesion_filter": args.lesion_filter, "image_gate": args.image_gate}
     cancel = Cancel()
     say = sys.stderr if args.progress_json else sys.stdout
     results, failed = [], []
