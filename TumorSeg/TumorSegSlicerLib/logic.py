@@ -144,7 +144,8 @@ class SegmentationRun:
 
     @property
     def notes(self) -> list:
-        """The backend's notes on the result (what each click found), once it has succeeded."""
+        """The backend's notes on the result (what its post-processing removed, what each click found), once it
+        has succeeded."""
         return list((self.process.done or {}).get("notes", [])) if self.segmentation is not None else []
 
     @property

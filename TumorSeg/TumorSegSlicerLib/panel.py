@@ -341,6 +341,8 @@ class TumorSegPanel(VTKObservationMixin):
             else:
                 with showErrors("Could not show the result."):
                     self.showResult(run.segmentation)
+                if run.notes:  # what the model's post-processing did, e.g. an image its gate emptied
+                    self.ui.statusLabel.text = "; ".join(run.notes)
             self.startNextClick()
 
     def showResult(self, segmentation):
