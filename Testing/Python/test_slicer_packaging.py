@@ -31,6 +31,7 @@ EXPECTED_WIDGETS = {
     "segmentButton": "QPushButton", "removeLesionButton": "QPushButton", "resetAdvancedButton": "QPushButton", "exportButton": "QPushButton",
     "overlapSpinBox": "QDoubleSpinBox", "thresholdSpinBox": "QDoubleSpinBox", "minLesionSpinBox": "QDoubleSpinBox",
     "progressBar": "QProgressBar", "readoutsTableView": "qMRMLTableView", "showRecistCheckBox": "QCheckBox", "mipViewCheckBox": "QCheckBox",
+    "learntFiltersCheckBox": "QCheckBox",
     "inputsCollapsibleButton": "ctkCollapsibleButton", "advancedCollapsibleButton": "ctkCollapsibleButton",
     "modelsFolderPathLineEdit": "ctkPathLineEdit", "roiPlaceWidget": "qSlicerMarkupsPlaceWidget",
     "pointPlaceWidget": "qSlicerMarkupsPlaceWidget",

@@ -15,6 +15,7 @@ import qt
 import slicer
 from slicer.util import VTKObservationMixin
 
+from TumorSegLib.cards import LEARNT_SETTINGS
 from TumorSegLib.errors import Cancelled, TumorSegError
 
 from . import dependencies
@@ -155,6 +156,8 @@ class TumorSegPanel(VTKObservationMixin):
         self.ui.modelDescriptionLabel.text = f"{card.description} ({card.modality}, {card.mode})" if card else \
             "No model for this modality: choose a model folder below (or set TUMORSEG_MODELS)."
         self.ui.mipViewCheckBox.visible = card is not None and card.modality == "MIP-PET"
+        self.ui.learntFiltersCheckBox.visible = card is not None and any(
+            getattr(card.postprocessing, step) for step in LEARNT_SETTINGS)
         if card and (reset or card.name != self.advancedModel):
             self.advancedModel = card.name
             self.ui.overlapSpinBox.value = card.inference.overlap
@@ -162,6 +165,7 @@ class TumorSegPanel(VTKObservationMixin):
             self.ui.minLesionSpinBox.suffix = MIN_SIZE_UNITS[card.min_size_setting]
             self.ui.minLesionSpinBox.decimals = 0 if card.min_size_setting == "min_lesion_px" else 2
             self.ui.minLesionSpinBox.value = float(getattr(card.postprocessing, card.min_size_setting))
+            self.ui.learntFiltersCheckBox.checked = True
         self.onRegionChanged()
 
     def onRegionChanged(self, *_):
@@ -177,7 +181,8 @@ class TumorSegPanel(VTKObservationMixin):
         return self.ui.roiSelector.currentNode() or self.ui.pointSelector.currentNode()
 
     def overrides(self):
-        """The settings the user changed from the card's: overlap, threshold, the smallest lesion kept."""
+        """The settings the user changed from the card's: overlap, threshold, the smallest lesion kept, the learnt
+        false-positive steps switched off."""
         card = self.card()
         size = card.min_size_setting
         defaults = {"overlap": card.inference.overlap, "threshold": card.threshold,
@@ -187,6 +192,8 @@ class TumorSegPanel(VTKObservationMixin):
         changed = {key: value for key, value in values.items() if abs(value - defaults[key]) > 1e-9}
         if size == "min_lesion_px" and size in changed:
             changed[size] = int(round(changed[size]))
+        if self.ui.learntFiltersCheckBox.visible and not self.ui.learntFiltersCheckBox.checked:
+            changed.update(dict.fromkeys(LEARNT_SETTINGS, False))
         return changed
 
     def observePoints(self, points):
