@@ -50,3 +50,26 @@ def damage_weights(card: Path, weights: Path, damage: str, step: str) -> str:
         card.write_text(json.dumps(data))
     return {"missing": "missing", "altered": "sha256 mismatch", "not tensors": cards.NO_SHA256}[damage]
 
+
+def mip_dev_case(name: str):
+    """A ``training.data.Case`` of the MIP-PET dev folder: "control_NNN" (no mask) or "patient_NNN" with its mask."""
+    from TumorSegLib.training.data import Case
+
+    root = shared_data("dmiai2023-mip-pet") / "dev"
+    if name.startswith("control_"):
+        return Case(name, name, root / "controls" / "imgs" / f"{name}.png", None)
+    number = name.split("_")[1]
+    return Case(f"{name}.png", number, root / "patients" / "imgs" / f"{name}.png",
+                root / "patients" / "labels" / f"segmentation_{number}.png")
+
+
+def shipped_mip_metrics(segmenter, name: str, settings: list) -> list:
+    """``metrics.case_metrics`` of ``segmenter``'s fp32 mask of the MIP dev case ``name`` under each overrides of
+    ``settings``, in order."""
+    from TumorSegLib.metrics import case_metrics
+    from TumorSegLib.training.transforms import read_pair
+
+    image, truth = read_pair(mip_dev_case(name))
+    return [case_metrics(segmenter.predict(image, overrides={"precision": "fp32", **overrides}).mask, truth, image,
+                         recist=False) for overrides in settings]
+

@@ -95,13 +95,11 @@ def test_post_processing_and_flip_options_reach_the_engine(models_dir, tmp_path)
 def test_the_lesion_filter_and_image_gate_can_be_switched_off(tmp_path):
     """Validation controls of the shipped MIP card: control_042's false positives pass the lesion filter and the
     image gate clears them; the lesion filter clears control_323's."""
-    from conftest import shared_data
-
-    controls = shared_data("dmiai2023-mip-pet") / "dev" / "controls" / "imgs"
+    from conftest import mip_dev_case
 
     def pixels(name, *options):
         output = tmp_path / f"{name}{len(options)}.png"
-        assert segment(cards.BUILTIN_DIR, controls / f"{name}.png", "-o", output, "--model", "mip-pet-2d",
+        assert segment(cards.BUILTIN_DIR, mip_dev_case(name).image, "-o", output, "--model", "mip-pet-2d",
                        "--precision", "fp32", *options) == 0
         return int((read_image(output).array == 255).sum())
 

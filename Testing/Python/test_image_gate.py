@@ -15,7 +15,7 @@ from TumorSegLib.image import Image
 from TumorSegLib.image_gate import GATE_CHANNELS, gate_input
 from TumorSegLib.testing import tiny_card_dict
 
-from conftest import DAMAGES, damage_weights
+from conftest import DAMAGES, damage_weights, shipped_mip_metrics
 
 SHAPE = {"channels": [1], "height": 128, "width": 64, "pool": 4}
 LESION = (slice(60, 66), slice(20, 26))
@@ -163,25 +163,12 @@ PATIENT = "039"
 
 
 def test_the_shipped_mip_card_gate_clears_validation_controls_and_keeps_a_protected_patients_tumour():
-    from conftest import shared_data
-    from TumorSegLib.metrics import case_metrics
-    from TumorSegLib.training.data import Case
-    from TumorSegLib.training.transforms import read_pair
-
-    root = shared_data("dmiai2023-mip-pet") / "dev"
     card = cards.find_card("mip-pet-2d")
     assert card.postprocessing.image_gate, "the shipped MIP card has no image gate"
     segmenter = Segmenter(card, "cpu", backend="torch")
-
-    def both(case):
-        image, truth = read_pair(case)
-        return [case_metrics(segmenter.predict(image, overrides={"precision": "fp32", "image_gate": on}).mask,
-                             truth, image, recist=False) for on in (None, False)]
-
+    with_and_without = [{}, {"image_gate": False}]
     for name in CONTROLS:
-        gated, plain = both(Case(name, name, root / "controls" / "imgs" / f"{name}.png", None))
+        gated, plain = shipped_mip_metrics(segmenter, name, with_and_without)
         assert plain["fp_voxels"] > 0 and gated["fp_voxels"] == 0, (name, plain["fp_voxels"], gated["fp_voxels"])
-    image_path = root / "patients" / "imgs" / f"patient_{PATIENT}.png"
-    gated, plain = both(Case(image_path.name, PATIENT, image_path,
-                             root / "patients" / "labels" / f"segmentation_{PATIENT}.png"))
+    gated, plain = shipped_mip_metrics(segmenter, f"patient_{PATIENT}", with_and_without)
     assert gated["dice"] == plain["dice"] > 0.6 and gated["tp_lesions"] >= 1

@@ -15,7 +15,7 @@ from TumorSegLib.lesion_filter import FEATURES, PATCH_CHANNELS, filter_lesions, 
 from TumorSegLib.lesion_net import LesionNet
 from TumorSegLib.testing import tiny_card_dict
 
-from conftest import DAMAGES, damage_weights, shared_data
+from conftest import DAMAGES, damage_weights, shipped_mip_metrics
 
 # score = sigmoid(20 * vertical - 4): below 0.5 in the top fifth of the body (where the brain lies)
 SPEC = {"features": ["vertical"], "mean": [0.0], "scale": [1.0], "coef": [20.0], "intercept": -4.0, "threshold": 0.5,
@@ -202,27 +202,14 @@ PATIENT = "033"
 
 
 def test_the_shipped_mip_card_filter_clears_validation_controls_and_keeps_a_patients_lesions():
-    from TumorSegLib.metrics import case_metrics
-    from TumorSegLib.training.data import Case
-    from TumorSegLib.training.transforms import read_pair
-
-    root = shared_data("dmiai2023-mip-pet") / "dev"
     card = cards.find_card("mip-pet-2d")
     assert card.postprocessing.lesion_filter, "the shipped MIP card has no lesion filter"
     segmenter = Segmenter(card, "cpu", backend="torch")
-
-    def both(case):
-        image, truth = read_pair(case)
-        overrides = {"precision": "fp32", "image_gate": False}  # the filter alone
-        return [case_metrics(segmenter.predict(image, overrides={**overrides, "lesion_filter": on}).mask,
-                             truth, image, recist=False) for on in (None, False)]
-
-    controls = [Case(name, name, root / "controls" / "imgs" / f"{name}.png", None) for name in CONTROLS]
-    fp = np.array([[row["fp_voxels"] for row in both(case)] for case in controls])
+    with_and_without = [{"image_gate": False}, {"image_gate": False, "lesion_filter": False}]  # the filter alone
+    fp = np.array([[row["fp_voxels"] for row in shipped_mip_metrics(segmenter, name, with_and_without)]
+                   for name in CONTROLS])
     assert fp[:, 1].sum() > 800, f"the controls no longer have false positives without the filter: {fp[:, 1]}"
     assert fp[:, 0].sum() <= 0.1 * fp[:, 1].sum(), f"false-positive pixels with / without the filter: {fp.tolist()}"
-    image_path = root / "patients" / "imgs" / f"patient_{PATIENT}.png"
-    mask_path = root / "patients" / "labels" / f"segmentation_{PATIENT}.png"
-    filtered, plain = both(Case(image_path.name, PATIENT, image_path, mask_path))
+    filtered, plain = shipped_mip_metrics(segmenter, f"patient_{PATIENT}", with_and_without)
     assert filtered["tp_lesions"] == plain["tp_lesions"] >= 15
     assert filtered["fp_voxels"] < 0.5 * plain["fp_voxels"] and filtered["dice"] >= plain["dice"] - 0.005

@@ -29,9 +29,9 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mip_lesion_filter import (FOLDS, RESAMPLES, SHIP_RULE, TOLERANCE, clean_fraction, load_records,  # noqa: E402
-                               mean_dice, outcome, overlay, parser_for, score_of, ships, summary, table,
-                               validation_figures)
+from mip_lesion_filter import (FOLDS, RESAMPLES, SHIP_RULE, TOLERANCE, clean_fraction, filter_keeps,  # noqa: E402
+                               image_folds, load_records, mean_dice, outcome, overlay, parser_for, score_of, ships,
+                               summary, table, train_binary, validation_figures)
 
 GATE = {"channels": [16, 32, 64, 64], "height": 1024, "width": 400, "pool": 4}
 GATE_TRAINING = {"epochs": 30, "batch": 16, "lr": 1e-3, "weight_decay": 1e-4, "shift_rows": 12, "scale": 0.1,
@@ -55,11 +55,7 @@ def card_keeps(records: list, card) -> list:
         return [np.ones(len(r["tp"]), dtype=bool) for r in records]
     if "network" in spec:
         raise SystemExit("the card's lesion filter is a network: give a card with a regression filter")
-    keeps = []
-    for r in records:
-        s = score_of(r, spec, None)
-        keeps.append((s >= spec["threshold"]) & (len(s) > 0 and s.max() >= spec["image_threshold"]))
-    return keeps
+    return [filter_keeps(score_of(r, spec, None), spec["threshold"], spec["image_threshold"]) for r in records]
 
 
 def gated(records: list, keeps: list, gate_scores, threshold: float, protect_px=None) -> list:
@@ -86,24 +82,16 @@ def fit_gate(records: list):
     torch.manual_seed(t["seed"])
     rng = np.random.default_rng(t["seed"])
     inputs = torch.from_numpy(np.stack([r["gate"] for r in records]))
-    labels = torch.tensor([0.0 if r["control"] else 1.0 for r in records])
     network = GateNet(GATE["channels"])
-    optimizer = torch.optim.AdamW(network.parameters(), t["lr"], weight_decay=t["weight_decay"])
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, t["epochs"])
-    for _ in range(t["epochs"]):
-        network.train()
-        for batch in np.array_split(rng.permutation(len(labels)), max(1, len(labels) // t["batch"])):
-            x = inputs[batch]
-            if rng.random() < 0.5:
-                x = torch.flip(x, dims=[3])
-            x = torch.roll(x, int(rng.integers(-t["shift_rows"], t["shift_rows"] + 1)), dims=2)
-            x = x * float(rng.uniform(1 - t["scale"], 1 + t["scale"]))
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(network(x), labels[batch])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        schedule.step()
-    return network.eval()
+
+    def logits_of(batch):
+        x = inputs[batch]
+        if rng.random() < 0.5:
+            x = torch.flip(x, dims=[3])
+        x = torch.roll(x, int(rng.integers(-t["shift_rows"], t["shift_rows"] + 1)), dims=2)
+        return network(x * float(rng.uniform(1 - t["scale"], 1 + t["scale"])))
+
+    return train_binary(network, [0.0 if r["control"] else 1.0 for r in records], logits_of, t, rng, cosine=True)
 
 
 def scores_of(network, records: list) -> np.ndarray:
@@ -114,9 +102,7 @@ def scores_of(network, records: list) -> np.ndarray:
 
 def out_of_fold_gate_scores(records: list, fitter=fit_gate) -> np.ndarray:
     """Per training image, its score by the gate ``fitter`` trained on the other folds (images shuffled, seed 0)."""
-    order = np.random.default_rng(0).permutation(len(records))
-    fold_of = np.empty(len(records), dtype=int)
-    fold_of[order] = np.arange(len(records)) % FOLDS
+    fold_of = image_folds(len(records))
     result = np.zeros(len(records))
     for fold in range(FOLDS):
         network = fitter([r for r, f in zip(records, fold_of) if f != fold])

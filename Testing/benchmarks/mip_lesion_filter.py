@@ -217,20 +217,37 @@ def fit_network(records: list) -> tuple:
     rng = np.random.default_rng(t["seed"])
     patches = torch.from_numpy(np.concatenate([r["patches"] for r in records]))
     features = torch.from_numpy(standardised(x, spec).astype(np.float32))
-    labels = torch.from_numpy(y.astype(np.float32))
     network = LesionNet(NETWORK["channels"], len(FEATURES))
-    optimizer = torch.optim.AdamW(network.parameters(), t["lr"], weight_decay=t["weight_decay"])
-    for _ in range(t["epochs"]):
+
+    def logits_of(batch):
+        inputs = patches[batch]
+        if rng.random() < 0.5:
+            inputs = torch.flip(inputs, dims=[3])
+        return network(inputs, features[batch])
+
+    return spec, train_binary(network, y, logits_of, t, rng)
+
+
+def train_binary(network, labels: np.ndarray, logits_of, training: dict, rng, cosine: bool = False):
+    """``network`` trained with BCE against 0/1 ``labels`` and AdamW (``training``: epochs, batch, lr,
+    weight_decay; with ``cosine`` a cosine schedule over the epochs), on batches of indices shuffled by ``rng``;
+    ``logits_of(batch)`` gives the network's logits of one batch, augmented as the caller wants. Returned in eval
+    mode."""
+    import torch
+
+    targets = torch.from_numpy(np.asarray(labels, dtype=np.float32))
+    optimizer = torch.optim.AdamW(network.parameters(), training["lr"], weight_decay=training["weight_decay"])
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, training["epochs"]) if cosine else None
+    for _ in range(training["epochs"]):
         network.train()
-        for batch in np.array_split(rng.permutation(len(labels)), max(1, len(labels) // t["batch"])):
-            inputs = patches[batch]
-            if rng.random() < 0.5:
-                inputs = torch.flip(inputs, dims=[3])
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(network(inputs, features[batch]), labels[batch])
+        for batch in np.array_split(rng.permutation(len(targets)), max(1, len(targets) // training["batch"])):
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits_of(batch), targets[batch])
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    return spec, network.eval()
+        if schedule is not None:
+            schedule.step()
+    return network.eval()
 
 
 def score_of(r: dict, spec: dict, network) -> np.ndarray:
@@ -248,15 +265,20 @@ def score_of(r: dict, spec: dict, network) -> np.ndarray:
 def out_of_fold_scores(records: list, fitter) -> list:
     """Per training image, its lesions' scores from the filter ``fitter`` fitted on the other folds (images
     shuffled, seed 0)."""
-    order = np.random.default_rng(0).permutation(len(records))
-    fold_of = np.empty(len(records), dtype=int)
-    fold_of[order] = np.arange(len(records)) % FOLDS
+    fold_of = image_folds(len(records))
     result = [None] * len(records)
     for fold in range(FOLDS):
         spec, network = fitter([r for r, f in zip(records, fold_of) if f != fold])
         for i in np.flatnonzero(fold_of == fold):
             result[i] = score_of(records[i], spec, network)
     return result
+
+
+def image_folds(count: int) -> np.ndarray:
+    """The fold (0..FOLDS-1) of each of ``count`` images: shuffled with seed 0, then dealt round the folds."""
+    fold_of = np.empty(count, dtype=int)
+    fold_of[np.random.default_rng(0).permutation(count)] = np.arange(count) % FOLDS
+    return fold_of
 
 
 def stack(records: list) -> tuple:
@@ -292,8 +314,13 @@ def variant_outcomes(name: str, setting, records: list, lesion_scores: list) -> 
             result.append(counts(r, *r["by_threshold"][setting]))
         else:  # the filter's two thresholds
             lesion, image = setting
-            result.append(outcome(r, (s >= lesion) & (len(s) > 0 and s.max() >= image)))
+            result.append(outcome(r, filter_keeps(s, lesion, image)))
     return result
+
+
+def filter_keeps(scores: np.ndarray, lesion: float, image: float) -> np.ndarray:
+    """The lesions a filter keeps: those scoring at least ``lesion``, none where the best scores below ``image``."""
+    return (scores >= lesion) & (len(scores) > 0 and scores.max() >= image)
 
 
 def mean_dice(outcomes: list) -> float:
