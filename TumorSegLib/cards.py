@@ -30,6 +30,7 @@ from .errors import TumorSegError
 from .hints import Overrides, PathLike
 from .image_gate import gate_problems
 from .lesion_filter import spec_problems
+from .terminology import ORGANS
 
 BUILTIN_DIR = Path(__file__).resolve().parents[1] / "Resources" / "Models"
 ENV_VAR = "TUMORSEG_MODELS"
@@ -275,6 +276,7 @@ class Within(Section):
     channel: Optional[int] = _rule(None, _CHANNEL, "an output channel")
     threshold: float = _rule(0.5, _PROBABILITY, "a number strictly between 0 and 1")
     largest_component: bool = _rule(False, lambda v: isinstance(v, bool), "true or false")
+    organ: Optional[str] = _rule(None, _optional(lambda v: v in ORGANS), f"null or one of {tuple(ORGANS)}")
 
 
 @dataclass(frozen=True)
@@ -464,6 +466,9 @@ def _organ_problems(card: ModelCard) -> list:
     if within is not None and within.largest_component and source is None:
         problems.append("output.within.largest_component needs inference.organ_from (the organ found on the whole "
                         "image first)")
+    if within is not None and within.organ and source is None:
+        problems.append("output.within.organ (the organ written as a segment of its own) needs inference.organ_from "
+                        "(the organ found on the whole image first)")
     if source is not None and within is None and level is None:
         problems.append("inference.organ_from needs output.within or preprocessing.organ_level (what the organ is for)")
     if source is not None and within is not None and level is not None and within.channel != level.channel:

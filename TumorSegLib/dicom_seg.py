@@ -1,10 +1,10 @@
 """DICOM Segmentation (SEG) output with highdicom: the tumour mask referencing its source series.
 
-One binary segment "Tumor" coded as SNOMED CT Morphologically Altered Structure / Neoplasm (the
-coding the Slicer module gives its segment), algorithm type AUTOMATIC with the model's name and
-version as algorithm identification (family: Artificial Intelligence). Frames follow the source
-slices, so a PACS or viewer overlays it on the series it was computed from. Needs the ``dicom``
-extra (highdicom).
+Segment 1 is "Tumor", coded as SNOMED CT Morphologically Altered Structure / Neoplasm; a run that found the organ its
+tumours lie in adds it as segment 2 (e.g. Anatomical Structure / Liver). The codes are those the Slicer module gives
+its segments (``terminology``). Algorithm type AUTOMATIC with the model's name and version as algorithm
+identification (family: Artificial Intelligence). Frames follow the source slices, so a PACS or viewer overlays it
+on the series it was computed from. Needs the ``dicom`` extra (highdicom).
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ from .errors import TumorSegError
 from .hints import PathLike
 from .image import Image
 from .files import require_writable, write_bytes
+from .terminology import TUMOR, Segment
 
-NEOPLASM = ("108369006", "SCT", "Neoplasm")
-MORPHOLOGICALLY_ALTERED_STRUCTURE = ("49755003", "SCT", "Morphologically Altered Structure")
 SEG_SUFFIXES = (".dcm",)
 
 
@@ -54,41 +53,42 @@ def require_dicom_source(image: Image) -> list:
     return files
 
 
-def write_dicom_seg(path: PathLike, mask: np.ndarray, source: Image, model_name: str, model_version: str) -> Path:
-    """Write ``mask`` (on ``source``'s grid) as a DICOM SEG referencing ``source``'s series; atomic."""
+def write_dicom_seg(path: PathLike, mask: np.ndarray, source: Image, model_name: str, model_version: str,
+                    organ: tuple | None = None) -> Path:
+    """Write ``mask`` (on ``source``'s grid) as a DICOM SEG referencing ``source``'s series; atomic. ``organ``:
+    ``(terminology.Segment, mask)``, written as segment 2."""
     import pydicom
     from pydicom.filebase import DicomBytesIO
     from pydicom.sr.codedict import codes
-    from pydicom.sr.coding import Code
 
     path = require_writable(path, "DICOM SEG")
     files = require_dicom_source(source)
-    if mask.shape != source.shape:
-        raise TumorSegError(f"mask shape {mask.shape} does not match the series grid {source.shape}")
+    segments = [(TUMOR, mask)] + ([organ] if organ is not None else [])
+    for segment, segment_mask in segments:
+        if segment_mask.shape != source.shape:
+            raise TumorSegError(f"{segment.name} mask shape {segment_mask.shape} does not match the series grid "
+                                f"{source.shape}")
     hd = _highdicom()
     try:
         datasets = [pydicom.dcmread(str(f)) for f in files]
     except Exception as error:
         raise TumorSegError(f"cannot re-read the source series for the DICOM SEG: {error}") from error
-    frames = np.ascontiguousarray(np.transpose(mask != 0, (2, 1, 0)).astype(np.uint8))  # (slice, row, column)
-    description = hd.seg.SegmentDescription(
-        segment_number=1,
-        segment_label="Tumor",
-        segmented_property_category=Code(*MORPHOLOGICALLY_ALTERED_STRUCTURE),
-        segmented_property_type=Code(*NEOPLASM),
-        algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
-        algorithm_identification=hd.AlgorithmIdentificationSequence(
-            name=model_name, version=model_version, family=codes.cid7162.ArtificialIntelligence,
-            source="TumorSeg"),
-    )
+    # (slice, row, column[, segment])
+    frames = np.stack([np.transpose(m != 0, (2, 1, 0)) for _, m in segments], axis=-1).astype(np.uint8)
+    algorithm = hd.AlgorithmIdentificationSequence(name=model_name, version=model_version,
+                                                   family=codes.cid7162.ArtificialIntelligence, source="TumorSeg")
+    descriptions = [_description(hd, number, segment, algorithm)
+                    for number, (segment, _) in enumerate(segments, start=1)]
+    names = [segment.name for segment, _ in segments]
+    frames = np.ascontiguousarray(frames if organ is not None else frames[..., 0])
     try:
         seg = hd.seg.Segmentation(
             source_images=datasets, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=[description], series_instance_uid=hd.UID(), series_number=901,
+            segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=901,
             sop_instance_uid=hd.UID(), instance_number=1, manufacturer="TumorSeg",
             manufacturer_model_name=model_name, software_versions=f"TumorSegLib {__version__}",
             device_serial_number="none", series_description=f"TumorSeg {model_name}",
-            content_label="TUMOR", content_description=f"Tumour mask by {model_name} {model_version}",
+            content_label="TUMOR", content_description=f"{' and '.join(names)} by {model_name} {model_version}",
             omit_empty_frames=bool(frames.any()),
         )
         buffer = DicomBytesIO()
@@ -98,15 +98,24 @@ def write_dicom_seg(path: PathLike, mask: np.ndarray, source: Image, model_name:
     return write_bytes(path, buffer.getvalue(), "DICOM SEG")
 
 
-def read_dicom_seg(path: PathLike, source: Image) -> np.ndarray:
-    """The Tumor mask of a DICOM SEG on ``source``'s grid (bool, shape ``source.shape``)."""
+def _description(hd, number: int, segment: Segment, algorithm):
+    from pydicom.sr.coding import Code
+
+    return hd.seg.SegmentDescription(
+        segment_number=number, segment_label=segment.name, segmented_property_category=Code(*segment.category),
+        segmented_property_type=Code(*segment.type), algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+        algorithm_identification=algorithm)
+
+
+def read_dicom_seg(path: PathLike, source: Image, segment: int = 1) -> np.ndarray:
+    """Segment ``segment`` (1: Tumor) of a DICOM SEG on ``source``'s grid (bool, shape ``source.shape``)."""
     import pydicom
 
     hd = _highdicom()
     try:
         seg = hd.seg.Segmentation.from_dataset(pydicom.dcmread(str(path)))
         frames = seg.get_pixels_by_source_instance(
-            source_sop_instance_uids=source.meta["sop_instance_uids"], segment_numbers=[1],
+            source_sop_instance_uids=source.meta["sop_instance_uids"], segment_numbers=[segment],
             combine_segments=True, skip_overlap_checks=True)
     except Exception as error:
         raise TumorSegError(f"cannot read DICOM SEG {path}: {error}") from error

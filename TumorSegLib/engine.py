@@ -27,7 +27,8 @@ input's own grid (for a MIP-PET card given a 3D PET volume: on the computed coro
    on a CPU with OpenVINO installed, by OpenVINO (``backend``, ``openvino_backend``);
 5. threshold and the card's post-processing (per box for ROI and click runs); a card's
    ``postprocessing.lesion_filter`` (module ``lesion_filter``) and then ``postprocessing.image_gate`` (module
-   ``image_gate``) act on whole-image runs only.
+   ``image_gate``) act on whole-image runs only. A cascade whose card names its organ (``output.within.organ``)
+   also gives that organ, its tumours included, on whole-image runs (``Prediction.organ``).
 
 Reading and writing files, choosing a card for an image and the readouts of a result are in ``runs``.
 
@@ -107,6 +108,8 @@ class Prediction:
     device: str
     notes: list = field(default_factory=list)
     clicks: list = field(default_factory=list)  # one Click per point, in the order given
+    organ: np.ndarray | None = None  # bool: the card's named organ (``output.within.organ``), its tumours included;
+    # whole-image runs only
 
 
 def gpu_window_batch(settings: Settings) -> int:
@@ -248,6 +251,7 @@ class Segmenter:
         """
         settings = self._settings(overrides)
         notes = list(self.load_notes)
+        organ = None
         check_cancel(cancel)
         progress(0.0, "preparing")
         points = ([] if point is None else [point]) + list(points or [])
@@ -268,11 +272,14 @@ class Segmenter:
             if self.card.inference.trained_on:
                 notes.append(f"model {self.card.name!r} was trained on {self.card.inference.trained_on}, not on "
                              "whole volumes: expect false positives elsewhere; click the lesion (point) or give an ROI")
-            probability = self._infer(work, None, settings, step, cancel, notes)
+            organs = []
+            probability = self._infer(work, None, settings, step, cancel, notes, organs)
             progress(0.96, "post-processing")
             mask = self._postprocess(probability, work, settings, cancel, notes, whole_image=True)
+            if organs and self.card.output.within.organ:
+                organ = organs[0] | mask
         progress(1.0, "done")
-        return Prediction(probability, mask, work, str(self.device), notes, clicks)
+        return Prediction(probability, mask, work, str(self.device), notes, clicks, organ)
 
     def click(self, image: Image, points: Sequence[Point], progress: ProgressCallback = no_progress,
               cancel: Cancel | None = None, overrides: Overrides = None) -> list:
@@ -347,27 +354,29 @@ class Segmenter:
         probability = np.ascontiguousarray(probability[boxes.slices(inner)])
         return probability, self._postprocess(probability, boxes.crop(work, box), settings, cancel, notes)
 
-    def _infer(self, image: Image, box, settings: Settings, progress, cancel, notes) -> np.ndarray:
+    def _infer(self, image: Image, box, settings: Settings, progress, cancel, notes, organs=None) -> np.ndarray:
         """Foreground probability on ``image``'s grid; with ``inference.average_with`` the weighted mean of this
-        card's and each named card's, each computed by its own card on the same input and box."""
+        card's and each named card's, each computed by its own card on the same input and box. ``organs``: a list
+        that gets the organ region this card's tumour was kept in (``_probability``)."""
         if settings.output is not None or not self.partners:  # an organ pass is this network's alone
-            return self._probability(image, box, settings, progress, cancel, notes)
+            return self._probability(image, box, settings, progress, cancel, notes, organs)
         members = [(self, settings, self.own_weight)] + [(partner, partner_settings, weight) for (partner, weight),
                                                          partner_settings in zip(self.partners, settings.partners)]
         total = None
         for number, (segmenter, member_settings, weight) in enumerate(members):
             step = scaled(progress, number / len(members), (number + 1) / len(members))
-            part = weight * segmenter._probability(image, box, member_settings, step, cancel, notes)
+            part = weight * segmenter._probability(image, box, member_settings, step, cancel, notes,
+                                                   organs if segmenter is self else None)
             total = part if total is None else total + part
         return total
 
-    def _probability(self, image: Image, box, settings: Settings, progress, cancel, notes) -> np.ndarray:
+    def _probability(self, image: Image, box, settings: Settings, progress, cancel, notes, organs=None) -> np.ndarray:
         """This card's foreground probability on ``image``'s grid: prepare, run, restore (``preprocess``).
 
         With a ``box``, only the windows or slices touching it are computed (see ``inferers``). A card with
         ``preprocessing.organ_level`` or ``inference.organ_from`` first finds the organ (``_organ``): with
         ``organ_from`` that card's whole run gives it, the move to the organ's level and the tumour-in-organ rule
-        (``output.within``).
+        (``output.within``), whose organ region goes to ``organs`` when a list is given.
         """
         organ = None
         if settings.output is None and (self.card.preprocessing.organ_level or self.organ_source):
@@ -387,6 +396,8 @@ class Segmenter:
                 from .postprocess import largest_region
 
                 inside = largest_region(inside)
+            if organs is not None:
+                organs.append(inside)
             probability = probability * inside
         return probability
 

@@ -155,6 +155,14 @@ def size_of(voxels: int, image: Image) -> float:
     return size / 1000.0 if image.ndim == 3 else size
 
 
+def organ_totals(name: str, organ_voxels: int, tumour_voxels_inside: int, grid: Image) -> dict:
+    """The readouts of an organ segment (``terminology.ORGANS``): its size in the unit of ``image_size_key`` and the
+    percentage of its voxels that are tumour (None for an empty organ)."""
+    organ = name.lower()
+    share = 100.0 * tumour_voxels_inside / organ_voxels if organ_voxels else None
+    return {f"{organ}_{image_size_key(grid)}": size_of(organ_voxels, grid), f"tumour_percent_of_{organ}": share}
+
+
 def label_lesions(mask: np.ndarray, ndim: int | None = None) -> tuple[np.ndarray, int]:
     """Connected lesions of a bool mask: (int32 labels 1..n, n). 18-connectivity in 3D, 8 in 2D."""
     ndim = mask.ndim if ndim is None else ndim

@@ -2,9 +2,10 @@
 
 - ``default_card``: the one installed card that fits an image (by dimensionality and the modality rule);
 - ``segment_file`` / ``planned_flat_masks`` / ``mip_image_path``: segment one input and write its mask
-  (and a MIP-PET model's 2D MIP masks with the MIP beside each), every output checked before any
-  work, written atomically, never over an input;
-- ``readouts``: the lesion readouts of a ``Prediction`` (``measure``), only in the clicks' boxes after clicks.
+  (and a MIP-PET model's 2D MIP masks with the MIP beside each, or a cascade's organ mask), every output
+  checked before any work, written atomically, never over an input;
+- ``readouts``: the lesion readouts of a ``Prediction`` (``measure``), only in the clicks' boxes after clicks, with
+  the organ's when the run gave one.
 """
 
 from __future__ import annotations
@@ -82,7 +83,8 @@ def planned_flat_masks(image: Image, card: ModelCard, output_path: PathLike, mip
 def segment_file(input_path: PathLike, output_path: PathLike, segmenter: Segmenter, roi: Sequence[int] | None = None,
                  points: Sequence[Point] | None = None, progress: ProgressCallback = no_progress,
                  cancel: Cancel | None = None, overrides: Overrides = None, image: Image | None = None,
-                 mip_mask: PathLike | None = None, clicks_only: bool = False) -> tuple:
+                 mip_mask: PathLike | None = None, clicks_only: bool = False,
+                 organ_mask: PathLike | None = None) -> tuple:
     """Segment one file and write its mask; returns (Prediction, written mask path).
 
     For a MIP-PET model given a 3D PET volume the mask is 3D, on the volume's grid: each MIP lesion
@@ -91,7 +93,8 @@ def segment_file(input_path: PathLike, output_path: PathLike, segmenter: Segment
     input, and nothing is written when the run fails or is cancelled. ``image``: the input already
     read (a DICOM series converted to SUV; the worker keeps it between requests), else it is read
     here (a JPEG through the card's picture channel, ``windowed``). ``clicks_only``: after clicks,
-    write only the box holding every click's box (its own exact geometry), not the whole grid.
+    write only the box holding every click's box (its own exact geometry), not the whole grid. ``organ_mask``: where
+    the organ of a card that names one (``output.within.organ``) goes, on the same grid as the mask (whole-image runs).
     """
     from .windowed import picture_notes, read_input
 
@@ -100,7 +103,10 @@ def segment_file(input_path: PathLike, output_path: PathLike, segmenter: Segment
     require_not_input([output_path], [input_path])
     image = read_input(input_path, segmenter.card) if image is None else image
     flat_paths = planned_flat_masks(image, segmenter.card, output_path, mip_mask)
-    outputs = [Path(output_path), *flat_paths, *map(mip_image_path, flat_paths)]
+    if organ_mask is not None:
+        _check_organ_path(organ_mask, output_path, image, segmenter.card, roi, points)
+    outputs = [Path(output_path), *flat_paths, *map(mip_image_path, flat_paths)] + (
+        [Path(organ_mask)] if organ_mask is not None else [])
     for path in outputs:
         require_writable(path, "output")
     require_not_input(outputs, [input_path])
@@ -125,12 +131,36 @@ def segment_file(input_path: PathLike, output_path: PathLike, segmenter: Segment
             if path != Path(output_path):
                 written.append(write_mask(path, flat.mask, flat.image))
             written.append(write_image(mip_image_path(path), flat.image))
+        if organ_mask is not None:
+            written.append(write_mask(organ_mask, prediction.organ, prediction.image))
         check_cancel(cancel)
     except BaseException:
         for path in written:
             Path(path).unlink(missing_ok=True)
         raise
     return prediction, written[0]
+
+
+def require_organ(card: ModelCard, roi=None, points=None) -> str:
+    """The organ a run of ``card`` can write as a segment of its own (``output.within.organ``), or a clear error:
+    the card names none, or the run has an ROI or clicks (the organ is found on the whole image)."""
+    organ = card.output.within.organ if card.output.within else None
+    if not organ:
+        raise TumorSegError(f"model {card.name!r} gives no organ mask (its card names no output.within.organ)")
+    if roi is not None or points:
+        raise TumorSegError("the organ mask comes from a whole-image run: drop the ROI or the points")
+    return organ
+
+
+def _check_organ_path(organ_mask: PathLike, output_path: PathLike, image: Image, card: ModelCard, roi, points) -> None:
+    """Refuse an organ mask the run cannot write (``require_organ``), in the wrong kind of file for its grid (PNG for a
+    2D image, NIfTI or NRRD for a volume) or in the mask's own file."""
+    require_organ(card, roi, points)
+    if (image_suffix(organ_mask) in PNG_SUFFIXES) != (image.ndim == 2):
+        kind = ".png" if image.ndim == 2 else ".nii.gz or .nrrd"
+        raise TumorSegError(f"the organ mask of a {image.ndim}D image is written as {kind}, not {Path(organ_mask).name}")
+    if Path(organ_mask) == Path(output_path):
+        raise TumorSegError("the organ mask and the mask need two different files")
 
 
 def clicks_box(prediction: Prediction, reach: int | np.ndarray = 0) -> Box:
@@ -148,7 +178,7 @@ def readouts(prediction: Prediction, card: ModelCard) -> Readouts:
     sphere for PET), with voxel indices given on the full grid, so a click's cost does not grow
     with the image here either.
     """
-    from .measure import SUV_PEAK_RADIUS_MM, measure_lesions
+    from .measure import SUV_PEAK_RADIUS_MM, measure_lesions, organ_totals
 
     modality = "PET" if card.modality == "MIP-PET" and prediction.image.ndim == 3 else card.modality
     modality = modality if modality in ("PET", "CT") else None
@@ -160,6 +190,9 @@ def readouts(prediction: Prediction, card: ModelCard) -> Readouts:
         grid, mask, corner = boxes.crop(grid, box), mask[boxes.slices(box)], np.array([lo for lo, _ in box])
     values = measure_lesions(grid.with_array(mask.astype(np.uint8)), grid if modality else None, modality)
     values.offset_indices(corner)  # box indices -> full-grid indices
+    if prediction.organ is not None:
+        values.totals.update(organ_totals(card.output.within.organ, int(np.count_nonzero(prediction.organ)),
+                                          int(np.count_nonzero(prediction.mask & prediction.organ)), grid))
     if card.modality == "MIP-PET" and modality is None:
         values.modality = "MIP-PET"
         values.notes.append("a MIP's grey levels are not SUV: no SUV readouts on a MIP mask")

@@ -152,6 +152,19 @@ def tiny_model(directory: PathLike, mode: str = "sliding-window-3d", modality: s
     return load_card(card_path)
 
 
+def tiny_cascade(directory: PathLike, organ: str | None = "Liver", threshold: float = 0.9) -> ModelCard:
+    """A cascade of two tiny CT models in ``directory``: the 3D card keeps its tumour inside the organ the slice-2d
+    card finds (its channel 0 at ``threshold``, the largest region; ``inference.organ_from``), named ``organ``."""
+    own, source = tiny_model(directory, "sliding-window-3d", "CT"), tiny_model(directory, "slice-2d", "CT")
+    data = own.to_dict()
+    data["name"] = f"tiny-ct-cascade-{organ or 'unnamed'}".lower()
+    data["inference"]["organ_from"] = source.name
+    data["output"]["within"] = {"channel": 0, "threshold": threshold, "largest_component": True, "organ": organ}
+    path = Path(directory) / f"{data['name']}.json"
+    path.write_text(json.dumps(data, indent=2))
+    return load_card(path)
+
+
 def lesion_volume(modality: str = "CT", shape: Shape = (40, 36, 20), spacing: Sequence[float] = (1.1, 0.9, 2.5),
                   flip: Sequence[bool] = (True, False, True),
                 oblique_degrees: float = 20.0, seed: int = 3) -> tuple:

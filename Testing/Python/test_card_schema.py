@@ -8,6 +8,7 @@ import pytest
 
 from TumorSegLib import cards
 from TumorSegLib.errors import TumorSegError
+from TumorSegLib.terminology import ORGANS
 from TumorSegLib.testing import tiny_card_dict
 
 jsonschema = pytest.importorskip("jsonschema", reason="needs jsonschema (the test extra installs it)")
@@ -62,6 +63,8 @@ BROKEN = [
     ("average with a card in another folder", {"inference": {"average_with": [{"card": "../x", "weight": 0.5}]}}),
     ("average with a weight of 1", {"inference": {"average_with": [{"card": "x", "weight": 1}]}}),
     ("average with no weight", {"inference": {"average_with": [{"card": "x"}]}}),
+    ("an organ without a terminology", {"inference": {"organ_from": "x"}, "output": {"within": {"channel": 1,
+                                                                                              "organ": "Gut"}}}),
 ]
 
 
@@ -111,6 +114,10 @@ def test_the_schema_names_the_fields_and_choices_of_each_typed_section(dotted):
         kind = spec.metadata.get("convert")
         if isinstance(kind, type) and issubclass(kind, cards.Choice):
             assert node["properties"][name]["enum"] == list(kind.values()), name
+
+
+def test_the_schema_names_the_organs_that_have_a_terminology():
+    assert schema_node("output.within.organ")["enum"] == [None, *ORGANS]
 
 
 def test_the_schema_names_the_top_level_fields_and_choices():

@@ -40,6 +40,10 @@ def write_card(folder, name="m", weights=b"weights", **changes):
     ({"preprocessing": {"organ_level": {"channel": 0}}}, "preprocessing.organ_level must be"),
     ({"network": {"args": {"out_channels": 2}}, "output": {"within": {"channel": 1, "largest_component": True}}},
      "output.within.largest_component needs inference.organ_from"),
+    ({"network": {"args": {"out_channels": 2}}, "output": {"within": {"channel": 1, "organ": "Liver"}}},
+     "output.within.organ (the organ written as a segment of its own) needs inference.organ_from"),
+    ({"inference": {"organ_from": "liver"}, "output": {"within": {"channel": 1, "organ": "Spleen"}}},
+     "output.within.organ must be null or one of ('Liver',)"),
 ])
 def test_invalid_cards_name_the_problem(change, message):
     data = {**tiny_card_dict("m", "sliding-window-3d", "CT"), **change}

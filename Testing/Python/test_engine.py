@@ -268,6 +268,27 @@ def test_organ_from_keeps_the_largest_region_of_the_organ_of_a_volume(cascade):
     assert np.array_equal(largest_region(pieces), pieces)
 
 
+def test_a_named_organ_comes_with_whole_image_runs_only(tmp_path):
+    """output.within.organ: a whole-image run also gives the organ region the tumour was kept in (its largest region
+    here), joined with the tumour mask; an ROI run and a card naming no organ give none."""
+    from TumorSegLib.cards import organ_card
+    from TumorSegLib.postprocess import largest_region
+    from TumorSegLib.testing import tiny_cascade
+
+    card, unnamed = tiny_cascade(tmp_path, threshold=0.1), tiny_cascade(tmp_path, organ=None)
+    image, _ = lesion_volume("CT")
+    fp32 = {"precision": "fp32"}
+    organ = Segmenter(organ_card(card), "cpu", backend="torch").predict(image, overrides=fp32).probability
+    region = largest_region(organ >= 0.1)
+    result = Segmenter(card, "cpu", backend="torch").predict(image, overrides=fp32)
+    assert result.mask.any() and not result.mask[~region].any()
+    assert np.array_equal(result.organ, region | result.mask) and (result.organ & ~result.mask).any()
+    assert ((organ >= 0.1) & ~result.organ).any()  # the organ's other pieces are not the organ
+    assert Segmenter(unnamed, "cpu", backend="torch").predict(image, overrides=fp32).organ is None
+    in_box = Segmenter(card, "cpu", backend="torch").predict(image, roi=(0, 40, 0, 36, 0, 20), overrides=fp32)
+    assert in_box.organ is None and np.array_equal(in_box.mask, result.mask)
+
+
 @pytest.mark.parametrize("change, message", [
     ({"name": "missing-organ", "inference": {"organ_from": "missing"}}, "takes its organ from 'missing'.*same folder"),
     ({"name": "mip-organ", "inference": {"organ_from": "tiny-mip-pet-whole-image-2d"}}, "another modality"),

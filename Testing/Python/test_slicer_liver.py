@@ -1,14 +1,13 @@
 """The shipped liver model in the module's logic (real MRML, slicer-core) on a real abdominal CT, loaded as Slicer
 loads it (storage node) and under a rotated parent transform: listed for CT, run on the whole volume without a click,
-the mask equal to the CLI's voxel for voxel, the readouts in mL from the volume's spacing, tumour only in the liver."""
+its Tumor and Liver segments equal to the CLI's masks voxel for voxel, the readouts in mL from the volume's spacing,
+tumour only in the liver, edits of the liver followed by the readouts and kept from being overwritten."""
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from scipy import ndimage
 from conftest import shared_data
 
 slicer = pytest.importorskip("slicer", reason="needs the slicer-core wheel (pip install slicer-core)")
@@ -18,7 +17,9 @@ if not hasattr(slicer, "vtkMRMLScene"):
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "TumorSeg"))
 
 import slicer_app  # noqa: E402
-from TumorSegSlicerLib import selftest  # noqa: E402
+import vtk  # noqa: E402
+from TumorSegSlicerLib import mrml, selftest  # noqa: E402
+from TumorSegSlicerLib.logic import EditedSegmentationError  # noqa: E402
 
 from TumorSegLib.cards import find_card  # noqa: E402
 from TumorSegLib.cli import main  # noqa: E402
@@ -34,19 +35,10 @@ def logic():
         yield tumorseg
 
 
-def liver_card(folder: Path) -> Path:
-    """The card the shipped card takes its liver from (inference.organ_from) with that liver channel as the output,
-    weights copied beside it."""
-    card = find_card(find_card(NAME).inference.organ_from)
-    data = {**json.loads(card.path.read_text()), "output": {"channel": 1, "threshold": 0.5}}
-    folder.mkdir()
-    for member in card.weights.members:  # every file of an ensemble
-        (folder / member.file).write_bytes(card.member_path(member.file).read_bytes())
-    (folder / f"{card.name}.json").write_text(json.dumps(data))
-    return folder / f"{card.name}.json"
-
-
 def test_liver_model_on_a_whole_ct_under_a_transform(logic, tmp_path):
+    """Tumor and Liver segments, each equal to the CLI's mask voxel for voxel; the readouts give the liver's volume
+    and the tumour's share of it from the segments as they are, and follow an edit of the liver, which a new run
+    then refuses to overwrite."""
     path = shared_data("totalseg-example-ct") / "example_ct.nii.gz"
     names = [card.name for card in logic.models("CT")]
     assert names.index(NAME) < names.index(find_card(NAME).inference.organ_from)  # the cascade before its liver stage
@@ -56,20 +48,37 @@ def test_liver_model_on_a_whole_ct_under_a_transform(logic, tmp_path):
     volume = selftest.load_volume(logic, path, "abdomen")
     volume.SetAndObserveTransformNodeID(transform.GetID())
     assert logic.detectModality(volume) == "CT"
-    liver = liver_card(tmp_path / "models")
 
-    liver_segmentation = logic.segment(volume, str(liver), device="cpu")
-    tumour = logic.tumorMask(logic.segment(volume, NAME, device="cpu"))
+    segmentation = logic.segment(volume, NAME, device="cpu")
 
-    mask = logic.tumorMask(liver_segmentation)
-    assert main(["segment", str(path), "-o", str(tmp_path / "liver.nii.gz"), "--model", str(liver), "--device", "cpu"]) == 0
-    expected = read_image(tmp_path / "liver.nii.gz").array != 0
-    assert mask.shape == expected.shape and np.array_equal(mask, expected)
+    tumour, organ_id = logic.tumorMask(segmentation), logic.organSegmentId(segmentation)
+    segment = segmentation.GetSegmentation().GetSegment(organ_id)
+    terminology = vtk.reference("")
+    segment.GetTag(segment.GetTerminologyEntryTagName(), terminology)
+    assert segment.GetName() == "Liver" and "SCT^123037004^Anatomical Structure~SCT^10200004^Liver" in str(terminology)
+    assert segmentation.GetSegmentation().GetNumberOfSegments() == 2
+    liver = mrml.segment_mask(segmentation, organ_id, volume)
+    assert main(["segment", str(path), "-o", str(tmp_path / "tumour.nii.gz"), "--organ-mask",
+                 str(tmp_path / "liver.nii.gz"), "--model", NAME, "--device", "cpu"]) == 0
+    assert np.array_equal(liver, read_image(tmp_path / "liver.nii.gz").array != 0)
+    assert np.array_equal(tumour, read_image(tmp_path / "tumour.nii.gz").array != 0)
+    assert tumour.any() and not (tumour & ~liver).any()  # the tumour lies in the liver
     image = read_image(path)
-    lesions = logic.readouts[liver_segmentation.GetID()].lesions
-    assert len(lesions) == label_lesions(mask)[1]
-    assert sum(lesion.volume_ml for lesion in lesions) == pytest.approx(mask.sum() * image.voxel_volume / 1000, rel=1e-6)
-    assert mask.sum() * image.voxel_volume / 1000 > 300  # mL: a liver
-    # tumour only inside the liver: the rule holds on the tumour network's grid (the organ card's liver resampled to
-    # it); each mask is resampled on its own to the volume's grid, so their edges may differ by a voxel
-    assert tumour.shape == mask.shape and not (tumour & ~ndimage.binary_dilation(mask)).any()
+    readouts = logic.readouts[segmentation.GetID()]
+    assert len(readouts.lesions) == label_lesions(tumour)[1]
+    assert sum(lesion.volume_ml for lesion in readouts.lesions) == pytest.approx(tumour.sum() * image.voxel_volume / 1000)
+    assert readouts.totals["liver_volume_ml"] == pytest.approx(liver.sum() * image.voxel_volume / 1000)
+    assert readouts.totals["liver_volume_ml"] > 300  # mL: a liver
+    assert readouts.totals["tumour_percent_of_liver"] == pytest.approx(100 * tumour.sum() / liver.sum())
+
+    edited = liver.copy()
+    edited[:, :, : int(np.argwhere(liver)[:, 2].mean())] = False  # the liver's lower half removed
+    mrml.set_segment_mask(segmentation, organ_id, edited, volume)
+    logic.updatePendingReadouts()
+    readouts = logic.readouts[segmentation.GetID()]
+    assert readouts.totals["liver_volume_ml"] == pytest.approx(edited.sum() * image.voxel_volume / 1000)
+    assert readouts.totals["tumour_percent_of_liver"] == pytest.approx(100 * (tumour & edited).sum() / edited.sum())
+    assert "edited" in logic.confirmationNeeded(segmentation)
+    with pytest.raises(EditedSegmentationError):
+        logic.segment(volume, NAME, device="cpu", outputSegmentation=segmentation)
+    assert np.array_equal(mrml.segment_mask(segmentation, organ_id, volume), edited)

@@ -1,12 +1,14 @@
 """``TumorSegLogic``: segment a volume in a background process, measure, and track edits (MRML only, no qt).
 
-The segmentation holds ONE segment, "Tumor" (SNOMED CT Morphologically Altered Structure /
-Neoplasm); lesions are its connected components, measured by ``TumorSegLib.measure`` from the
-segment as it is now. One segment means Segment Editor edits never have to keep per-lesion
-segments in sync, and the readouts always follow the voxels.
+The tumours are ONE segment, "Tumor" (SNOMED CT Morphologically Altered Structure / Neoplasm); lesions are its
+connected components, measured by ``TumorSegLib.measure`` from the segment as it is now. One segment means Segment
+Editor edits never have to keep per-lesion segments in sync, and the readouts always follow the voxels. A model that
+finds the organ its tumours lie in (its card's ``output.within.organ``, e.g. the liver) adds that organ, its tumours
+included, as a second segment (standard terminology, ``TumorSegLib.terminology``) on whole-volume runs; the readouts'
+totals then give its volume and the share of it that is tumour, from the two segments as they are now.
 
-Safety: the fingerprint of the labelmap TumorSeg wrote is stored on the segmentation; a later
-run into that segmentation refuses (``EditedSegmentationError``) when the voxels have changed or it
+Safety: the fingerprint of each labelmap TumorSeg wrote is stored on the segmentation; a later
+run into that segmentation refuses (``EditedSegmentationError``) when the voxels of either segment have changed or it
 holds clicked lesions (``confirmationNeeded`` says why), unless ``overwrite=True``. A segmentation
 holding another volume's result is never written to.
 Nothing in the scene changes until a run has succeeded; an error while its result is imported (any
@@ -43,20 +45,19 @@ from TumorSegLib.cards import find_card, list_cards, scan_cards
 from TumorSegLib.errors import Cancelled, TumorSegError
 from TumorSegLib.io import read_image, write_image
 from TumorSegLib.mip import coronal_mip
+from TumorSegLib.terminology import ORGANS, TUMOR, slicer_entry
 
 from . import dicomsuv, mrml, readouts as readouts_table, recist
 from .clicks import ClickRecord, box_on_grid
 from .process import BackgroundProcess, ProcessFactory, segment_command, worker_command
 from .workers import Workers
 
-SEGMENT_NAME = "Tumor"
-# The 3D Slicer >= 5.6 terminology entry string (vtkSegment tag "TerminologyEntry").
-TUMOR_TERMINOLOGY = ("Segmentation category and type - DICOM master list"
-                     "~SCT^49755003^Morphologically Altered Structure~SCT^108369006^Neoplasm~^^"
-                     "~Anatomic codes - DICOM master list~^^~^^")
-TUMOR_COLOR = (0.85, 0.2, 0.2)
+SEGMENT_NAME = TUMOR.name
 FINGERPRINT_ATTRIBUTE = "TumorSeg.Fingerprint"
 SEGMENT_ATTRIBUTE = "TumorSeg.SegmentID"
+ORGAN_ATTRIBUTE = "TumorSeg.Organ"  # the organ's name (a key of terminology.ORGANS); its segment may be renamed
+ORGAN_SEGMENT_ATTRIBUTE = "TumorSeg.OrganSegmentID"
+ORGAN_FINGERPRINT_ATTRIBUTE = "TumorSeg.OrganFingerprint"
 MODALITY_ATTRIBUTE = "TumorSeg.Modality"
 MODEL_ATTRIBUTE = "TumorSeg.Model"
 RECIST_ATTRIBUTE = "TumorSeg.ShowRecist"
@@ -65,6 +66,7 @@ INPUT_ROLE = "TumorSegInput"
 SOURCE_ROLE = "TumorSegSource"  # a MIP volume -> the PET volume it was computed from
 READOUTS_ROLE = "TumorSegReadouts"
 CLICK_OUTPUT = "box.nrrd"  # the worker's mask of the click's box (NRRD: its geometry in double precision)
+ORGAN_OUTPUT = "organ.nii.gz"
 WORKER_IDLE_TIMEOUT_S = 600.0
 
 
@@ -253,11 +255,12 @@ class TumorSegLogic:
         try:
             input_path = temp_dir / "input.nii"
             self._writeInput(inputVolume, card, input_path)
+            organ = bool(self.organOf(card)) and roi is None and point is None
             command = segment_command(
                 input_path, temp_dir / self._outputName(card, mipView), card.path or card.name, device,
                 roi=self.roiIndexRange(inputVolume, roi) if roi is not None else None,
                 point=self.pointPosition(point, inputVolume) if point is not None else None,
-                models_dir=modelsDir, overrides=overrides)
+                models_dir=modelsDir, overrides=overrides, organ_path=temp_dir / ORGAN_OUTPUT if organ else None)
             process = self.processFactory(command)
         except BaseException:
             shutil.rmtree(temp_dir, ignore_errors=True)
@@ -277,6 +280,11 @@ class TumorSegLogic:
                 write_image(path, converted)
                 return
         mrml.write_volume(volumeNode, path)
+
+    @staticmethod
+    def organOf(card) -> str:
+        """The organ a whole-volume run of ``card`` adds as a segment of its own (``output.within.organ``), or ""."""
+        return (card.output.within.organ or "") if card.output.within is not None else ""
 
     @staticmethod
     def _outputName(card, mipView) -> str:
@@ -489,6 +497,7 @@ class TumorSegLogic:
             target = coronal_mip(target, run.card)
             mask_image = target.with_array(mask_image.array) if mask_image.shape == target.shape else mask_image
         mask_image.require_same_grid(target, "segmentation result", "input image")
+        organ = self._organResult(run, target)
         segmentation = run.output_segmentation
         if segmentation is not None:  # it may have been edited, or removed, during the run
             if segmentation.GetScene() is not self.scene:
@@ -499,6 +508,7 @@ class TumorSegLogic:
                 volume = self._mipVolume(volume, target, segmentation)
             segmentation = segmentation or self._newSegmentation(volume)
             self._writeTumor(segmentation, volume, mask_image.array != 0)
+            self._writeOrgan(segmentation, volume, organ)
             segmentation.SetAttribute(MODALITY_ATTRIBUTE, _card_modality(run.card) if target.ndim == 3 else "")
             segmentation.SetAttribute(MODEL_ATTRIBUTE, run.card.name)
             self.computeReadouts(segmentation, volume)
@@ -571,15 +581,22 @@ class TumorSegLogic:
 
     def tumorSegmentId(self, segmentationNode) -> str:
         """The ID of the segmentation's "Tumor" segment, created (with its terminology) if missing."""
-        segmentation = segmentationNode.GetSegmentation()
-        segment_id = segmentationNode.GetAttribute(SEGMENT_ATTRIBUTE)
-        if segment_id and segmentation.GetSegment(segment_id):
-            return segment_id
-        segment_id = segmentation.AddEmptySegment("", SEGMENT_NAME, list(TUMOR_COLOR))
-        segment = segmentation.GetSegment(segment_id)
-        segment.SetTag(segment.GetTerminologyEntryTagName(), TUMOR_TERMINOLOGY)
-        segmentationNode.SetAttribute(SEGMENT_ATTRIBUTE, segment_id)
-        return segment_id
+        return _segmentId(segmentationNode, SEGMENT_ATTRIBUTE, TUMOR)
+
+    @staticmethod
+    def organSegmentId(segmentationNode) -> str:
+        """The ID of the segmentation's organ segment (``ORGAN_ATTRIBUTE``), "" when it has none."""
+        segment_id = segmentationNode.GetAttribute(ORGAN_SEGMENT_ATTRIBUTE)
+        return segment_id if segment_id and segmentationNode.GetSegmentation().GetSegment(segment_id) else ""
+
+    def _organResult(self, run, target):
+        """(organ name, bool mask on ``target``'s grid) of the organ mask the run wrote, or None when it wrote none."""
+        path = run.temp_dir / ORGAN_OUTPUT
+        if not path.is_file():
+            return None
+        organ = read_image(path, "organ mask")
+        organ.require_same_grid(target, "organ mask", "input image")
+        return self.organOf(run.card), organ.array != 0
 
     @staticmethod
     def _adopt(segmentationNode, volumeNode) -> None:
@@ -596,10 +613,28 @@ class TumorSegLogic:
         segmentationNode.SetAttribute(FINGERPRINT_ATTRIBUTE, mrml.fingerprint(mask))
         segmentationNode.RemoveAttribute(CLICKS_ATTRIBUTE)
 
+    def _writeOrgan(self, segmentationNode, volumeNode, organ) -> None:
+        """Replace the organ segment by ``organ`` = (name, mask) (its terminology from ``ORGANS``), or remove it when
+        the run gave no organ (a segmentation holds one run's result; ``checkOutput`` has refused an edited one)."""
+        segment_id = self.organSegmentId(segmentationNode)
+        if organ is None:
+            if segment_id:
+                segmentationNode.GetSegmentation().RemoveSegment(segment_id)
+            for name in (ORGAN_ATTRIBUTE, ORGAN_SEGMENT_ATTRIBUTE, ORGAN_FINGERPRINT_ATTRIBUTE):
+                segmentationNode.RemoveAttribute(name)
+            return
+        name, mask = organ
+        if segment_id and segmentationNode.GetAttribute(ORGAN_ATTRIBUTE) != name:  # another organ's segment
+            segmentationNode.GetSegmentation().RemoveSegment(segment_id)
+        segment_id = _segmentId(segmentationNode, ORGAN_SEGMENT_ATTRIBUTE, ORGANS[name])
+        mrml.set_segment_mask(segmentationNode, segment_id, mask, volumeNode)
+        segmentationNode.SetAttribute(ORGAN_ATTRIBUTE, name)
+        segmentationNode.SetAttribute(ORGAN_FINGERPRINT_ATTRIBUTE, mrml.fingerprint(mask))
+
     # ---- edit tracking --------------------------------------------------------------------
     def tumorMask(self, segmentationNode, volumeNode=None, box=None) -> np.ndarray:
         """The tumour voxels now (bool, i, j, k on the volume grid, or only its ``box`` of a 3D volume): the TumorSeg
-        segment, else all segments."""
+        segment, else all segments but the organ's (``_tumorSegmentIds``)."""
         volumeNode = volumeNode or self.inputVolume(segmentationNode)
         mask = np.zeros(mrml.grid_shape(volumeNode) if box is None else [hi - lo for lo, hi in box], dtype=bool)
         for sid in self._tumorSegmentIds(segmentationNode):
@@ -615,11 +650,13 @@ class TumorSegLogic:
             return None
         return tuple((min(box[a][0] for box in found), max(box[a][1] for box in found)) for a in range(3))
 
-    @staticmethod
-    def _tumorSegmentIds(segmentationNode) -> list:
+    def _tumorSegmentIds(self, segmentationNode) -> list:
+        """The TumorSeg tumour segment, else every segment but TumorSeg's organ segment."""
         segmentation = segmentationNode.GetSegmentation()
         segment_id = segmentationNode.GetAttribute(SEGMENT_ATTRIBUTE)
-        return [segment_id] if segment_id and segmentation.GetSegment(segment_id) else list(segmentation.GetSegmentIDs())
+        if segment_id and segmentation.GetSegment(segment_id):
+            return [segment_id]
+        return [sid for sid in segmentation.GetSegmentIDs() if sid != self.organSegmentId(segmentationNode)]
 
     def inputVolume(self, segmentationNode):
         volume = segmentationNode.GetNodeReference(INPUT_ROLE)
@@ -634,6 +671,10 @@ class TumorSegLogic:
             return False
         written = segmentationNode.GetAttribute(FINGERPRINT_ATTRIBUTE)
         if not written or segmentationNode.GetNodeReference(INPUT_ROLE) is None:
+            return True
+        organ_id = self.organSegmentId(segmentationNode)
+        if organ_id and mrml.fingerprint(mrml.segment_mask(segmentationNode, organ_id, self.inputVolume(
+                segmentationNode))) != segmentationNode.GetAttribute(ORGAN_FINGERPRINT_ATTRIBUTE):
             return True
         return mrml.fingerprint(self.tumorMask(segmentationNode)) != written
 
@@ -690,6 +731,7 @@ class TumorSegLogic:
         result = measure_lesions(mask, image, modality or None)
         if box is not None:
             result.offset_indices([lo for lo, _ in box])
+        result.totals.update(self._organTotals(segmentationNode, volumeNode, image))
         result.notes.extend([suv_note] if suv_note else [])
         self.readouts[segmentationNode.GetID()] = result
         table = segmentationNode.GetNodeReference(READOUTS_ROLE)
@@ -702,6 +744,20 @@ class TumorSegLogic:
         if segmentationNode.GetAttribute(RECIST_ATTRIBUTE) == "true":
             recist.show_lines(segmentationNode, volumeNode, result)
         return table
+
+    def _organTotals(self, segmentationNode, volumeNode, grid) -> dict:
+        """The organ segment's readouts as it is now (``TumorSegLib.measure.organ_totals``; read in its own bounding
+        box), {} without one. ``grid``: an image with the volume's spacing."""
+        from TumorSegLib.measure import organ_totals
+
+        organ_id = self.organSegmentId(segmentationNode)
+        if not organ_id:
+            return {}
+        box = mrml.segment_bounds(segmentationNode, organ_id, volumeNode)
+        organ = mrml.segment_box(segmentationNode, organ_id, box, volumeNode) if box else np.zeros(0, dtype=bool)
+        inside = organ & self.tumorMask(segmentationNode, volumeNode, box) if box else organ
+        return organ_totals(segmentationNode.GetAttribute(ORGAN_ATTRIBUTE), int(np.count_nonzero(organ)),
+                            int(np.count_nonzero(inside)), grid)
 
     def _measuredBox(self, segmentationNode, volumeNode, modality: str) -> tuple:
         """What a 3D volume's readouts read: the box of the tumour voxels, grown by the SUVpeak sphere for PET (the
@@ -762,3 +818,17 @@ class TumorSegLogic:
             if node is not None and node.GetNodeReference(INPUT_ROLE) is not None:
                 tables.append(self.computeReadouts(node))
         return tables
+
+
+def _segmentId(segmentationNode, attribute: str, segment) -> str:
+    """The ID of the segment whose ID the node's ``attribute`` holds, created as ``segment`` (a
+    ``TumorSegLib.terminology.Segment``: name, colour, terminology) if missing."""
+    segmentation = segmentationNode.GetSegmentation()
+    segment_id = segmentationNode.GetAttribute(attribute)
+    if segment_id and segmentation.GetSegment(segment_id):
+        return segment_id
+    segment_id = segmentation.AddEmptySegment("", segment.name, list(segment.color))
+    created = segmentation.GetSegment(segment_id)
+    created.SetTag(created.GetTerminologyEntryTagName(), slicer_entry(segment))
+    segmentationNode.SetAttribute(attribute, segment_id)
+    return segment_id

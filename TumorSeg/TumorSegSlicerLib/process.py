@@ -98,10 +98,12 @@ def backend_root() -> Path:
 
 
 def segment_command(input_path, output_path, model: str, device: str = "auto", roi=None, point=None,
-                    models_dir=None, overrides=None) -> list:
-    """The ``tumorseg segment`` command line for these settings."""
+                    models_dir=None, overrides=None, organ_path=None) -> list:
+    """The ``tumorseg segment`` command line for these settings (``organ_path``: where the organ mask goes)."""
     command = [python_executable(), "-m", "TumorSegLib", "segment", str(input_path), "-o", str(output_path),
                "--model", model, "--device", device, "--progress-json"]
+    if organ_path is not None:
+        command += ["--organ-mask", str(organ_path)]
     if roi is not None:
         command += ["--roi", *[str(int(v)) for v in roi]]
     if point is not None:

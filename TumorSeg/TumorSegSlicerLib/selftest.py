@@ -46,6 +46,12 @@ class Workspace:
             self.models[key] = testing.tiny_model(self.directory / "models", mode, modality)
         return self.models[key]
 
+    def cascade(self):
+        """A tiny cascade whose card names its organ, the liver (``TumorSegLib.testing.tiny_cascade``)."""
+        if "cascade" not in self.models:
+            self.models["cascade"] = testing.tiny_cascade(self.directory / "models", threshold=0.1)
+        return self.models["cascade"]
+
     def folder(self, name) -> Path:
         path = self.directory / name
         shutil.rmtree(path, ignore_errors=True)
@@ -552,6 +558,51 @@ def test_rerun_keeps_edited_segmentation(logic: TumorSegLogic, ws: Workspace) ->
           "re-running into an unedited TumorSeg segmentation is allowed")
 
 
+def test_organ_segment(logic: TumorSegLogic, ws: Workspace) -> None:
+    """A model naming its organ adds it as a second segment, equal to the CLI's organ mask, with its terminology and
+    readouts; an edit of it is protected like one of the tumour; a run of a model without an organ removes it."""
+    card = ws.cascade()
+    volume, image, _ = add_case(logic)
+    segmentation = logic.segment(volume, str(card.path), device="cpu")
+    organ_id = logic.organSegmentId(segmentation)
+    check(organ_id and segmentation.GetSegmentation().GetNumberOfSegments() == 2, "a Tumor and an organ segment")
+    segment = segmentation.GetSegmentation().GetSegment(organ_id)
+    terminology = vtk.reference("")
+    segment.GetTag(segment.GetTerminologyEntryTagName(), terminology)
+    check(segment.GetName() == "Liver" and "SCT^10200004^Liver" in str(terminology), f"Liver segment: {terminology}")
+    organ, tumour = mrml.segment_mask(segmentation, organ_id, volume), logic.tumorMask(segmentation)
+    folder = ws.folder("organ")
+    write_image(folder / "case.nii.gz", image)
+    cli("segment", folder / "case.nii.gz", "-o", folder / "mask.nrrd", "--organ-mask", folder / "organ.nrrd",
+        "--model", card.path, "--device", "cpu")
+    check(np.array_equal(organ, read_image(folder / "organ.nrrd").array != 0), "the organ differs from the CLI's")
+    check(np.array_equal(tumour, read_image(folder / "mask.nrrd").array != 0), "the tumour differs from the CLI's")
+    check((organ & ~tumour).any() and not (tumour & ~organ).any(), "the organ holds its tumours and more")
+    totals = logic.readouts[segmentation.GetID()].totals
+    check(math.isclose(totals["liver_volume_ml"], organ.sum() * image.voxel_volume / 1000, rel_tol=1e-9) and
+          math.isclose(totals["tumour_percent_of_liver"], 100 * tumour.sum() / organ.sum(), rel_tol=1e-9),
+          f"organ readouts {totals}")
+    check(not logic.isEdited(segmentation), "a fresh TumorSeg segmentation must not count as edited")
+    segmentation.GetSegmentation().RemoveSegment(logic.tumorSegmentId(segmentation))
+    check(not logic.tumorMask(segmentation, volume).any(), "without its Tumor segment the organ is no tumour")
+    logic.segment(volume, str(card.path), device="cpu", outputSegmentation=segmentation, overwrite=True)
+    edited = organ.copy()
+    edited[tuple(np.argwhere(organ & ~tumour)[0])] = False
+    mrml.set_segment_mask(segmentation, organ_id, edited, volume)
+    check("edited" in logic.confirmationNeeded(segmentation), "an edit of the organ segment went unnoticed")
+    try:
+        logic.segment(volume, str(card.path), device="cpu", outputSegmentation=segmentation)
+    except EditedSegmentationError:
+        pass
+    else:
+        raise AssertionError("a re-run overwrote an edited organ segment without overwrite=True")
+    check(np.array_equal(mrml.segment_mask(segmentation, organ_id, volume), edited), "the refused run changed the organ")
+    logic.segment(volume, str(ws.model().path), device="cpu", outputSegmentation=segmentation, overwrite=True)
+    check(segmentation.GetSegmentation().GetNumberOfSegments() == 1 and not logic.organSegmentId(segmentation)
+          and "liver_volume_ml" not in logic.readouts[segmentation.GetID()].totals,
+          "a run without an organ must leave no organ segment or readouts")
+
+
 def test_roi_restricts_inference(logic: TumorSegLogic, ws: Workspace) -> None:
     """A markups ROI around one lesion: only that lesion is segmented, nothing outside the ROI's voxels."""
     volume, image, truth = add_case(logic)
@@ -801,7 +852,7 @@ def test_worker_ends_with_module_scene_and_cancel(logic: TumorSegLogic, ws: Work
 
 
 TESTS = [(f.__name__, f) for f in (test_modality_detection, test_readouts_match_cli, test_segment_lands_on_lesions,
-                                   test_edit_updates_readouts, test_rerun_keeps_edited_segmentation,
+                                   test_edit_updates_readouts, test_rerun_keeps_edited_segmentation, test_organ_segment,
                                    test_roi_restricts_inference, test_cancel_leaves_scene_unchanged,
                                    test_cancel_stops_the_launched_process_tree,
                                    test_errors_end_as_one_message_scene_unchanged,

@@ -7,8 +7,10 @@ series in a folder of several). The mask lands on INPUT's grid in the same kind 
 a JPEG; a DICOM series gives .nii.gz/.nrrd, or a DICOM SEG with -o NAME.dcm or --dicom-seg). A
 MIP-PET model given a 3D PET volume writes a 3D mask (each MIP lesion traced back to the depth of
 its maximum and delineated in 3D) and, with --mip-mask (or an OUTPUT ending in .png instead), the 2D
-MIP mask as PNG with the MIP image beside it. PET models need SUV: a PT series converts from its
-header (Units BQML or GML), else --suv-factor.
+MIP mask as PNG with the MIP image beside it. A model that finds the organ its tumours lie in (the liver
+model) writes that organ with --organ-mask (a folder for a folder INPUT) and adds its size and the
+tumour's share of it to the readouts; its DICOM SEG holds both segments. PET models need SUV: a PT
+series converts from its header (Units BQML or GML), else --suv-factor.
 SIGINT/SIGTERM cancel the run: exit 130 and no output file for the case in progress.
 """
 
@@ -31,6 +33,7 @@ from ..io import JPEG_SUFFIXES, PNG_SUFFIXES, SUFFIXES, case_name, image_suffix,
 from ..progress import Cancel, ProgressBar, ProgressCallback, check_cancel, json_lines, scaled
 from ..report import readouts_text
 from ..suv import read_input, require_suv
+from ..terminology import ORGANS
 from ..windowed import default_picture_card, is_picture, read_input as read_picture
 
 
@@ -55,6 +58,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "inference.context_mm; repeat for several lesions (one mask)")
     parser.add_argument("--mip-mask", metavar="PATH.png",
                         help="MIP-PET model on a 3D PET volume: also write the 2D MIP mask here (and the MIP beside it)")
+    parser.add_argument("--organ-mask", metavar="PATH",
+                        help="also write the organ the model finds (e.g. the liver, its tumours included) on the mask's "
+                        "grid; a folder for a folder INPUT (whole-image runs of a model whose card names an organ)")
     parser.add_argument("--json", metavar="READOUTS.json", help="write the lesion readouts as JSON")
     parser.add_argument("--progress-json", action="store_true",
                         help="print one JSON object per progress step on stdout (for a calling process)")
@@ -113,14 +119,15 @@ def progress_reporter(as_json: bool, description: str) -> Iterator[ProgressCallb
 def run(args: argparse.Namespace) -> int:
     from ..cards import find_card
     from ..engine import Segmenter
-    from ..runs import default_card
+    from ..runs import default_card, require_organ
 
     inputs, outputs = _pairs(Path(args.input), Path(args.output))
+    organs = _organ_paths(args, inputs, outputs)
     seg_paths = _dicom_seg_paths(args, inputs)
     for path in [args.json, *seg_paths]:
         if path:
             require_writable(path, "output")
-    require_not_input(outputs + [args.json, args.mip_mask, *seg_paths], inputs)
+    require_not_input(outputs + organs + [args.json, args.mip_mask, *seg_paths], inputs)
     first = None
     if args.model:
         card = find_card(args.model, args.models_dir)
@@ -131,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
         card = default_card(first, args.models_dir)
     if first is None and len(inputs) == 1:
         first = _read(inputs[0], card, args)
+    if args.organ_mask:
+        require_organ(card, args.roi, args.point)
     if seg_paths and card.modality == "MIP-PET":
         raise TumorSegError(f"model {card.name!r} gives a 2D MIP mask, which a DICOM SEG of the series cannot hold")
     if first is not None:
@@ -144,14 +153,16 @@ def run(args: argparse.Namespace) -> int:
     with cancel_on_signals(cancel), progress_reporter(args.progress_json, f"segment ({card.name})") as progress:
         segmenter = Segmenter(card, args.device, backend=args.backend)
         if Path(args.input).is_dir() and not is_dicom(Path(args.input)):  # folder mode
-            Path(args.output).mkdir(exist_ok=True)
-        for number, (source, target) in enumerate(zip(inputs, outputs)):
+            for folder in (args.output, args.organ_mask):
+                if folder:
+                    Path(folder).mkdir(exist_ok=True)
+        for number, (source, target, organ) in enumerate(zip(inputs, outputs, organs or [None] * len(inputs))):
             step = scaled(progress, number / len(inputs), (number + 1) / len(inputs))
             try:
                 image = first if number == 0 and first is not None else \
                     _read(source, card, args)
                 _require_units(image, card, source)
-                results.append(_segment_one(segmenter, source, target, image, args, step, cancel, overrides))
+                results.append(_segment_one(segmenter, source, target, organ, image, args, step, cancel, overrides))
             except TumorSegError as error:
                 if len(inputs) == 1 or cancel.is_set():
                     raise
@@ -173,10 +184,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _segment_one(segmenter, source: Path, target: Path, image, args, progress, cancel, overrides) -> dict:
+def _segment_one(segmenter, source: Path, target: Path, organ, image, args, progress, cancel, overrides) -> dict:
     from ..runs import readouts, segment_file
 
     if is_dicom_seg_path(target):
+        if organ is not None:
+            raise TumorSegError("with -o NAME.dcm the organ is a segment of the DICOM SEG: drop --organ-mask, or write "
+                                "the mask as .nii.gz with --dicom-seg beside it")
         prediction = segmenter.predict(image, roi=args.roi, points=args.point, progress=progress, cancel=cancel,
                                        overrides=overrides)
         check_cancel(cancel)
@@ -184,7 +198,7 @@ def _segment_one(segmenter, source: Path, target: Path, image, args, progress, c
     else:
         prediction, written = segment_file(source, target, segmenter, roi=args.roi, points=args.point,
                                            progress=progress, cancel=cancel, overrides=overrides, image=image,
-                                           mip_mask=args.mip_mask)
+                                           mip_mask=args.mip_mask, organ_mask=organ)
         if args.dicom_seg:
             try:
                 _write_seg(args.dicom_seg, prediction, segmenter.card)
@@ -222,8 +236,28 @@ def _dicom_seg_paths(args, inputs: list) -> list:
 
 
 def _write_seg(path, prediction, card) -> Path:
-    """The 3D mask as a DICOM SEG of its series (``run`` refused MIP models, whose mask here is 2D, before any work)."""
-    return write_dicom_seg(path, prediction.mask, prediction.image, card.name, card_version(card))
+    """The 3D mask as a DICOM SEG of its series, with the organ as a second segment when the run gave one (``run``
+    refused MIP models, whose mask here is 2D, before any work)."""
+    organ = None if prediction.organ is None else (ORGANS[card.output.within.organ], prediction.organ)
+    return write_dicom_seg(path, prediction.mask, prediction.image, card.name, card_version(card), organ)
+
+
+def _organ_paths(args, inputs: list, outputs: list) -> list:
+    """Where each input's organ mask goes (``--organ-mask``; in folder mode a folder, each mask named as its tumour
+    mask), or [] without it."""
+    if not args.organ_mask:
+        return []
+    folder = Path(args.organ_mask)
+    if not (Path(args.input).is_dir() and not is_dicom(Path(args.input))):
+        return [folder]
+    for other, what in ((Path(args.input), "input"), (Path(args.output), "output")):
+        if same_file(folder, other) or folder == other:
+            raise TumorSegError(f"the organ mask folder {folder} is the {what} folder; choose another folder")
+    if folder.exists() and not folder.is_dir():
+        raise TumorSegError(f"INPUT is a folder, so --organ-mask must be a folder; {folder} is a file")
+    if not folder.exists():
+        require_writable(folder, "organ mask folder")
+    return [folder / target.name for target in outputs]
 
 
 def _pairs(source: Path, target: Path) -> tuple:
