@@ -38,7 +38,7 @@ class TumorSeg(ScriptedLoadableModule):
 Segments tumours in PET (SUV) and CT (HU) volumes with a MONAI Attention U-Net described by a model card,
 then measures every lesion: volume (mL), RECIST longest diameter and short axis (mm), 3D diameter,
 SUVmax/SUVmean/SUVpeak/TLG (PET) or mean HU (CT). Edit the "Tumor" segment with Segment Editor: the
-readouts follow. Inference runs in a background process (Segment turns into Cancel). With a click point
+readouts follow. The liver model adds a "Liver" segment; the totals give its volume and the tumour's share of it. Inference runs in a background process (Segment turns into Cancel). With a click point
 list, each point placed adds the lesion under it (Remove last clicked lesion takes it back). Needs 3D Slicer 5.6
 or later. See the
 <a href="https://github.com/tumorseg/TumorSeg">documentation</a>.

@@ -108,8 +108,8 @@ class Prediction:
     device: str
     notes: list = field(default_factory=list)
     clicks: list = field(default_factory=list)  # one Click per point, in the order given
-    organ: np.ndarray | None = None  # bool: the card's named organ (``output.within.organ``), its tumours included;
-    # whole-image runs only
+    organ: np.ndarray | None = None  # bool: the card's named organ (``output.within.organ``) post-processed by its own
+    # card, its tumours included; whole-image runs only
 
 
 def gpu_window_batch(settings: Settings) -> int:
@@ -276,8 +276,10 @@ class Segmenter:
             probability = self._infer(work, None, settings, step, cancel, notes, organs)
             progress(0.96, "post-processing")
             mask = self._postprocess(probability, work, settings, cancel, notes, whole_image=True)
-            if organs and self.card.output.within.organ:
-                organ = organs[0] | mask
+            if organs and self.card.output.within.organ:  # as the organ's card post-processes its own mask
+                from .postprocess import postprocess
+
+                organ = postprocess(organs[0], work, settings.organ.postprocessing, []) | mask
         progress(1.0, "done")
         return Prediction(probability, mask, work, str(self.device), notes, clicks, organ)
 

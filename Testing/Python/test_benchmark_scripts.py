@@ -340,3 +340,16 @@ def test_image_gate_setting_cleans_most_controls_within_the_dice_tolerance_and_e
     assert gate.emptied(gate.gated(records, keeps, scores, 0.0), gate.gated(records, keeps, scores, 0.31)) == [
         records[0]["case"]]
     assert gate.emptied(gate.gated(records, keeps, scores, 0.0), gate.gated(records, keeps, scores, 0.31, 100)) == []
+
+
+def test_liver_report_keeps_its_hand_written_candidates_and_reads_the_liver_segment(tmp_path):
+    import evaluate_liver as liver
+    from TumorSegLib.cards import find_card
+
+    report = tmp_path / "liver-report.md"
+    assert liver.kept_sections(report) == ""
+    report.write_text("# generated\n\nfigures\n\n## Candidates (issue 18)\n\n| a | b |\n")
+    assert liver.kept_sections(report) == "\n## Candidates (issue 18)\n\n| a | b |\n"
+    report.write_text("# generated, nothing kept\n")
+    assert liver.kept_sections(report) == ""
+    assert liver.names_organ(find_card(liver.NAME)) and not liver.names_organ(find_card(f"{liver.NAME}-coarse"))

@@ -152,9 +152,32 @@ def test_jpeg_input_gives_a_png_mask_and_a_folder_is_segmented_in_one_run(tmp_pa
     folder.mkdir()
     for path in pictures:
         (folder / path.name).write_bytes(path.read_bytes())
-    assert main(["segment", str(folder), "-o", str(tmp_path / "masks"), "--device", "cpu"]) == 0  # default card
+    assert main(["segment", str(folder), "-o", str(tmp_path / "masks"), "--organ-mask", str(tmp_path / "livers"),
+                 "--device", "cpu"]) == 0  # default card
     assert sorted(p.name for p in (tmp_path / "masks").iterdir()) == sorted(p.stem + ".png" for p in pictures)
+    assert sorted(p.name for p in (tmp_path / "livers").iterdir()) == sorted(p.stem + ".png" for p in pictures)
     assert card.preprocessing.picture.channel == 0
+
+
+def test_the_liver_of_a_jpeg_is_a_png_holding_the_tumour(tmp_path, capsys):
+    """--organ-mask on a picture: the Liver segment as a 0/255 PNG of the picture's size (never a JPEG), holding the
+    tumour mask, and the liver's area and the tumour's share of it in the readouts (0.8 mm pixels)."""
+    masks = shared_data("lits-liver-2d") / "dev" / "masks"
+    picture = next(p for p in lits_pictures() if (np.asarray(PILImage.open(masks / f"{p.stem}_mask.png")) == 2).any())
+    args = ["segment", str(picture), "-o", str(tmp_path / "tumour.png"), "--model", NAME, "--device", "cpu"]
+    assert main([*args, "--organ-mask", str(tmp_path / "liver.jpg")]) == 2
+    assert "is written as .png, not liver.jpg" in capsys.readouterr().err and not list(tmp_path.iterdir())
+    assert main([*args, "--organ-mask", str(tmp_path / "liver.png"), "--json", str(tmp_path / "r.json")]) == 0
+    with PILImage.open(tmp_path / "liver.png") as written:
+        assert written.format == "PNG" and written.size == (512, 512)
+        liver = np.asarray(written)
+    assert set(np.unique(liver)) <= {0, 255}
+    tumour = np.asarray(PILImage.open(tmp_path / "tumour.png")) > 0
+    expected = Segmenter(find_card(NAME), device="cpu").predict(read_input(picture, find_card(NAME))).organ
+    assert np.array_equal(liver > 0, expected) and not (tumour & (liver == 0)).any()
+    totals = json.loads((tmp_path / "r.json").read_text())["readouts"]["totals"]
+    assert totals["liver_area_mm2"] == pytest.approx(expected.sum() * 0.8 * 0.8)
+    assert totals["tumour_percent_of_liver"] == pytest.approx(100 * tumour.sum() / expected.sum())
 
 
 def test_liver_lies_on_the_patients_right_in_the_upper_abdomen_of_any_copy_of_a_real_ct():

@@ -1,6 +1,7 @@
 """A cascade whose card names its organ (``output.within.organ``) through the CLI: the organ mask (file, folder, DICOM
 SEG segment 2) on the input's grid, its readouts, and the requests refused before any file is written."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -48,6 +49,17 @@ def test_the_organ_mask_lands_on_the_input_grid_and_its_readouts_follow(cascade,
     assert totals["tumour_percent_of_liver"] == pytest.approx(100 * expected.mask.sum() / expected.organ.sum())
     assert 0 < totals["tumour_percent_of_liver"] < 100
     assert "liver_volume_ml" in capsys.readouterr().out
+    assert main(["measure", str(tmp_path / "mask.nii.gz"), "--organ", str(tmp_path / "liver.nrrd"), "--json",
+                 str(tmp_path / "m.json")]) == 0  # the same figures from the files
+    measured = json.loads((tmp_path / "m.json").read_text())["totals"]
+    assert {k: measured[k] for k in ("liver_volume_ml", "tumour_percent_of_liver")} == pytest.approx(
+        {k: totals[k] for k in ("liver_volume_ml", "tumour_percent_of_liver")})
+    moved = organ.affine.copy()
+    moved[:3, 3] += 1.0  # 1 mm off: another grid
+    write_image(tmp_path / "shifted.nii.gz", dataclasses.replace(organ, affine=moved))
+    capsys.readouterr()
+    assert main(["measure", str(tmp_path / "mask.nii.gz"), "--organ", str(tmp_path / "shifted.nii.gz")]) == 2
+    assert "--organ and mask are on different grids" in capsys.readouterr().err
 
 
 def test_a_folder_gives_a_folder_of_organ_masks(cascade, ct, tmp_path):
@@ -92,6 +104,10 @@ def test_the_dicom_seg_holds_the_organ_as_segment_2(cascade, tmp_path):
     organ = read_image(tmp_path / "liver.nii.gz").array != 0
     assert organ.any() and np.array_equal(read_dicom_seg(tmp_path / "seg.dcm", series, 2), organ)
     assert np.array_equal(read_dicom_seg(tmp_path / "seg.dcm", series), read_image(tmp_path / "mask.nii.gz").array != 0)
+    assert main(["measure", str(tmp_path / "seg.dcm"), "--image", str(tmp_path / "series"), "--organ",
+                 str(tmp_path / "seg.dcm"), "--json", str(tmp_path / "m.json")]) == 0  # segment 2 of the SEG
+    measured = json.loads((tmp_path / "m.json").read_text())["totals"]
+    assert measured["liver_volume_ml"] == pytest.approx(organ.sum() * series.voxel_volume / 1000)
     segments = pydicom.dcmread(tmp_path / "seg.dcm").SegmentSequence
     assert [s.SegmentLabel for s in segments] == ["Tumor", "Liver"]
     assert segments[1].SegmentedPropertyTypeCodeSequence[0].CodeValue == "10200004"

@@ -2,8 +2,9 @@
 
 The validation scans of the card's own training split (its provenance config, same seed: never a
 scan on both sides) are segmented slice by slice with the engine, on the CPU, in fp32: the tumour
-mask of the card and the liver (the same network's channel 1, or the organ of the card its
-``inference.organ_from`` names). Figures:
+mask of the card and the liver: the Liver segment its run gives when the card names its organ
+(``output.within.organ``), else the same network's channel 1 or the organ of the card its
+``inference.organ_from`` names. Figures:
 
 - per-scan tumour Dice: true positives, predicted and true pixels summed over all slices of a scan,
   Dice of the sums; the mean over scans with tumour (LiTS "Dice per case") and the global Dice
@@ -23,8 +24,8 @@ With ``--folds`` (the cards of a cross-validation's runs) each scan is segmented
 it out, and those out-of-fold rows replace the card's own validation; ``--before`` compares on the
 scans the card before was measured on.
 
-Writes ``docs/liver-report.md``, overlays ``docs/figures/liver-*.png`` and, with ``--json``, the
-figures. Run from the repository root::
+Writes ``docs/liver-report.md`` (keeping its hand-written candidates section, ``kept_sections``), overlays
+``docs/figures/liver-*.png`` and, with ``--json``, the figures. Run from the repository root::
 
     .venv/bin/python Testing/benchmarks/evaluate_liver.py --threads 1
 """
@@ -48,6 +49,7 @@ SHARED = REPO.parent / "shared" / "data"
 NAME = "ct-liver-lesion-2d"
 LIVER = 1  # the network's liver channel
 COPIES = ("LPS", "SAR", "ILP")  # axis codes of flipped and permuted copies of the example CT
+KEPT_FROM = "## Candidates"  # the report's hand-written sections start here (``kept_sections``)
 SMALL_PX = 100  # LiTS pictures: tumour regions below 100 pixels (about 64 mm^2 at 0.8 mm) are "small"
 
 
@@ -57,6 +59,11 @@ def liver_card(card):
     from TumorSegLib.cards import only_channel, organ_card
 
     return organ_card(card) or only_channel(card, LIVER)
+
+
+def names_organ(card) -> bool:
+    """Whether a run of the card gives the liver itself (``output.within.organ``: the Liver segment users get)."""
+    return card.output.within is not None and bool(card.output.within.organ)
 
 
 def weights_sha256(card) -> str:
@@ -101,16 +108,18 @@ def slice_weights(root: Path) -> dict:
 def evaluate_slice(segmenters: dict, case, card) -> dict:
     """Pixel counts and lesion detection of one validation slice (and the arrays for overlays).
 
-    ``segmenters``: "tumour" (the card), "liver" (channel 1) and "ungated" (channel 0 without the
-    tumour-in-liver rule, to measure what that rule does).
+    ``segmenters``: "tumour" (the card), "liver" (``liver_card``; None when the card's own run gives the liver,
+    ``names_organ``) and "ungated" (channel 0 without the tumour-in-liver rule, to measure what that rule does).
     """
     from TumorSegLib.metrics import case_metrics
     from TumorSegLib.training.transforms import read_channels
 
     image, (tumour, liver) = read_channels(case, card, [[2], [1, 2]])
     fp32 = {"precision": "fp32"}
-    predicted, predicted_liver, ungated = (segmenters[k].predict(image, overrides=fp32).mask
-                                           for k in ("tumour", "liver", "ungated"))
+    result = segmenters["tumour"].predict(image, overrides=fp32)
+    predicted, ungated = result.mask, segmenters["ungated"].predict(image, overrides=fp32).mask
+    predicted_liver = result.organ if segmenters["liver"] is None else \
+        segmenters["liver"].predict(image, overrides=fp32).mask
     lesions = case_metrics(predicted, tumour, image, recist=False)
     sizes = region_sizes(tumour)
     found = region_sizes(tumour & predicted, labels_of=tumour)
@@ -139,8 +148,9 @@ def validation_rows(card, root: Path, slices_per_scan: int | None) -> list:
     if slices_per_scan:
         cases = first_slices(cases, slices_per_scan)
     network = load_network(card, "cpu")  # the card's own networks read once (PyTorch fp32: the report's figures)
-    liver = liver_card(card)
-    segmenters = {name: Segmenter(c, device="cpu", network=network if c.name == card.name else None, backend="torch")
+    liver = None if names_organ(card) else liver_card(card)
+    segmenters = {name: c and Segmenter(c, device="cpu", network=network if c.name == card.name else None,
+                                        backend="torch")
                   for name, c in (("tumour", card), ("liver", liver), ("ungated", only_channel(card, 0)))}
     return [{**evaluate_slice(segmenters, case, card), "validated_by": str(card.path)} for case in cases]
 
@@ -239,16 +249,23 @@ def example_ct(card, path: Path, figure: Path, data_root: Path) -> dict:
 
     image = read_image(path)
     fp32 = {"precision": "fp32"}
+    segmenter = Segmenter(card, device="cpu")
     started = time.perf_counter()
-    tumour = Segmenter(card, device="cpu").predict(image, overrides=fp32).mask
+    result = segmenter.predict(image, overrides=fp32)
     seconds = time.perf_counter() - started
-    liver_segmenter = Segmenter(liver_card(card), device="cpu")
-    liver = liver_segmenter.predict(image, overrides=fp32).mask
+    tumour = result.mask
+    if names_organ(card):
+        liver = result.organ
+        liver_of = lambda volume: segmenter.predict(volume, overrides=fp32).organ  # noqa: E731
+    else:
+        liver_segmenter = Segmenter(liver_card(card), device="cpu")
+        liver_of = lambda volume: liver_segmenter.predict(volume, overrides=fp32).mask  # noqa: E731
+        liver = liver_of(image)
     copies = {}
     for codes in COPIES:
         copy, _ = reorient(image, codes)
         expected = reorient(image.with_array(liver.astype(np.uint8)), codes)[0].array.astype(bool)
-        copies[codes] = int(np.count_nonzero(liver_segmenter.predict(copy, overrides=fp32).mask != expected))
+        copies[codes] = int(np.count_nonzero(liver_of(copy) != expected))
     millilitres = image.voxel_volume / 1000.0
     body = image.to_world(np.argwhere(image.array > -300))
     centre = image.to_world(np.argwhere(liver)).mean(axis=0) if liver.any() else None
@@ -337,9 +354,12 @@ def cascade_lines(card) -> list:
     within = card.output.within
     largest = " (on a 3D volume its largest connected region, `output.within.largest_component`)" \
         if within is not None and within.largest_component else ""
+    segment = (" The liver figures are those of the Liver segment a run gives (`output.within.organ`): that liver, "
+               "post-processed as its card does and joined with the tumour mask (on the example CT its largest 3D "
+               "region).") if names_organ(card) else ""
     return [f"A cascade: the liver (the liver figures below, the tumour-in-liver rule and the organ level) is that of "
             f"`{source}` (`inference.organ_from`), run whole at {spacing_text(liver_card(card))}; the tumour is this "
-            f"card's networks' at {spacing_text(card)}, inside that liver{largest}.", ""]
+            f"card's networks' at {spacing_text(card)}, inside that liver{largest}.{segment}", ""]
 
 
 def spacing_text(card) -> str:
@@ -435,6 +455,14 @@ def report_text(card, result: dict, before: dict | None = None) -> str:
     return "\n".join(lines)
 
 
+def kept_sections(report: Path) -> str:
+    """The hand-written end of an existing report, from its ``KEPT_FROM`` heading on (the candidates measured and
+    judged by the ship rules), carried over to the new report; "" when there is none."""
+    text = report.read_text() if report.is_file() else ""
+    start = text.find(KEPT_FROM)
+    return "\n" + text[start:] if start >= 0 else ""
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--card", help="card file (default: the shipped ct-liver-lesion-2d)")
@@ -481,7 +509,7 @@ def main(argv=None) -> int:
     if before:  # this card's figures on the slices the card before it was measured on
         compared = [r for r in rows if r["scan"] in {s["scan"] for s in before["scans"]}]
         result["summary_on_before_scans"] = summary(compared, scan_figures(compared, weights))
-    Path(args.report).write_text(report_text(card, result, before))
+    Path(args.report).write_text(report_text(card, result, before) + kept_sections(Path(args.report)))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
     print(json.dumps(result["summary"], indent=2))
