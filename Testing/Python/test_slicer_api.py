@@ -115,6 +115,7 @@ SLICER_5_6_API = {
     "RemoveNthControlPoint": "vtkMRMLMarkupsNode",
     "RemoveNodeReferenceIDs": "vtkMRMLNode",
     "RemoveObserver": "vtkObject",
+    "RemoveSegment": "vtkSegmentation",
     "ResampleOrientedImageToReferenceOrientedImage": "vtkOrientedImageDataResample",
     "SetAndObserveStorageNodeID": "vtkMRMLStorableNode",
     "SetAndObserveTable": "vtkMRMLTableNode",
