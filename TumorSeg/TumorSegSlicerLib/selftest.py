@@ -536,6 +536,15 @@ def test_parent_transforms_change_nothing(logic: TumorSegLogic, ws: Workspace) -
         check(math.isclose(lines[0].GetLineLengthWorld(), lesion.recist_long_mm, rel_tol=1e-9), f"{name}: RECIST length")
 
 
+def check_rerun_refused(logic, volume, card, segmentation, what: str) -> None:
+    """A run of ``card`` into the edited ``segmentation`` without overwrite=True must be refused."""
+    try:
+        logic.segment(volume, str(card.path), device="cpu", outputSegmentation=segmentation)
+    except EditedSegmentationError:
+        return
+    raise AssertionError(f"a re-run overwrote an edited {what} without overwrite=True")
+
+
 def test_rerun_keeps_edited_segmentation(logic: TumorSegLogic, ws: Workspace) -> None:
     """Segment again into an edited segmentation: refused (voxels kept) unless overwrite=True."""
     card = ws.model()
@@ -545,12 +554,7 @@ def test_rerun_keeps_edited_segmentation(logic: TumorSegLogic, ws: Workspace) ->
     edited = fresh.copy()
     edited[tuple(np.argwhere(fresh)[0])] = False
     mrml.set_segment_mask(segmentation, logic.tumorSegmentId(segmentation), edited, volume)
-    try:
-        logic.segment(volume, str(card.path), device="cpu", outputSegmentation=segmentation)
-    except EditedSegmentationError:
-        pass
-    else:
-        raise AssertionError("a re-run overwrote an edited segmentation without overwrite=True")
+    check_rerun_refused(logic, volume, card, segmentation, "segmentation")
     check(np.array_equal(logic.tumorMask(segmentation), edited), "the refused re-run changed the edited voxels")
     again = logic.segment(volume, str(card.path), device="cpu", outputSegmentation=segmentation, overwrite=True)
     check(again is segmentation and np.array_equal(logic.tumorMask(segmentation), fresh), "overwrite=True must replace")
@@ -590,12 +594,7 @@ def test_organ_segment(logic: TumorSegLogic, ws: Workspace) -> None:
     edited[tuple(np.argwhere(organ & ~tumour)[0])] = False
     mrml.set_segment_mask(segmentation, organ_id, edited, volume)
     check("edited" in logic.confirmationNeeded(segmentation), "an edit of the organ segment went unnoticed")
-    try:
-        logic.segment(volume, str(card.path), device="cpu", outputSegmentation=segmentation)
-    except EditedSegmentationError:
-        pass
-    else:
-        raise AssertionError("a re-run overwrote an edited organ segment without overwrite=True")
+    check_rerun_refused(logic, volume, card, segmentation, "organ segment")
     check(np.array_equal(mrml.segment_mask(segmentation, organ_id, volume), edited), "the refused run changed the organ")
     logic.segment(volume, str(ws.model().path), device="cpu", outputSegmentation=segmentation, overwrite=True)
     check(segmentation.GetSegmentation().GetNumberOfSegments() == 1 and not logic.organSegmentId(segmentation)
