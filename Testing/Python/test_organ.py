@@ -84,6 +84,7 @@ def test_a_folder_gives_a_folder_of_organ_masks(cascade, ct, tmp_path):
      "whole-image run"),
     (["--model", "tiny-ct-cascade-liver", "--organ-mask", "liver.png"], "written as .nii.gz or .nrrd, not liver.png"),
     (["--model", "tiny-ct-cascade-liver", "--organ-mask", "mask.nii.gz"], "two different files"),
+    (["--model", "tiny-ct-cascade-liver", "--organ-mask", "liver.nii.gz", "-o", "seg.dcm"], "segment of the DICOM SEG"),
 ])
 def test_an_organ_mask_the_run_cannot_write_is_refused_before_any_work(cascade, ct, tmp_path, monkeypatch, capsys,
                                                                         args, message):

@@ -753,11 +753,13 @@ class TumorSegLogic:
         organ_id = self.organSegmentId(segmentationNode)
         if not organ_id:
             return {}
+        name = segmentationNode.GetAttribute(ORGAN_ATTRIBUTE)
         box = mrml.segment_bounds(segmentationNode, organ_id, volumeNode)
-        organ = mrml.segment_box(segmentationNode, organ_id, box, volumeNode) if box else np.zeros(0, dtype=bool)
-        inside = organ & self.tumorMask(segmentationNode, volumeNode, box) if box else organ
-        return organ_totals(segmentationNode.GetAttribute(ORGAN_ATTRIBUTE), int(np.count_nonzero(organ)),
-                            int(np.count_nonzero(inside)), grid)
+        if box is None:  # emptied by an edit
+            return organ_totals(name, 0, 0, grid)
+        organ = mrml.segment_box(segmentationNode, organ_id, box, volumeNode)
+        inside = organ & self.tumorMask(segmentationNode, volumeNode, box)
+        return organ_totals(name, int(np.count_nonzero(organ)), int(np.count_nonzero(inside)), grid)
 
     def _measuredBox(self, segmentationNode, volumeNode, modality: str) -> tuple:
         """What a 3D volume's readouts read: the box of the tumour voxels, grown by the SUVpeak sphere for PET (the

@@ -596,6 +596,10 @@ def test_organ_segment(logic: TumorSegLogic, ws: Workspace) -> None:
     check("edited" in logic.confirmationNeeded(segmentation), "an edit of the organ segment went unnoticed")
     check_rerun_refused(logic, volume, card, segmentation, "organ segment")
     check(np.array_equal(mrml.segment_mask(segmentation, organ_id, volume), edited), "the refused run changed the organ")
+    mrml.set_segment_mask(segmentation, organ_id, np.zeros_like(organ), volume)
+    logic.computeReadouts(segmentation)
+    totals = logic.readouts[segmentation.GetID()].totals
+    check(totals["liver_volume_ml"] == 0 and totals["tumour_percent_of_liver"] is None, f"emptied organ: {totals}")
     logic.segment(volume, str(ws.model().path), device="cpu", outputSegmentation=segmentation, overwrite=True)
     check(segmentation.GetSegmentation().GetNumberOfSegments() == 1 and not logic.organSegmentId(segmentation)
           and "liver_volume_ml" not in logic.readouts[segmentation.GetID()].totals,

@@ -188,9 +188,6 @@ def _segment_one(segmenter, source: Path, target: Path, organ, image, args, prog
     from ..runs import readouts, segment_file
 
     if is_dicom_seg_path(target):
-        if organ is not None:
-            raise TumorSegError("with -o NAME.dcm the organ is a segment of the DICOM SEG: drop --organ-mask, or write "
-                                "the mask as .nii.gz with --dicom-seg beside it")
         prediction = segmenter.predict(image, roi=args.roi, points=args.point, progress=progress, cancel=cancel,
                                        overrides=overrides)
         check_cancel(cancel)
@@ -248,6 +245,9 @@ def _organ_paths(args, inputs: list, outputs: list) -> list:
     if not args.organ_mask:
         return []
     folder = Path(args.organ_mask)
+    if is_dicom_seg_path(args.output):
+        raise TumorSegError("with -o NAME.dcm the organ is a segment of the DICOM SEG: drop --organ-mask, or write "
+                            "the mask as .nii.gz with --dicom-seg beside it")
     if not (Path(args.input).is_dir() and not is_dicom(Path(args.input))):
         return [folder]
     for other, what in ((Path(args.input), "input"), (Path(args.output), "output")):
