@@ -128,16 +128,21 @@ def config_split(config: TrainConfig, cases: list) -> Split:
                        int(data["fold"] or 0), data["inner_folds"], int(data["inner_fold"] or 0))
 
 
-def card_validation_cases(card: ModelCard, data_root: Optional[PathLike] = None) -> list:
-    """The validation cases (patients, then controls) of the split a published ``card`` was trained with.
-
-    The split is rebuilt from the config in the card's provenance and checked against the
-    validation patients the card lists, so a report is made on exactly those patients.
-    """
+def card_split(card: ModelCard, data_root: Optional[PathLike] = None) -> Split:
+    """The split a published ``card`` was trained with, rebuilt from the config in its provenance."""
     from .config import config_from_dict
 
     config = config_from_dict(card.provenance["config"], data_root=data_root)
-    split = config_split(config, find_cases(config))
+    return config_split(config, find_cases(config))
+
+
+def card_validation_cases(card: ModelCard, data_root: Optional[PathLike] = None) -> list:
+    """The validation cases (patients, then controls) of the split a published ``card`` was trained with.
+
+    The split is rebuilt from the config in the card's provenance (``card_split``) and checked against the
+    validation patients the card lists, so a report is made on exactly those patients.
+    """
+    split = card_split(card, data_root)
     patients = [c for c in split.validation if c.mask is not None]
     if sorted({c.patient for c in patients}) != sorted(card.provenance["training_data"]["validation_patients"]):
         raise TumorSegError(f"the validation patients found differ from those in {card.path}'s provenance")
