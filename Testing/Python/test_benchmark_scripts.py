@@ -353,3 +353,29 @@ def test_liver_report_keeps_its_hand_written_candidates_and_reads_the_liver_segm
     report.write_text("# generated, nothing kept\n")
     assert liver.kept_sections(report) == ""
     assert liver.names_organ(find_card(liver.NAME)) and not liver.names_organ(find_card(f"{liver.NAME}-coarse"))
+
+
+def test_the_pngs_pixel_size_is_read_from_the_hot_region_at_the_top():
+    import mip_pixel_size as pixel
+
+    picture = np.full((400, 200), 255, np.uint8)
+    picture[20:50, 60:130] = 10  # the brain: 30 rows, 70 columns
+    picture[300:340, 80:100] = 5  # a hot region below the top quarter is not the brain
+    assert pixel.brain_extent(picture) == (70, 30)
+    picture[20:50] = 255
+    assert pixel.brain_extent(picture) is None
+
+
+def test_the_mip_scale_check_shrinks_a_png_as_a_coarser_volume_and_maps_its_mask_back():
+    import evaluate_mip_3d as mip3d
+
+    picture = np.zeros((100, 60), np.float32)
+    coarse = mip3d.shrunk(picture, 0.5, 2.1, known=True)
+    assert coarse.shape == (50, 30) and coarse.spacing_known and np.allclose(coarse.spacing, [4.2, 4.2])
+    assert not mip3d.shrunk(picture, 0.5, 2.1, known=False).spacing_known
+    mask = np.zeros((50, 30), bool)
+    mask[10:20, 5:10] = True
+    back = mip3d.back_onto(mask, (100, 60))
+    assert back.shape == (100, 60) and back.sum() == 4 * mask.sum() and back[20:40, 10:20].all()
+    native, resampled = (mip3d.cards(2.1)[name] for name in mip3d.CARDS)
+    assert native.preprocessing.spacing is None and resampled.preprocessing.spacing == [2.1, 2.1]
