@@ -194,6 +194,7 @@ class Intensity(Section):
 class Mip(Section):
     window: Sequence[float] = _rule((0.0, 10.0), _is_window, "[0, suv_hi] with 0 < suv_hi")
     invert: bool = _rule(True, lambda v: isinstance(v, bool), "true or false")
+    pixel_mm: Optional[float] = _rule(None, _optional(_POSITIVE), "null or the training MIPs' pixel size in mm")
 
 
 @dataclass(frozen=True)

@@ -308,10 +308,12 @@ class Segmenter:
         """The checked input, or its coronal MIP for a MIP-PET card given a 3D volume."""
         check_input(image, self.card, sample)
         if self.card.modality == "MIP-PET" and image.ndim == 3:
-            from .mip import coronal_mip
+            from .mip import coronal_mip, scale_note
 
             notes.append(MIP_NOTE)
-            return coronal_mip(image, self.card)
+            mip = coronal_mip(image, self.card)
+            notes.extend(filter(None, [scale_note(mip, self.card)]))
+            return mip
         return image
 
     def _clicks(self, work: Image, source: Image, points, settings: Settings, progress, cancel, notes) -> list:

@@ -6,7 +6,8 @@ the patient's right (image left) to the patient's left (radiological view). The 
 windowed to ``[0, suv_hi]`` and mapped to 0..255 (inverted when the card says so: hot = dark),
 rounded to uint8, exactly the representation of the 2D MIP PNGs; the card's intensity
 preprocessing then applies as for a PNG. Pixel spacing comes from the volume, so 2D readouts
-are in mm.
+are in mm; a MIP whose pixels differ from those the network learnt on (``preprocessing.mip.pixel_mm``) by more than
+``SCALE_TOLERANCE`` gets a note (``scale_note``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from .cards import ModelCard
 from .errors import TumorSegError
 from .hints import Shape
 from .image import Image
+
+SCALE_TOLERANCE = 1.25  # MIP pixels more than this factor off the training MIPs' get a note
 
 
 @dataclass(frozen=True)
@@ -87,3 +90,18 @@ def coronal_mip(volume: Image, card: ModelCard) -> Image:
     affine = np.diag([spacing[geometry.row_axis], spacing[geometry.col_axis], 1.0])
     return Image(np.ascontiguousarray(pixels), affine, spacing_known=True,
                  meta={"mip": geometry, "source": volume.meta.get("source")})
+
+
+def scale_note(mip: Image, card: ModelCard) -> str | None:
+    """A note when the MIP's pixels differ from those of the MIPs the card's network learnt on
+    (``preprocessing.mip.pixel_mm``) by more than ``SCALE_TOLERANCE`` along either axis, else None."""
+    trained = card.preprocessing.mip.pixel_mm if card.preprocessing.mip is not None else None
+    if not trained:
+        return None
+    ratios = np.asarray(mip.spacing, dtype=np.float64) / trained
+    if np.all((ratios <= SCALE_TOLERANCE) & (ratios >= 1 / SCALE_TOLERANCE)):
+        return None
+    size = " x ".join(f"{s:.2g}" for s in mip.spacing)
+    return (f"the volume's MIP has {size} mm pixels; model {card.name!r} learnt on MIPs of about {trained:g} mm, so "
+            f"its lesions look {'smaller' if ratios.max() > SCALE_TOLERANCE else 'larger'} than in training: expect "
+            "lower accuracy (docs/mip-pet-2d-3d-volumes.md)")

@@ -89,3 +89,27 @@ def test_depth_range_and_mip_box_of_a_3d_roi():
     assert np.array_equal(flat, project_max(inside, geometry))
     mask, seeds = trace_lesions(image, footprint & flat, geometry, depth=box[geometry.projection_axis])
     assert len(seeds) == 1 and dice(mask, truth) >= 0.8
+
+
+@pytest.mark.parametrize("spacing, note", [
+    ((2.0, 2.0, 2.0), None), ((2.6, 9.0, 1.7), None),  # within a quarter of the card's 2.1 mm (rows S, columns R)
+    ((2.7, 2.0, 2.0), "smaller"), ((2.0, 2.0, 1.6), "larger"), ((4.0, 4.0, 4.0), "smaller"),
+])
+def test_a_mip_whose_pixels_are_far_from_the_training_mips_gets_a_note(spacing, note):
+    """preprocessing.mip.pixel_mm: a volume's MIP keeps the volume's voxel size; more than a quarter off the card's
+    training MIPs along either axis, the run says so (and segment_traced keeps the note)."""
+    from TumorSegLib.cards import find_card
+    from TumorSegLib.engine import Segmenter
+    from TumorSegLib.mip import coronal_mip, scale_note
+    from TumorSegLib.mip3d import segment_traced
+    from TumorSegLib.phantoms import pet_phantom
+
+    card = find_card("mip-pet-2d")
+    assert card.preprocessing.mip.pixel_mm == 2.1
+    volume = Image(np.ones((6, 6, 6), np.float32), np.diag([*spacing, 1.0]))
+    found = scale_note(coronal_mip(volume, card), card)
+    assert (found is None) if note is None else (f"learnt on MIPs of about 2.1 mm, so its lesions look {note}" in found)
+    if spacing == (4.0, 4.0, 4.0):
+        phantom, _ = pet_phantom((48, 40, 64), spacing)
+        traced, flat = segment_traced(Segmenter(card, "cpu"), phantom)
+        assert any("4 x 4 mm pixels" in n for n in flat.notes) and any("4 x 4 mm pixels" in n for n in traced.notes)
