@@ -195,6 +195,7 @@ class Mip(Section):
     window: Sequence[float] = _rule((0.0, 10.0), _is_window, "[0, suv_hi] with 0 < suv_hi")
     invert: bool = _rule(True, lambda v: isinstance(v, bool), "true or false")
     pixel_mm: Optional[float] = _rule(None, _optional(_POSITIVE), "null or the training MIPs' pixel size in mm")
+    resample_width_mm: Optional[float] = _rule(None, _optional(_POSITIVE), "null or a width in mm")
 
 
 @dataclass(frozen=True)
@@ -439,6 +440,9 @@ def _card_problems(card: ModelCard) -> list:
         problems.append(f"inference.{flips}")
     if card.modality == Modality.MIP_PET and card.mode != Mode.WHOLE_IMAGE_2D:
         problems.append("a MIP-PET model must have mode 'whole-image-2d'")
+    mip = card.preprocessing.mip
+    if mip is not None and mip.resample_width_mm and not mip.pixel_mm:
+        problems.append("preprocessing.mip.resample_width_mm needs preprocessing.mip.pixel_mm (what to resample to)")
     if card.preprocessing.picture is not None and card.preprocessing.picture.window is None:
         problems.append("preprocessing.picture.window must be [low, high] HU with low < high, got None")
     problems += spec_problems(card.postprocessing.lesion_filter, card.mode)

@@ -6,8 +6,10 @@ the patient's right (image left) to the patient's left (radiological view). The 
 windowed to ``[0, suv_hi]`` and mapped to 0..255 (inverted when the card says so: hot = dark),
 rounded to uint8, exactly the representation of the 2D MIP PNGs; the card's intensity
 preprocessing then applies as for a PNG. Pixel spacing comes from the volume, so 2D readouts
-are in mm; a MIP whose pixels differ from those the network learnt on (``preprocessing.mip.pixel_mm``) by more than
-``SCALE_TOLERANCE`` gets a note (``scale_note``).
+are in mm. A MIP at least ``preprocessing.mip.resample_width_mm`` wide (a whole-body field of view) is marked to
+reach the network at the pixel size the network learnt on (``preprocessing.mip.pixel_mm``; ``NETWORK_SPACING`` in its
+meta, which ``preprocess.prepare`` reads); a narrower one (a crop) keeps its own, with a note when that differs from
+the network's by more than ``SCALE_TOLERANCE`` (``scale_note``).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from .hints import Shape
 from .image import Image
 
 SCALE_TOLERANCE = 1.25  # MIP pixels more than this factor off the training MIPs' get a note
+NETWORK_SPACING = "network_spacing"  # meta key: the pixel size (row, col mm) a MIP is resampled to for the network
 
 
 @dataclass(frozen=True)
@@ -88,15 +91,18 @@ def coronal_mip(volume: Image, card: ModelCard) -> Image:
     pixels = np.rint(scaled * 255.0).astype(np.uint8)
     spacing = volume.spacing
     affine = np.diag([spacing[geometry.row_axis], spacing[geometry.col_axis], 1.0])
-    return Image(np.ascontiguousarray(pixels), affine, spacing_known=True,
-                 meta={"mip": geometry, "source": volume.meta.get("source")})
+    meta = {"mip": geometry, "source": volume.meta.get("source")}
+    width = pixels.shape[1] * spacing[geometry.col_axis]
+    if settings.resample_width_mm and width >= settings.resample_width_mm:
+        meta[NETWORK_SPACING] = [float(settings.pixel_mm)] * 2
+    return Image(np.ascontiguousarray(pixels), affine, spacing_known=True, meta=meta)
 
 
 def scale_note(mip: Image, card: ModelCard) -> str | None:
-    """A note when the MIP's pixels differ from those of the MIPs the card's network learnt on
-    (``preprocessing.mip.pixel_mm``) by more than ``SCALE_TOLERANCE`` along either axis, else None."""
+    """A note when a MIP that keeps its own pixel size (not marked ``NETWORK_SPACING``) differs from the MIPs the
+    card's network learnt on (``preprocessing.mip.pixel_mm``) by more than ``SCALE_TOLERANCE`` along either axis."""
     trained = card.preprocessing.mip.pixel_mm if card.preprocessing.mip is not None else None
-    if not trained:
+    if not trained or NETWORK_SPACING in mip.meta:
         return None
     ratios = np.asarray(mip.spacing, dtype=np.float64) / trained
     if np.all((ratios <= SCALE_TOLERANCE) & (ratios >= 1 / SCALE_TOLERANCE)):

@@ -24,6 +24,7 @@ from .cards import ModelCard
 from .errors import TumorSegError
 from .hints import Shape
 from .image import Image, superior_axis
+from .mip import NETWORK_SPACING
 
 
 @dataclass(frozen=True)
@@ -48,11 +49,12 @@ class Prepared:
 
 
 def prepare(image: Image, card: ModelCard) -> Prepared:
-    """``image`` as the network sees it: reorient to the card's orientation, resample to its spacing, window."""
+    """``image`` as the network sees it: reorient to the card's orientation, resample to its spacing (a volume's MIP:
+    to the pixel size ``mip.coronal_mip`` marked it with, if any), window."""
     oriented, transform = reorient(image, card.preprocessing.orientation)
     array = np.asarray(oriented.array, dtype=np.float32)
     axis = superior_axis(oriented.affine) if oriented.ndim == 3 else None
-    spacing, notes = card.preprocessing.spacing, ()
+    spacing, notes = card.preprocessing.spacing or oriented.meta.get(NETWORK_SPACING), ()
     if spacing and not oriented.spacing_known:
         notes, spacing = ("the image has no pixel spacing: it was not resampled to the model's spacing",), None
     if spacing:
