@@ -42,7 +42,7 @@ from paired import paired_change  # noqa: E402
 NAME = "mip-pet-2d"
 FP32 = {"precision": "fp32"}
 CARDS = ("native", "resampled")
-SLAB = 3  # voxels of depth of a volume built from a PNG
+SLAB = 8  # voxels of depth of a volume built from a PNG (the engine needs 8 along each in-plane axis)
 
 
 def cards(pixel_mm: float, width_mm: float) -> dict:
