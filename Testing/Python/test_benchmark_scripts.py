@@ -366,16 +366,22 @@ def test_the_pngs_pixel_size_is_read_from_the_hot_region_at_the_top():
     assert pixel.brain_extent(picture) is None
 
 
-def test_the_mip_scale_check_shrinks_a_png_as_a_coarser_volume_and_maps_its_mask_back():
+def test_the_mip_scale_check_builds_a_coarser_volume_whose_mip_is_the_shrunk_png():
     import evaluate_mip_3d as mip3d
+    from scipy import ndimage
 
-    picture = np.zeros((100, 60), np.float32)
-    coarse = mip3d.shrunk(picture, 0.5, 2.1, known=True)
-    assert coarse.shape == (50, 30) and coarse.spacing_known and np.allclose(coarse.spacing, [4.2, 4.2])
-    assert not mip3d.shrunk(picture, 0.5, 2.1, known=False).spacing_known
-    mask = np.zeros((50, 30), bool)
+    from TumorSegLib.mip import NETWORK_SPACING, coronal_mip
+
+    native, resampled = (mip3d.cards(2.1, 420)[name] for name in mip3d.CARDS)
+    assert native.preprocessing.mip.resample_width_mm is None and resampled.preprocessing.mip.pixel_mm == 2.1
+    picture = np.full((120, 400), 255, np.float32)
+    picture[30:60, 100:140] = 20  # a hot spot
+    volume = mip3d.volume_of(picture, 0.5, 2.1, resampled)
+    assert np.allclose(volume.spacing, [4.2, 4.2, 4.2])
+    mip = coronal_mip(volume, resampled)
+    assert np.array_equal(mip.array, np.rint(np.clip(ndimage.zoom(picture, 0.5, order=1), 0, 255)))
+    assert mip.meta[NETWORK_SPACING] == [2.1, 2.1] and NETWORK_SPACING not in coronal_mip(volume, native).meta
+    mask = np.zeros((60, 200), bool)
     mask[10:20, 5:10] = True
-    back = mip3d.back_onto(mask, (100, 60))
-    assert back.shape == (100, 60) and back.sum() == 4 * mask.sum() and back[20:40, 10:20].all()
-    native, resampled = (mip3d.cards(2.1)[name] for name in mip3d.CARDS)
-    assert native.preprocessing.spacing is None and resampled.preprocessing.spacing == [2.1, 2.1]
+    back = mip3d.back_onto(mask, (120, 400))
+    assert back.shape == (120, 400) and back.sum() == 4 * mask.sum() and back[20:40, 10:20].all()

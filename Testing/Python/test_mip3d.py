@@ -1,6 +1,7 @@
 """Whole-body PET in 3D from a MIP model: MIP lesions traced back to their true 3D position on any grid."""
 
 import numpy as np
+import torch
 import pytest
 from scipy import ndimage
 
@@ -113,3 +114,49 @@ def test_a_mip_whose_pixels_are_far_from_the_training_mips_gets_a_note(spacing, 
         phantom, _ = pet_phantom((48, 40, 64), spacing)
         traced, flat = segment_traced(Segmenter(card, "cpu"), phantom)
         assert any("4 x 4 mm pixels" in n for n in flat.notes) and any("4 x 4 mm pixels" in n for n in traced.notes)
+
+
+class Recorder(torch.nn.Module):
+    """Test network: records its inputs, answers 'tumour' where the input is dark (hot in the inverted MIP)."""
+
+    seen = []
+
+    def forward(self, x):
+        Recorder.seen.append(tuple(x.shape))
+        return 40 * (0.5 - x)
+
+
+@pytest.mark.parametrize("width_mm, resampled", [(300.0, True), (360.0, False)])
+def test_a_whole_body_mip_reaches_the_network_at_the_training_pixel_size(width_mm, resampled):
+    """preprocessing.mip.resample_width_mm: the MIP of a volume at least that wide is resampled to pixel_mm for the
+    network (no scale note then) and the result lands on the MIP's own grid; a narrower one keeps its pixel size."""
+    import dataclasses
+
+    from TumorSegLib.cards import find_card
+    from TumorSegLib.engine import Segmenter
+    from TumorSegLib.mip import NETWORK_SPACING, coronal_mip
+    from TumorSegLib.phantoms import pet_phantom
+
+    shipped = find_card("mip-pet-2d")
+    mip = dataclasses.replace(shipped.preprocessing.mip, pixel_mm=2.0, resample_width_mm=width_mm)
+    card = dataclasses.replace(shipped, preprocessing=dataclasses.replace(shipped.preprocessing, mip=mip),
+                               postprocessing=dataclasses.replace(shipped.postprocessing, lesion_filter=None,
+                                                                  image_gate=None))
+    volume, _ = pet_phantom((80, 40, 96), (4.0, 4.0, 4.0))  # 320 mm wide, 384 mm tall
+    assert (NETWORK_SPACING in coronal_mip(volume, card).meta) == resampled
+    Recorder.seen = []
+    result = Segmenter(card, "cpu", network=Recorder(), backend="torch").predict(volume)
+    rows, cols = (192, 160) if resampled else (96, 80)  # the MIP (96 x 80 at 4 mm), at 2 mm, padded to 16
+    assert Recorder.seen[-1][-2:] == (rows, cols)
+    assert result.mask.shape == (96, 80) and result.mask.any()
+    assert any("4 x 4 mm pixels" in note for note in result.notes) != resampled
+
+
+def test_resampling_a_mip_needs_the_pixel_size_to_resample_to():
+    from TumorSegLib.cards import card_from_dict, find_card
+    from TumorSegLib.errors import TumorSegError
+
+    data = find_card("mip-pet-2d").to_dict()
+    data["preprocessing"]["mip"] = {"window": [0, 5.0], "invert": True, "resample_width_mm": 420}
+    with pytest.raises(TumorSegError, match="resample_width_mm needs preprocessing.mip.pixel_mm"):
+        card_from_dict(data)
