@@ -368,6 +368,11 @@ class ModelCard(Section):
         return float(self.output.threshold)
 
     @property
+    def organ(self) -> Optional[str]:
+        """The organ a whole-image run also gives as a segment of its own (``output.within.organ``), or None."""
+        return self.output.within.organ if self.output.within is not None else None
+
+    @property
     def weights_path(self) -> Path:
         """The weights file (the first of an ensemble); it must resolve inside the card's own folder."""
         return self.member_path(self.weights.file)

@@ -276,7 +276,7 @@ class Segmenter:
             probability = self._infer(work, None, settings, step, cancel, notes, organs)
             progress(0.96, "post-processing")
             mask = self._postprocess(probability, work, settings, cancel, notes, whole_image=True)
-            if organs and self.card.output.within.organ:  # as the organ's card post-processes its own mask
+            if organs and self.card.organ:  # as the organ's card post-processes its own mask
                 from .postprocess import postprocess
 
                 organ = postprocess(organs[0], work, settings.organ.postprocessing, []) | mask
@@ -312,7 +312,9 @@ class Segmenter:
 
             notes.append(MIP_NOTE)
             mip = coronal_mip(image, self.card)
-            notes.extend(filter(None, [scale_note(mip, self.card)]))
+            note = scale_note(mip, self.card)
+            if note:
+                notes.append(note)
             return mip
         return image
 

@@ -144,7 +144,7 @@ def segment_file(input_path: PathLike, output_path: PathLike, segmenter: Segment
 def require_organ(card: ModelCard, roi=None, points=None) -> str:
     """The organ a run of ``card`` can write as a segment of its own (``output.within.organ``), or a clear error:
     the card names none, or the run has an ROI or clicks (the organ is found on the whole image)."""
-    organ = card.output.within.organ if card.output.within else None
+    organ = card.organ
     if not organ:
         raise TumorSegError(f"model {card.name!r} gives no organ mask (its card names no output.within.organ)")
     if roi is not None or points:
@@ -191,7 +191,7 @@ def readouts(prediction: Prediction, card: ModelCard) -> Readouts:
     values = measure_lesions(grid.with_array(mask.astype(np.uint8)), grid if modality else None, modality)
     values.offset_indices(corner)  # box indices -> full-grid indices
     if prediction.organ is not None:
-        values.totals.update(organ_totals(card.output.within.organ, int(np.count_nonzero(prediction.organ)),
+        values.totals.update(organ_totals(card.organ, int(np.count_nonzero(prediction.organ)),
                                           int(np.count_nonzero(prediction.mask & prediction.organ)), grid))
     if card.modality == "MIP-PET" and modality is None:
         values.modality = "MIP-PET"

@@ -352,7 +352,7 @@ def test_liver_report_keeps_its_hand_written_candidates_and_reads_the_liver_segm
     assert liver.kept_sections(report) == "\n## Candidates (issue 18)\n\n| a | b |\n"
     report.write_text("# generated, nothing kept\n")
     assert liver.kept_sections(report) == ""
-    assert liver.names_organ(find_card(liver.NAME)) and not liver.names_organ(find_card(f"{liver.NAME}-coarse"))
+    assert find_card(liver.NAME).organ == "Liver" and find_card(f"{liver.NAME}-coarse").organ is None
 
 
 def test_the_pngs_pixel_size_is_read_from_the_hot_region_at_the_top():

@@ -61,11 +61,6 @@ def liver_card(card):
     return organ_card(card) or only_channel(card, LIVER)
 
 
-def names_organ(card) -> bool:
-    """Whether a run of the card gives the liver itself (``output.within.organ``: the Liver segment users get)."""
-    return card.output.within is not None and bool(card.output.within.organ)
-
-
 def weights_sha256(card) -> str:
     """The SHA-256 of each weights file of the card, joined by '+' (one for a single network)."""
     return "+".join(member.sha256 or "" for member in card.weights.members)
@@ -109,7 +104,7 @@ def evaluate_slice(segmenters: dict, case, card) -> dict:
     """Pixel counts and lesion detection of one validation slice (and the arrays for overlays).
 
     ``segmenters``: "tumour" (the card), "liver" (``liver_card``; None when the card's own run gives the liver,
-    ``names_organ``) and "ungated" (channel 0 without the tumour-in-liver rule, to measure what that rule does).
+    ``ModelCard.organ``) and "ungated" (channel 0 without the tumour-in-liver rule, to measure what that rule does).
     """
     from TumorSegLib.metrics import case_metrics
     from TumorSegLib.training.transforms import read_channels
@@ -148,7 +143,7 @@ def validation_rows(card, root: Path, slices_per_scan: int | None) -> list:
     if slices_per_scan:
         cases = first_slices(cases, slices_per_scan)
     network = load_network(card, "cpu")  # the card's own networks read once (PyTorch fp32: the report's figures)
-    liver = None if names_organ(card) else liver_card(card)
+    liver = None if card.organ else liver_card(card)
     segmenters = {name: c and Segmenter(c, device="cpu", network=network if c.name == card.name else None,
                                         backend="torch")
                   for name, c in (("tumour", card), ("liver", liver), ("ungated", only_channel(card, 0)))}
@@ -254,7 +249,7 @@ def example_ct(card, path: Path, figure: Path, data_root: Path) -> dict:
     result = segmenter.predict(image, overrides=fp32)
     seconds = time.perf_counter() - started
     tumour = result.mask
-    if names_organ(card):
+    if card.organ:
         liver = result.organ
         liver_of = lambda volume: segmenter.predict(volume, overrides=fp32).organ  # noqa: E731
     else:
@@ -356,7 +351,7 @@ def cascade_lines(card) -> list:
         if within is not None and within.largest_component else ""
     segment = (" The liver figures are those of the Liver segment a run gives (`output.within.organ`): that liver, "
                "post-processed as its card does and joined with the tumour mask (on the example CT its largest 3D "
-               "region).") if names_organ(card) else ""
+               "region).") if card.organ else ""
     return [f"A cascade: the liver (the liver figures below, the tumour-in-liver rule and the organ level) is that of "
             f"`{source}` (`inference.organ_from`), run whole at {spacing_text(liver_card(card))}; the tumour is this "
             f"card's networks' at {spacing_text(card)}, inside that liver{largest}.{segment}", ""]

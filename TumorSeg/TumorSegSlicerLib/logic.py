@@ -255,7 +255,7 @@ class TumorSegLogic:
         try:
             input_path = temp_dir / "input.nii"
             self._writeInput(inputVolume, card, input_path)
-            organ = bool(self.organOf(card)) and roi is None and point is None
+            organ = bool(card.organ) and roi is None and point is None
             command = segment_command(
                 input_path, temp_dir / self._outputName(card, mipView), card.path or card.name, device,
                 roi=self.roiIndexRange(inputVolume, roi) if roi is not None else None,
@@ -280,11 +280,6 @@ class TumorSegLogic:
                 write_image(path, converted)
                 return
         mrml.write_volume(volumeNode, path)
-
-    @staticmethod
-    def organOf(card) -> str:
-        """The organ a whole-volume run of ``card`` adds as a segment of its own (``output.within.organ``), or ""."""
-        return (card.output.within.organ or "") if card.output.within is not None else ""
 
     @staticmethod
     def _outputName(card, mipView) -> str:
@@ -589,14 +584,15 @@ class TumorSegLogic:
         segment_id = segmentationNode.GetAttribute(ORGAN_SEGMENT_ATTRIBUTE)
         return segment_id if segment_id and segmentationNode.GetSegmentation().GetSegment(segment_id) else ""
 
-    def _organResult(self, run, target):
+    @staticmethod
+    def _organResult(run, target):
         """(organ name, bool mask on ``target``'s grid) of the organ mask the run wrote, or None when it wrote none."""
         path = run.temp_dir / ORGAN_OUTPUT
         if not path.is_file():
             return None
         organ = read_image(path, "organ mask")
         organ.require_same_grid(target, "organ mask", "input image")
-        return self.organOf(run.card), organ.array != 0
+        return run.card.organ, organ.array != 0
 
     @staticmethod
     def _adopt(segmentationNode, volumeNode) -> None:

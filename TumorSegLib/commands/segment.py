@@ -152,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
     results, failed = [], []
     with cancel_on_signals(cancel), progress_reporter(args.progress_json, f"segment ({card.name})") as progress:
         segmenter = Segmenter(card, args.device, backend=args.backend)
-        if Path(args.input).is_dir() and not is_dicom(Path(args.input)):  # folder mode
+        if _is_folder(Path(args.input)):
             for folder in (args.output, args.organ_mask):
                 if folder:
                     Path(folder).mkdir(exist_ok=True)
@@ -235,7 +235,7 @@ def _dicom_seg_paths(args, inputs: list) -> list:
 def _write_seg(path, prediction, card) -> Path:
     """The 3D mask as a DICOM SEG of its series, with the organ as a second segment when the run gave one (``run``
     refused MIP models, whose mask here is 2D, before any work)."""
-    organ = None if prediction.organ is None else (ORGANS[card.output.within.organ], prediction.organ)
+    organ = None if prediction.organ is None else (ORGANS[card.organ], prediction.organ)
     return write_dicom_seg(path, prediction.mask, prediction.image, card.name, card_version(card), organ)
 
 
@@ -248,7 +248,7 @@ def _organ_paths(args, inputs: list, outputs: list) -> list:
     if is_dicom_seg_path(args.output):
         raise TumorSegError("with -o NAME.dcm the organ is a segment of the DICOM SEG: drop --organ-mask, or write "
                             "the mask as .nii.gz with --dicom-seg beside it")
-    if not (Path(args.input).is_dir() and not is_dicom(Path(args.input))):
+    if not _is_folder(Path(args.input)):
         return [folder]
     for other, what in ((Path(args.input), "input"), (Path(args.output), "output")):
         if same_file(folder, other) or folder == other:
@@ -260,9 +260,14 @@ def _organ_paths(args, inputs: list, outputs: list) -> list:
     return [folder / target.name for target in outputs]
 
 
+def _is_folder(source: Path) -> bool:
+    """Whether INPUT is a folder of image files (folder mode), not a file or a DICOM series."""
+    return source.is_dir() and not is_dicom(source)
+
+
 def _pairs(source: Path, target: Path) -> tuple:
     """(inputs, outputs): one file or DICOM series, or every image file of a folder into a folder of the same names."""
-    if not source.is_dir() or is_dicom(source):
+    if not _is_folder(source):
         return [source], [target]
     inputs = sorted(p for p in source.iterdir() if p.is_file() and not p.name.startswith(".")
                     and str(p).lower().endswith(SUFFIXES))
