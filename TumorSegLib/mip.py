@@ -110,4 +110,4 @@ def scale_note(mip: Image, card: ModelCard) -> str | None:
     size = " x ".join(f"{s:.2g}" for s in mip.spacing)
     return (f"the volume's MIP has {size} mm pixels; model {card.name!r} learnt on MIPs of about {trained:g} mm, so "
             f"its lesions look {'smaller' if ratios.max() > SCALE_TOLERANCE else 'larger'} than in training: expect "
-            "lower accuracy (docs/mip-pet-2d-3d-volumes.md)")
+            "lower accuracy and review every lesion")

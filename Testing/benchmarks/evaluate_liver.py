@@ -298,6 +298,19 @@ def training_liver_hu(card, data_root: Path) -> float:
     return float(np.median([np.median(np.concatenate(v)) for v in values.values()]))
 
 
+def window_limit(card) -> str:
+    """The Limits line on the pictures' HU window and what it hides."""
+    low, high = card.preprocessing.picture.window
+    lines = [f"- The pictures clip HU to {low:g}..{high:g}. Most enhanced LiTS livers lie at or above 105 HU, the R "
+             "window's ceiling: where a liver and its tumour both lie above it, the pictures cannot show the tumour "
+             "(the R channel of validation scans 35 and 39; `docs/ship-rules.md`, fifteenth candidate)."]
+    level = card.preprocessing.organ_level
+    if level:
+        lines.append(f"On HU volumes the input is first moved so that the liver's median is {level.value:g} HU, then "
+                     "windowed, so a liver and tumour above the ceiling stay visible there.")
+    return " ".join(lines)
+
+
 BEFORE_ROWS = (("tumour Dice per scan, mean", "dice_per_scan_mean"), ("tumour Dice, global", "dice_global"),
                ("liver Dice per scan, mean", "liver_dice_per_scan_mean"),
                ("tumour regions found", "lesion_sensitivity"), ("precision of regions", "lesion_precision"),
@@ -446,7 +459,7 @@ def report_text(card, result: dict, before: dict | None = None) -> str:
               "a 2.5D model would see context almost only where there is tumour. "
               f"Validation on {s['scans']} scans ({s['scans_with_tumour']} with tumour), so the figures have wide "
               "uncertainty.",
-              "- The JPEG window clips HU to -45..105; the model sees the same clipping on HU volumes.", ""]
+              window_limit(card), ""]
     return "\n".join(lines)
 
 
