@@ -66,6 +66,17 @@ def picture_notes(image: Image) -> list:
             f"{size} (the file has no spacing)"]
 
 
+def saturates(image: Image, median: float) -> bool:
+    """Whether an organ whose median is ``median`` lies at the top of the picture's window (within 1 % of it): the
+    picture then clipped the organ and anything as bright, such as an enhanced liver and its tumour. False for an
+    image that is no picture."""
+    spec = image.meta.get("picture")
+    if not spec:
+        return False
+    low, high = spec["window"]
+    return median >= high - 0.01 * (high - low)
+
+
 def default_picture_card(extra_dir: PathLike | None = None) -> ModelCard:
     """The one model with weights present that takes windowed pictures (for a JPEG input without --model); a card
     that another of them takes its organ from (``inference.organ_from``) is a part of that one, not a choice."""

@@ -228,6 +228,24 @@ def test_organ_level_moves_the_input_by_the_organ_the_first_pass_finds():
     assert not prediction.mask.any()
 
 
+@pytest.mark.parametrize("grey, noted", [(255, True), (253, True), (240, False)])
+def test_a_picture_whose_organ_lies_at_the_window_top_gets_a_note(grey, noted):
+    """A picture clips HU at its window's top: an organ there (an enhanced liver in the R channel) hides a tumour as
+    bright as it, and the run says so; an organ below the top, or a CT volume, gets no such note."""
+    from TumorSegLib.windowed import picture_to_hu
+
+    level = {"channel": 1, "threshold": 0.5, "value": 70.0}
+    card = config_card(inference={"batch_size": 8, "divisible_by": 16, "precision": "fp32"},
+                       preprocessing={**config_card().preprocessing.to_dict(), "organ_level": level})
+    segmenter = Segmenter(card, device="cpu", network=LiverWhereBody(), backend="torch")
+    picture = np.zeros((64, 64), dtype=np.uint8)
+    picture[16:48, 16:48] = grey
+    notes = segmenter.predict(picture_to_hu(Image(picture, np.eye(3)), card)).notes
+    assert any("cannot be seen in this picture" in note for note in notes) == noted, notes
+    volume, _ = marked_volume()
+    assert not any("cannot be seen" in note for note in segmenter.predict(volume).notes)
+
+
 def test_training_moves_each_case_by_its_true_organ():
     """The training loader applies the same rule with the true organ (label channel = the organ's output channel)."""
     from TumorSegLib.training.transforms import prepare_case
