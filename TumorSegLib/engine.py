@@ -55,7 +55,7 @@ from .lesion_filter import filter_lesions
 from .modality import CT_MIN_BELOW, SUV_P99_MAX, has_air, looks_like_activity, value_range
 from .preprocess import Prepared, move_to_level, normalize_intensity, prepare, restore
 from .progress import Cancel, ProgressCallback, check_cancel, no_progress, scaled
-from .windowed import saturates
+from .windowed import saturation_note
 
 GPU_BATCH_VOXELS = 2**22  # input voxels per window batch on a GPU (halved on out-of-memory; not yet tuned on a GPU)
 MIN_INPUT_VOXELS = 8  # per in-plane axis (any number of slices): less is no image to segment
@@ -426,10 +426,10 @@ class Segmenter:
         notes.append(f"organ level: no voxel of output channel {level.channel} found, intensities not moved"
                      if shift is None else f"organ level: intensities moved by {shift:+.1f} so that the median "
                      f"inside output channel {level.channel} is {level.value:g}")
-        if shift is not None and saturates(image, level.value - shift):
-            organ_name = (self.card.organ or f"organ of output channel {level.channel}").lower()
-            notes.append(f"the picture's window ends at {image.meta['picture']['window'][1]:g} HU and the {organ_name} "
-                         f"lies at its top: a tumour as bright as the {organ_name} cannot be seen in this picture")
+        saturated = shift is not None and saturation_note(
+            image, level.value - shift, (self.card.organ or f"organ of output channel {level.channel}").lower())
+        if saturated:
+            notes.append(saturated)
         return moved
 
     def _run(self, array: np.ndarray, axis, active, settings: Settings, progress, cancel, notes) -> np.ndarray:

@@ -66,15 +66,18 @@ def picture_notes(image: Image) -> list:
             f"{size} (the file has no spacing)"]
 
 
-def saturates(image: Image, median: float) -> bool:
-    """Whether an organ whose median is ``median`` lies at the top of the picture's window (within 1 % of it): the
-    picture then clipped the organ and anything as bright, such as an enhanced liver and its tumour. False for an
-    image that is no picture."""
+def saturation_note(image: Image, median: float, organ: str) -> str | None:
+    """A note when an organ whose median is ``median`` lies at the top of the picture's window (within 1 % of it):
+    the picture clipped the organ and anything as bright, such as an enhanced liver and its tumour. None for an
+    organ below the top, or an image that is no picture."""
     spec = image.meta.get("picture")
     if not spec:
-        return False
+        return None
     low, high = spec["window"]
-    return median >= high - 0.01 * (high - low)
+    if median < high - 0.01 * (high - low):
+        return None
+    return (f"the picture's window ends at {high:g} HU and the {organ} lies at its top: a tumour as bright as the "
+            f"{organ} cannot be seen in this picture")
 
 
 def default_picture_card(extra_dir: PathLike | None = None) -> ModelCard:

@@ -242,8 +242,10 @@ def test_a_picture_whose_organ_lies_at_the_window_top_gets_a_note(grey, noted):
     picture[16:48, 16:48] = grey
     notes = segmenter.predict(picture_to_hu(Image(picture, np.eye(3)), card)).notes
     assert any("cannot be seen in this picture" in note for note in notes) == noted, notes
-    volume, _ = marked_volume()
-    assert not any("cannot be seen" in note for note in segmenter.predict(volume).notes)
+    volume, _ = marked_volume()  # body at 40 HU, moved to the window's top (105 HU): no picture, so no note
+    top = segmenter.predict(volume.with_array(volume.array + np.float32(65))).notes
+    assert any("median inside output channel 1" in note for note in top)
+    assert not any("cannot be seen" in note for note in top), top
 
 
 def test_training_moves_each_case_by_its_true_organ():
