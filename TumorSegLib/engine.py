@@ -55,7 +55,7 @@ from .lesion_filter import filter_lesions
 from .modality import CT_MIN_BELOW, SUV_P99_MAX, has_air, looks_like_activity, value_range
 from .preprocess import Prepared, move_to_level, normalize_intensity, prepare, restore
 from .progress import Cancel, ProgressCallback, check_cancel, no_progress, scaled
-from .windowed import saturation_note
+from .windowed import require_read_for, saturation_note
 
 GPU_BATCH_VOXELS = 2**22  # input voxels per window batch on a GPU (halved on out-of-memory; not yet tuned on a GPU)
 MIN_INPUT_VOXELS = 8  # per in-plane axis (any number of slices): less is no image to segment
@@ -385,6 +385,7 @@ class Segmenter:
         ``organ_from`` that card's whole run gives it, the move to the organ's level and the tumour-in-organ rule
         (``output.within``), whose organ region goes to ``organs`` when a list is given.
         """
+        require_read_for(image, self.card)
         organ = None
         if settings.output is None and (self.card.preprocessing.organ_level or self.organ_source):
             organ = self._organ(image, box, settings, scaled(progress, 0.0, 0.5), cancel, notes)

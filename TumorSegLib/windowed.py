@@ -66,6 +66,20 @@ def picture_notes(image: Image) -> list:
             f"{size} (the file has no spacing)"]
 
 
+def require_read_for(image: Image, card: ModelCard) -> None:
+    """Refuse a picture read through another channel or window than ``card`` reads: the HU it holds are not
+    those the card was trained on (a cascade or average of cards that read pictures differently)."""
+    spec = image.meta.get("picture")
+    wanted = card.preprocessing.picture
+    if not spec or wanted is None:
+        return
+    if spec["channel"] != wanted.channel or list(spec["window"]) != list(wanted.window):
+        raise TumorSegError(
+            f"model {card.name!r} reads pictures through channel {wanted.channel}, window {list(wanted.window)}, but "
+            f"this picture was read through channel {spec['channel']}, window {list(spec['window'])}: cards that run "
+            "together on a picture must read the same channel and window (CT volumes in HU are not affected)")
+
+
 def saturation_note(image: Image, median: float, organ: str) -> str | None:
     """A note when an organ whose median is ``median`` lies at the top of the picture's window (within 1 % of it):
     the picture clipped the organ and anything as bright, such as an enhanced liver and its tumour. None for an

@@ -272,3 +272,26 @@ def test_move_to_level_and_an_absent_organ():
     assert shift == 93.0 and np.median(moved.array[image.array >= 5]) == 100.0 and moved.array.dtype == np.float32
     same, none = move_to_level(image, np.zeros(image.shape, bool), 100.0)
     assert same is image and none is None
+
+
+def test_a_cascade_whose_cards_read_pictures_differently_is_refused_on_a_picture(tmp_path):
+    """A picture holds the HU of one channel and window: an organ card that reads another (here G, HU -40..160,
+    under the shipped R tumour card) would get the wrong HU, so the run stops with a clear message."""
+    import shutil
+
+    from TumorSegLib.cards import load_card
+    from TumorSegLib.windowed import picture_to_hu
+
+    tumour = find_card(NAME)
+    source = organ_card(tumour)
+    for card in (tumour, source):
+        for path in [card.weights_path] + [card.weights_path.parent / m.file for m in card.weights.ensemble]:
+            shutil.copyfile(path, tmp_path / path.name)
+        (tmp_path / f"{card.name}.json").write_text(json.dumps(card.to_dict()))
+    data = source.to_dict()
+    data["preprocessing"]["picture"].update(channel=1, window=[-40, 160])
+    (tmp_path / f"{source.name}.json").write_text(json.dumps(data))
+    cascade = load_card(tmp_path / f"{NAME}.json")
+    picture = np.random.default_rng(0).integers(0, 256, (64, 64)).astype(np.uint8)
+    with pytest.raises(TumorSegError, match="channel 1, window \\[-40, 160\\].*channel 0, window \\[-45, 105\\]"):
+        Segmenter(cascade, "cpu", backend="torch").predict(picture_to_hu(Image(picture, np.eye(3)), cascade))
