@@ -67,12 +67,15 @@ def picture_notes(image: Image) -> list:
 
 
 def require_read_for(image: Image, card: ModelCard) -> None:
-    """Refuse a picture read through another channel or window than ``card`` reads: the HU it holds are not
-    those the card was trained on (a cascade or average of cards that read pictures differently)."""
+    """Refuse a picture for a card that reads none, or that reads another channel or window: the HU it holds are
+    not those the card was trained on (a cascade or average of cards that read pictures differently)."""
     spec = image.meta.get("picture")
     wanted = card.preprocessing.picture
-    if not spec or wanted is None:
+    if not spec:
         return
+    if wanted is None:
+        raise TumorSegError(f"model {card.name!r} does not take windowed pictures, but runs on one here (with a "
+                            "model that does): cards that run together on a picture must all read pictures")
     if spec["channel"] != wanted.channel or list(spec["window"]) != list(wanted.window):
         raise TumorSegError(
             f"model {card.name!r} reads pictures through channel {wanted.channel}, window {list(wanted.window)}, but "

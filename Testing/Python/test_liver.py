@@ -295,3 +295,8 @@ def test_a_cascade_whose_cards_read_pictures_differently_is_refused_on_a_picture
     picture = np.random.default_rng(0).integers(0, 256, (64, 64)).astype(np.uint8)
     with pytest.raises(TumorSegError, match="channel 1, window \\[-40, 160\\].*channel 0, window \\[-45, 105\\]"):
         Segmenter(cascade, "cpu", backend="torch").predict(picture_to_hu(Image(picture, np.eye(3)), cascade))
+    del data["preprocessing"]["picture"]  # an organ card that reads no pictures at all
+    (tmp_path / f"{source.name}.json").write_text(json.dumps(data))
+    cascade = load_card(tmp_path / f"{NAME}.json")
+    with pytest.raises(TumorSegError, match=f"{source.name}' does not take windowed pictures"):
+        Segmenter(cascade, "cpu", backend="torch").predict(picture_to_hu(Image(picture, np.eye(3)), cascade))
