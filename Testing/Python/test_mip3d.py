@@ -1,8 +1,8 @@
 """Whole-body PET in 3D from a MIP model: MIP lesions traced back to their true 3D position on any grid."""
 
 import numpy as np
-import torch
 import pytest
+import torch
 from scipy import ndimage
 
 from TumorSegLib.image import Image
